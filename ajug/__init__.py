@@ -1,0 +1,56 @@
+"""ajug: Jug's task model on an asyncio coordinator with leases.
+
+Write a jugfile as for jug (``from ajug import TaskGenerator``), then ``ajug run jugfile.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import mapreduce
+from .barrier import BarrierError, barrier, bvalue
+from .errors import AjugError
+from .task import (
+    CachedFunction,
+    Task,
+    Tasklet,
+    TaskGenerator,
+    iteratetask,
+    recursive_dependencies,
+    return_tuple,
+    value,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AjugError",
+    "BarrierError",
+    "CachedFunction",
+    "Task",
+    "TaskGenerator",
+    "Tasklet",
+    "barrier",
+    "bvalue",
+    "init",
+    "iteratetask",
+    "mapreduce",
+    "recursive_dependencies",
+    "return_tuple",
+    "value",
+]
+
+
+def init(jugfile: str = "jugfile.py", store: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Load a jugfile and open its store, as jug's ``init``: returns ``(store, namespace)``.
+
+    ``store`` is a URL or a Store (default: the file store beside the jugfile). Afterwards
+    ``value(task)`` reads results from that store, so a script can use what a run computed.
+    """
+    from .jugfile import default_store_url, load_jugfile
+    from .stores import open_store
+
+    if store is None or isinstance(store, str):
+        store = open_store(store or default_store_url(jugfile))
+    loaded = load_jugfile(jugfile, store)
+    return store, loaded.module.__dict__

@@ -1,0 +1,469 @@
+"""The ``ajug`` command line: run, serve, work, status.
+
+Every ``AjugError`` is printed as one line saying what is wrong and what to do; ``-v`` adds the
+traceback. The token is read from ``AJUG_TOKEN`` or ``--token-file`` so that it never shows in
+the process list (``--token`` works but is visible to other users of the machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import AjugError, UsageError
+
+log = logging.getLogger("ajug")
+_VERBOSE = {"level": 0}
+
+
+def _setup_logging(verbose: int, quiet: int) -> None:
+    level = logging.INFO - 10 * verbose + 10 * quiet
+    if verbose == 0 and quiet == 0:
+        level = logging.WARNING
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    _VERBOSE["level"] = verbose
+
+
+def parse_address(addr: str, default_port: int | None = None) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port``."""
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise UsageError(f"address {addr!r} has no port: write HOST:PORT, e.g. 127.0.0.1:5555")
+        host, port = addr, str(default_port)
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        p = int(port)
+        if not 0 <= p < 65536:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"address {addr!r}: port must be a number from 0 to 65535") from None
+    return host, p
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(token: str | None, token_file: str | None, env: str = "AJUG_TOKEN") -> bytes:
+    if token_file:
+        try:
+            return Path(token_file).read_text().strip().encode()
+        except OSError as e:
+            raise UsageError(f"cannot read the token file {token_file}: {e.strerror}") from None
+    if token:
+        return token.encode()
+    return os.environ.get(env, "").strip().encode()
+
+
+def tls_context(server: bool, cert: str | None, key: str | None, ca: str | None) -> ssl.SSLContext | None:
+    if not (cert or ca):
+        return None
+    try:
+        if server:
+            if not cert:
+                raise UsageError("--tls-cert is needed to serve TLS (and --tls-key unless the cert has it)")
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(cert, key)
+            if ca:
+                ctx.load_verify_locations(ca)
+                ctx.verify_mode = ssl.CERT_REQUIRED
+        else:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+            # identity is proven by the HMAC handshake; the CA pins who may serve
+            ctx.check_hostname = False
+            if cert:
+                ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise UsageError(f"TLS setup failed: {e}") from None
+    return ctx
+
+
+def _new_loop_runner() -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run
+    except ImportError:  # pragma: no cover
+        return asyncio.run
+
+
+# -- shared options ---------------------------------------------------------------------------
+def coordinator_options(f: Any) -> Any:
+    opts = [
+        click.option("--store", "store_url", default=None, help="Store URL: a directory (default: <jugfile stem>.ajugdata beside the jugfile) or redis://host:port/db."),
+        click.option("--lease-ttl", type=float, default=30.0, show_default=True, help="Seconds a lease lives without renewal."),
+        click.option("--retries", type=int, default=0, show_default=True, help="Times a task that raised is retried."),
+        click.option("--max-attempts", type=int, default=3, show_default=True, help="Worker losses before a task is marked failed as suspected of killing workers."),
+        click.option("--keep-going/--fail-fast", default=True, show_default=True, help="After a task fails, run the rest of the graph (default) or stop."),
+        click.option("--token-file", type=click.Path(dir_okay=False), default=None, help="File holding the shared token (or set AJUG_TOKEN)."),
+        click.option("--token", default=None, hidden=True),
+        click.option("--read-token-file", type=click.Path(dir_okay=False), default=None, help="File holding a read-only token for status clients (or AJUG_READ_TOKEN)."),
+        click.option("--tls-cert", default=None, help="PEM certificate to serve TLS."),
+        click.option("--tls-key", default=None, help="PEM private key for --tls-cert."),
+        click.option("--tls-ca", default=None, help="CA bundle: require client certificates signed by it."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _settings(jugfile: str, store_url: str | None, host: str, port: int, **kw: Any) -> Any:
+    from .coordinator import Settings
+    from .jugfile import check_jugfile, default_store_url
+
+    path = check_jugfile(jugfile)
+    token = read_token(kw["token"], kw["token_file"])
+    if kw["token"]:
+        log.warning("--token is visible in the process list; prefer AJUG_TOKEN or --token-file")
+    if not token and not is_loopback(host):
+        raise UsageError(
+            f"refusing to listen on {host} without a token: anyone who can reach it could run "
+            "code on your workers. Set AJUG_TOKEN or --token-file (or bind to 127.0.0.1)"
+        )
+    rt = read_token(None, kw["read_token_file"], "AJUG_READ_TOKEN") or None
+    return Settings(
+        jugfile=str(path),
+        store_url=store_url or default_store_url(path),
+        host=host,
+        port=port,
+        token=token,
+        read_token=rt,
+        lease_ttl_s=kw["lease_ttl"],
+        max_attempts=kw["max_attempts"],
+        retries=kw["retries"],
+        fail_fast=not kw["keep_going"],
+        ssl=tls_context(True, kw["tls_cert"], kw["tls_key"], kw["tls_ca"]),
+    )
+
+
+# -- commands ---------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: debug); tracebacks on errors.")
+@click.option("-q", "--quiet", count=True, help="Less output.")
+@click.version_option(package_name="ajug")
+def cli(verbose: int, quiet: int) -> None:
+    """ajug: run a jugfile's tasks on any number of processes and machines."""
+    _setup_logging(verbose, quiet)
+
+
+@cli.command()
+@click.argument("jugfile")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=5555, show_default=True, help="Port (0: pick a free one and print it).")
+@click.option("--stay", is_flag=True, help="Keep serving after everything is done.")
+@coordinator_options
+def serve(jugfile: str, host: str, port: int, stay: bool, store_url: str | None, **kw: Any) -> int:
+    """Coordinate a jugfile's tasks: workers connect with `ajug work HOST:PORT`."""
+    from .coordinator import Coordinator
+
+    settings = _settings(jugfile, store_url, host, port, **kw)
+    settings.stay = stay
+
+    async def main() -> int:
+        coord = Coordinator(settings)
+        await coord.open()
+        print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host}:{coord.port} "
+              f"(store {coord.store.url})", flush=True)
+        _install_stop(coord)
+        from .progress import RunProgress
+
+        prog = RunProgress(interval_s=10.0, enabled=sys.stderr.isatty() is False)
+        code = await coord.run(on_tick=lambda c: prog.update(c.status()))
+        st = coord.status()
+        prog.close()
+        _summary(st)
+        return code
+
+    return _new_loop_runner()(main())
+
+
+def _install_stop(coord: Any) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, coord.stop)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover
+            pass
+
+
+def _summary(st: dict[str, Any]) -> None:
+    from .status import plain_line
+
+    click.echo(f"ajug: {plain_line(st)}", err=True)
+    for f in st["failures"][:20]:
+        click.echo(f"ajug:   failed {f['func']} {f['key'][:12]}: {f['type']}: {f['msg']}", err=True)
+    if len(st["failures"]) > 20:
+        click.echo(f"ajug:   ... and {len(st['failures']) - 20} more (ajug status --failed)", err=True)
+
+
+@cli.command()
+@click.argument("address")
+@click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--prefetch", type=int, default=None, help="Tasks leased ahead (default: adapts to task duration).")
+@click.option("--connect-timeout", type=float, default=60.0, show_default=True, help="Seconds to keep trying to reach the coordinator.")
+@click.option("--store", "store_url", default=None, help="Override the store URL the coordinator announces.")
+@click.option("--name", default="", help="Name shown in status.")
+@click.option("--max-tasks", type=int, default=None, help="Exit after this many tasks.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--token", default=None, hidden=True)
+@click.option("--tls-ca", default=None, help="CA bundle to verify the coordinator's certificate (enables TLS).")
+@click.option("--tls-cert", default=None, help="Client certificate, if the coordinator requires one.")
+@click.option("--tls-key", default=None)
+def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, store_url: str | None,
+         name: str, max_tasks: int | None, token_file: str | None, token: str | None,
+         tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> int:
+    """Run tasks for the coordinator at ADDRESS (HOST:PORT) until it says all is done."""
+    host, port = parse_address(address)
+    tok = read_token(token, token_file)
+    if jobs > 1:
+        args = ["work", address, "-j", "1", "--connect-timeout", str(connect_timeout)]
+        for flag, v in (("--prefetch", prefetch), ("--store", store_url), ("--max-tasks", max_tasks),
+                        ("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+            if v is not None:
+                args += [flag, str(v)]
+        env = dict(os.environ, AJUG_TOKEN=tok.decode())
+        return supervise([[*args, "--name", f"{name or 'w'}{i}"] for i in range(jobs)], env)
+    from .worker import Worker, WorkerOptions
+
+    opts = WorkerOptions(
+        host=host,
+        port=port,
+        token=tok,
+        name=name,
+        prefetch=prefetch,
+        connect_timeout_s=connect_timeout,
+        store_url=store_url,
+        ssl=tls_context(False, tls_cert, tls_key, tls_ca),
+        max_tasks=max_tasks,
+    )
+    return Worker(opts).run()
+
+
+def worker_command(args: list[str]) -> list[str]:
+    verbosity = ["-" + "v" * _VERBOSE["level"]] if _VERBOSE["level"] else []
+    return [sys.executable, "-m", "ajug", *verbosity, *args]
+
+
+def supervise(arg_lists: list[list[str]], env: dict[str, str], should_stop: Any = None) -> int:
+    """Run worker processes; restart one that was killed while the run goes on."""
+    procs = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
+    restarts = 0
+    codes: list[int | None] = [None] * len(procs)
+    try:
+        while any(c is None for c in codes):
+            time.sleep(0.2)
+            finished_ok = any(c == 0 for c in codes)
+            for i, p in enumerate(procs):
+                if codes[i] is not None:
+                    continue
+                rc = p.poll()
+                if rc is None:
+                    continue
+                stop = should_stop() if should_stop else False
+                if rc < 0 and not finished_ok and not stop and restarts < 20 * len(procs):
+                    log.warning("worker pid %d was killed by signal %d; starting another", p.pid, -rc)
+                    restarts += 1
+                    procs[i] = subprocess.Popen(worker_command(arg_lists[i]), env=env)
+                else:
+                    codes[i] = rc
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        return 130
+    return 0 if all(c == 0 for c in codes) else max((c for c in codes if c), key=abs, default=1)
+
+
+@cli.command()
+@click.argument("jugfile")
+@click.option("-j", "--jobs", type=int, default=None, help="Worker processes (default: one per core).")
+@click.option("--prefetch", type=int, default=None, help="Tasks leased ahead per worker.")
+@click.option("--port", type=int, default=0, help="Loopback port for the workers (default: a free one).")
+@click.option("--no-progress", is_flag=True, help="No progress display.")
+@coordinator_options
+def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_progress: bool,
+        store_url: str | None, **kw: Any) -> int:
+    """Run a jugfile on this machine: a coordinator and JOBS worker processes over loopback."""
+    from .coordinator import Coordinator
+    from .progress import RunProgress
+
+    if not (kw["token"] or kw["token_file"] or os.environ.get("AJUG_TOKEN")):
+        kw["token"] = None
+        os.environ["AJUG_TOKEN"] = secrets.token_hex(16)  # fresh per run, passed by environment
+    settings = _settings(jugfile, store_url, "127.0.0.1", port, **kw)
+    settings.finish_grace_s = 5.0
+    n = jobs or os.cpu_count() or 1
+
+    async def main() -> int:
+        coord = Coordinator(settings)
+        await coord.open()
+        _install_stop(coord)
+        env = dict(os.environ, AJUG_TOKEN=settings.token.decode())
+        args = ["work", f"127.0.0.1:{coord.port}", "--connect-timeout", "30"]
+        if prefetch is not None:
+            args += ["--prefetch", str(prefetch)]
+        if settings.ssl is not None:
+            raise UsageError("ajug run uses loopback only; TLS options are for serve/work")
+        procs: list[subprocess.Popen[bytes]] = []
+        arg_lists = [[*args, "--name", f"local{i}"] for i in range(n)]
+        st0 = coord.status()
+        remaining = st0["tasks"] - st0["totals"]["done"]
+        if remaining or st0["barrier"]:
+            procs = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
+        prog = RunProgress(enabled=not no_progress)
+        restarts = [0]
+
+        def tick(c: Any) -> None:
+            st = c.status()
+            prog.update(st)
+            if c.state == "finished":
+                return
+            for i, p in enumerate(procs):
+                rc = p.poll()
+                if rc is not None and rc != 0 and restarts[0] < 20 * n:
+                    log.warning("worker pid %d exited (%d); starting another", p.pid, rc)
+                    restarts[0] += 1
+                    procs[i] = subprocess.Popen(worker_command(arg_lists[i]), env=env)
+
+        try:
+            code = await coord.run(on_tick=tick)
+        finally:
+            for p in procs:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, p.wait, 10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        st = coord.status()
+        prog.close(st)
+        _summary(st)
+        return code
+
+    return _new_loop_runner()(main())
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--store", "store_url", default=None, help="Store URL (offline: default beside the jugfile).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--watch", is_flag=True, help="Refresh live.")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between refreshes with --watch.")
+@click.option("--failed", is_flag=True, help="Print the tracebacks of failed tasks.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--token", default=None, hidden=True)
+@click.option("--tls-ca", default=None)
+@click.option("--tls-cert", default=None)
+@click.option("--tls-key", default=None)
+def status(target: str, store_url: str | None, as_json: bool, watch: bool, interval: float,
+           failed: bool, token_file: str | None, token: str | None, tls_ca: str | None,
+           tls_cert: str | None, tls_key: str | None) -> int:
+    """Progress of a run: TARGET is HOST:PORT (live) or a jugfile (offline, from the store)."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from .status import render, status_table
+
+    offline = target.endswith(".py") or Path(target).is_file()
+    console = Console()
+    if offline:
+        from .jugfile import default_store_url
+        from .status import offline_status
+
+        def fetch() -> dict[str, Any]:
+            return offline_status(target, store_url or default_store_url(target))
+    else:
+        host, port = parse_address(target)
+        tok = read_token(token, token_file, "AJUG_READ_TOKEN") or read_token(None, None)
+        ctx = tls_context(False, tls_cert, tls_key, tls_ca)
+
+        def fetch() -> dict[str, Any]:
+            return _new_loop_runner()(query_status(host, port, tok, ctx, detail=failed))
+
+    if not watch:
+        st = fetch()
+        if as_json:
+            click.echo(json.dumps(st, indent=2, sort_keys=True))
+        else:
+            render(st, console, failed_tracebacks=failed)
+        return 0
+    if as_json:
+        while True:
+            click.echo(json.dumps(fetch(), sort_keys=True), nl=True)
+            time.sleep(interval)
+    try:
+        with Live(status_table(fetch()), console=console, refresh_per_second=4) as live:
+            while True:
+                time.sleep(interval)
+                live.update(status_table(fetch()))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def query_status(host: str, port: int, token: bytes, ctx: ssl.SSLContext | None,
+                       detail: bool = False, timeout_s: float = 10.0) -> dict[str, Any]:
+    from .protocol import connection as conn_mod
+
+    conn = await conn_mod.open_connection(host, port, token=token, role="client", access="read",
+                                          ssl=ctx, name="status")
+    try:
+        conn.send({"op": "status", "id": 1, "detail": detail})
+        await conn.drain()
+        rep = await asyncio.wait_for(conn.recv(), timeout_s)
+        if rep["op"] == "error":
+            raise AjugError(f"the coordinator refused: {rep['msg']}")
+        return rep["status"]
+    finally:
+        conn.close()
+
+
+def main() -> None:
+    try:
+        rv = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("ajug: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except AjugError as e:
+        if _VERBOSE["level"]:
+            traceback.print_exc()
+            details = getattr(e, "details", None)
+            if details:
+                click.echo(details, err=True)
+        click.echo(f"ajug: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("ajug: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

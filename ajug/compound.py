@@ -1,0 +1,63 @@
+"""CompoundTask: a function that builds a sub-graph, standing for it once its result exists.
+
+``CompoundTask(f, *args)`` has the identity of ``Task(f, *args)``. If that result is in the
+store, the compound is just that stored result and ``f`` is never called, so the sub-graph's
+(possibly thousands of) tasks are not even created. Otherwise ``f(*args)`` builds the sub-graph
+now and the compound is a task that returns the sub-graph's result and saves it under the
+compound's identity, so that the next load takes the short path.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from .task import Task, alltasks
+
+__all__ = ["CompoundTask", "CompoundTaskGenerator", "compound_task_execute"]
+
+
+def compound_task_execute(x: Any, h: Any) -> Any:
+    """What the compound task runs: the value of the sub-graph (``h`` is only its identity)."""
+    return x
+
+
+def _forget(task: Task) -> None:
+    """Remove ``task`` from ``alltasks`` (it is the last one created, unless ``f`` is odd)."""
+    if alltasks and alltasks[-1] is task:
+        alltasks.pop()
+        return
+    for i in range(len(alltasks) - 1, -1, -1):
+        if alltasks[i] is task:
+            del alltasks[i]
+            return
+
+
+def CompoundTask(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Task:
+    """A task for ``f(*args, **kwargs)``, where ``f`` returns Tasks (or a structure of them).
+
+    Loaded: ``Task(f, *args, **kwargs)`` with its stored result. Not loaded: the tasks ``f``
+    creates, plus one task with the same identity that collects their result.
+    """
+    task = Task(f, *args, **kwargs)
+    if task.can_load():
+        return task
+    _forget(task)
+    h = task.key
+    del task
+    inner = f(*args, **kwargs)
+    compound = Task(compound_task_execute, inner, h)
+    compound._key = h  # stands for Task(f, *args, **kwargs): dependents hash it as such
+    return compound
+
+
+def CompoundTaskGenerator(f: Callable[..., Any]) -> Callable[..., Task]:
+    """Decorator: calling ``f(*args)`` gives ``CompoundTask(f, *args)``."""
+
+    @functools.wraps(f)
+    def generator(*args: Any, **kwargs: Any) -> Task:
+        return CompoundTask(f, *args, **kwargs)
+
+    generator.f = f  # type: ignore[attr-defined]
+    return generator

@@ -1,0 +1,574 @@
+"""The coordinator: asyncio glue between connections and the Scheduler.
+
+It loads the jugfile (in a thread: a jugfile may take a while), builds the compact graph, asks
+the store in batches which results exist, and then serves leases. Every decision is the
+Scheduler's; this module only moves messages, wakes waiting lease requests, runs the expiry
+timer, renews the store's owner lock, and reloads the jugfile past a barrier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl as _ssl
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AjugError, ProtocolError, StoreError
+from .graph import Graph, build_graph
+from .jugfile import LoadedJugfile, load_jugfile
+from .protocol import connection as conn_mod
+from .scheduler import BLOCKED, DONE, FAILED, READY, RUNNING, STATE_NAMES, WAITING, Scheduler
+from .stores import open_store
+from .stores.base import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 5555
+EXISTS_BATCH = 5000
+MAX_LEASES_PER_REQUEST = 1024
+
+
+@dataclass
+class Settings:
+    jugfile: str
+    store_url: str
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    token: bytes = b""
+    read_token: bytes | None = None
+    lease_ttl_s: float = 30.0
+    max_attempts: int = 3
+    retries: int = 0
+    stay: bool = False
+    fail_fast: bool = False
+    ssl: _ssl.SSLContext | None = None
+    max_frame_bytes: int = 64 * 1024 * 1024
+    handshake_timeout_s: float = 10.0
+    finish_grace_s: float = 3.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Coordinator:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.s = settings
+        self.clock = clock
+        self.store: Store | None = None
+        self.loaded: LoadedJugfile | None = None
+        self.graph: Graph | None = None
+        self.sched: Scheduler | None = None
+        self.state = "loading"
+        self.started_at = time.time()
+        self.port: int | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._conns: dict[str, Any] = {}
+        self._lock = None
+        self._reloading = False
+        self.loads = 0
+        self.history: list[tuple[float, int]] = []  # (unix time, tasks done) for rates
+
+    # -- startup ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Open the store, take its owner lock, load the jugfile and start listening."""
+        loop = asyncio.get_running_loop()
+        self.store = await loop.run_in_executor(None, open_store, self.s.store_url)
+        self._lock = self.store.owner_lock(ttl_s=max(self.s.lease_ttl_s, 10.0))
+        await loop.run_in_executor(None, self._lock.acquire)
+        try:
+            await self._load()
+            self._server = await asyncio.start_server(
+                self._on_connect, self.s.host, self.s.port, ssl=self.s.ssl, limit=2**20,
+                backlog=1024,
+            )
+        except BaseException:
+            await loop.run_in_executor(None, self._lock.release)
+            raise
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        log.info("serving %s on %s:%d (store %s)", self.s.jugfile, self.s.host, self.port,
+                 self.store.url)
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        old = self.sched
+        loaded = await loop.run_in_executor(None, load_jugfile, self.s.jugfile, self.store)
+        jugdir = Path(loaded.path).parent
+        graph = await loop.run_in_executor(None, build_graph, loaded.tasks, jugdir)
+        loaded.tasks = []  # the graph has all we need: let the Task objects go
+        done = await loop.run_in_executor(None, self._exists_all, graph.keys)
+        sched = Scheduler(
+            graph,
+            lease_ttl_s=self.s.lease_ttl_s,
+            max_attempts=self.s.max_attempts,
+            retries=self.s.retries,
+            clock=self.clock,
+        )
+        if old is not None and self.graph is not None:
+            # everything before the barrier was reported done: it must all be in the store now
+            gone = [k for k, d in zip(graph.keys, done) if not d and k in self.graph.index
+                    and old.state[self.graph.index[k]] == DONE]
+            if gone:
+                raise StoreError(
+                    f"{len(gone)} result(s) that workers reported done are not in the store "
+                    f"{self.store_url_for_workers()} (e.g. {gone[0]}): do all workers see the same "
+                    "store? (a worker's --store must point where the coordinator's does)"
+                )
+        sched.start(done)
+        if old is not None:  # past a barrier: same workers, same counters
+            sched.workers = old.workers
+            for w in sched.workers.values():
+                w.leases = set()
+            sched.reclaimed, sched.completed = old.reclaimed, old.completed
+            sched.duplicates = old.duplicates
+        self.loaded, self.graph, self.sched = loaded, graph, sched
+        self.loads += 1
+        self.state = "running"
+        t = sched.totals()
+        log.info(
+            "jugfile loaded (%d): %d tasks, %d already done%s", self.loads, len(graph),
+            t[DONE], ", stopped at a barrier" if loaded.hit_barrier else "",
+        )
+
+    def _exists_all(self, keys: list[str]) -> list[bool]:
+        assert self.store is not None
+        out: list[bool] = []
+        for i in range(0, len(keys), EXISTS_BATCH):
+            out.extend(self.store.exists(keys[i : i + EXISTS_BATCH]))
+        return out
+
+    # -- main loop -------------------------------------------------------------------------
+    async def run(self, on_tick: Callable[[Coordinator], None] | None = None) -> int:
+        """Serve until done (or shut down); return the exit status (0: all done)."""
+        tick = min(1.0, self.s.lease_ttl_s / 6)
+        lock_every = max(self._lock_ttl() / 3, 0.5)
+        next_lock = time.monotonic() + lock_every
+        finished_at: float | None = None
+        loop = asyncio.get_running_loop()
+        first = True
+        try:
+            while not self._stop.is_set():
+                if not first:
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), tick)
+                    except asyncio.TimeoutError:
+                        pass
+                first = False
+                assert self.sched is not None
+                if self.sched.expire():
+                    self._notify()
+                if time.monotonic() >= next_lock:
+                    next_lock = time.monotonic() + lock_every
+                    try:
+                        await loop.run_in_executor(None, self._lock.renew)
+                    except StoreError as e:
+                        log.error("%s", e)
+                self.history.append((time.time(), self.sched.totals()[DONE]))
+                del self.history[:-120]
+                if on_tick is not None:
+                    on_tick(self)
+                await self._check_finished()
+                if self.state == "finished" and not self.s.stay:
+                    if finished_at is None:
+                        finished_at = time.monotonic()
+                    # give workers a moment to hear "finished" and hang up
+                    if not self._conns or time.monotonic() - finished_at > self.s.finish_grace_s:
+                        break
+        finally:
+            await self.close()
+        return self.exit_status()
+
+    async def _check_finished(self) -> None:
+        sched = self.sched
+        assert sched is not None and self.loaded is not None
+        if self.state != "running" or self._reloading or not sched.finished():
+            if self.state == "finished" and not sched.finished():
+                self.state = "running"  # work came back (invalidate)
+            return
+        t = sched.totals()
+        if self.loaded.hit_barrier and t[FAILED] == 0 and t[BLOCKED] == 0:
+            self._reloading = True
+            self.state = "loading"
+            try:
+                await self._load()
+            except AjugError as e:
+                log.error("%s", e)
+                self.state = "finished"
+                self._load_error = str(e)
+            finally:
+                self._reloading = False
+            self._notify()
+            return
+        self.state = "finished"
+        self._notify()
+
+    def exit_status(self) -> int:
+        if self.sched is None:
+            return 1
+        if getattr(self, "_load_error", None):
+            return 1
+        t = self.sched.totals()
+        return 0 if t[DONE] == len(self.sched.state) and not self.loaded.hit_barrier else 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._notify()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for c in list(self._conns.values()):
+                c.close()
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            except (asyncio.TimeoutError, Exception):
+                pass
+            self._server = None
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, lock.release)
+            except StoreError as e:
+                log.warning("%s", e)
+        if self.store is not None:
+            self.store.close()
+
+    def _lock_ttl(self) -> float:
+        return max(self.s.lease_ttl_s, 10.0)
+
+    def _notify(self) -> None:
+        """Wake every lease request waiting for work."""
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    # -- connections -----------------------------------------------------------------------
+    def welcome_info(self) -> dict[str, Any]:
+        return {
+            "store": self.store_url_for_workers(),
+            "lease_ttl_ms": int(self.s.lease_ttl_s * 1000),
+            "max_frame": self.s.max_frame_bytes,
+            "jugfile": str(self.s.jugfile),
+        }
+
+    def store_url_for_workers(self) -> str:
+        """The URL workers open: the user's URL for redis (it carries options), the absolute
+        directory for a file store (a relative path would be relative to the coordinator)."""
+        if "://" in self.s.store_url or self.store is None:
+            return self.s.store_url
+        return self.store.url
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            conn = await conn_mod.accept(
+                reader,
+                writer,
+                full_token=self.s.token,
+                read_token=self.s.read_token,
+                handshake_timeout_s=self.s.handshake_timeout_s,
+                max_frame_bytes=self.s.max_frame_bytes,
+                welcome_info=self.welcome_info(),
+            )
+        except Exception as e:  # never let one connection take the server down
+            log.warning("handshake failed: %s", e)
+            writer.close()
+            return
+        if conn is None:
+            return
+        session = ConnSession(self, conn)
+        self._conns[session.wid] = conn
+        try:
+            await session.serve()
+        finally:
+            self._conns.pop(session.wid, None)
+            session.closed()
+            conn.close()
+
+    # -- status ----------------------------------------------------------------------------
+    def status(self, detail: bool = False) -> dict[str, Any]:
+        sched, graph = self.sched, self.graph
+        assert sched is not None and graph is not None
+        now = self.clock()
+        funcs = []
+        for f, c in zip(graph.functions, sched.counts):
+            funcs.append({"name": f.name, **{STATE_NAMES[s]: c[s] for s in range(6)}})
+        totals = sched.totals()
+        workers = []
+        for w in sched.workers.values():
+            workers.append(
+                {
+                    "id": w.wid,
+                    "host": w.host,
+                    "pid": w.pid,
+                    "name": w.name,
+                    "running": [graph.keys[i] for i in sorted(w.leases)][:50],
+                    "n_running": len(w.leases),
+                    "done": w.done,
+                    "failed": w.failed,
+                    "last_seen_s": round(now - w.last_seen, 3),
+                }
+            )
+        failures = []
+        for i, fl in list(sched.failures.items())[:200]:
+            tb = fl.tb if detail else ""
+            failures.append(
+                {
+                    "key": graph.keys[i],
+                    "func": graph.functions[graph.fn[i]].name,
+                    "kind": fl.kind,
+                    "type": fl.type,
+                    "msg": fl.msg,
+                    "tb": tb,
+                    "attempts": fl.attempts,
+                    "worker": fl.worker,
+                }
+            )
+        rate = 0.0
+        if len(self.history) >= 2:
+            (t0, d0), (t1, d1) = self.history[max(0, len(self.history) - 11)], self.history[-1]
+            if t1 > t0:
+                rate = (d1 - d0) / (t1 - t0)
+        return {
+            "jugfile": str(self.s.jugfile),
+            "store": self.store.url if self.store else "",
+            "state": self.state,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "tasks": len(graph),
+            "totals": {STATE_NAMES[s]: totals[s] for s in range(6)},
+            "functions": funcs,
+            "workers": workers,
+            "failures": failures,
+            "barrier": bool(self.loaded and self.loaded.hit_barrier),
+            "loads": self.loads,
+            "reclaimed": sched.reclaimed,
+            "duplicates": sched.duplicates,
+            "rate": round(rate, 2),
+        }
+
+
+class ConnSession:
+    """One connection: a worker (leases) or a client (status). Requests may be pipelined."""
+
+    def __init__(self, coord: Coordinator, conn: Any) -> None:
+        self.c = coord
+        self.conn = conn
+        peer = conn.peer
+        self.wid = f"{peer.host}:{peer.pid}:{uuid.uuid4().hex[:8]}"
+        self.role = peer.role
+        self.access = peer.access
+        self.sent_funcs: set[int] = set()
+        self.graph_epoch = -1
+        self.waiting = 0
+        if self.role == "worker" and self.access == "full":
+            assert coord.sched is not None
+            coord.sched.add_worker(self.wid, peer.host, peer.pid, peer.name)
+            log.info("worker %s connected", self.wid)
+
+    def closed(self) -> None:
+        sched = self.c.sched
+        if sched is not None and self.wid in sched.workers:
+            lost = sched.remove_worker(self.wid)
+            log.info("worker %s disconnected%s", self.wid,
+                     f", {len(lost)} lease(s) back to ready" if lost else "")
+            if lost:
+                self.c._notify()
+
+    def error(self, re: int | None, code: str, msg: str) -> None:
+        self.conn.send({"op": "error", "re": re, "code": code, "msg": msg})
+
+    async def serve(self) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                try:
+                    msg = await self.conn.recv()
+                except ProtocolError as e:
+                    # recv() has told the peer (error frame) and closed this connection only
+                    if not isinstance(e, conn_mod.ConnectionClosed):
+                        log.warning("bad message from %s: %s", self.wid, e)
+                    return
+                op = msg["op"]
+                if op == "bye":
+                    return
+                if op in ("lease", "renew", "resume", "shutdown", "invalidate") and (
+                    self.access != "full" or (self.role != "worker" and op in ("lease", "renew", "resume"))
+                ):
+                    self.error(msg.get("id"), "access", f"{op} needs a worker connection with the full token")
+                    await self.conn.drain()
+                    continue
+                if op == "lease":
+                    t = asyncio.ensure_future(self.on_lease(msg))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                    continue
+                handler = getattr(self, "on_" + op, None)
+                if handler is None:
+                    self.error(msg.get("id"), "op", f"unexpected operation {op!r}")
+                    await self.conn.drain()
+                    return
+                await handler(msg)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def on_lease(self, msg: dict[str, Any]) -> None:
+        c = self.c
+        sched = c.sched
+        assert sched is not None
+        sched.touch(self.wid)
+        changed = self._report(msg)
+        if changed:
+            c._notify()
+            await c._check_finished()
+        want = min(int(msg["want"]), MAX_LEASES_PER_REQUEST)
+        deadline = time.monotonic() + msg["wait_ms"] / 1000.0
+        leases: list[tuple[int, int]] = []
+        while True:
+            sched = c.sched
+            assert sched is not None
+            if want and c.state == "running":
+                leases = sched.lease(self.wid, want)
+            if leases or not want or c.state == "finished" and not c.s.stay:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            wake = c._wake
+            try:
+                await asyncio.wait_for(wake.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        self._reply_leases(msg["id"], leases)
+        await self.conn.drain()
+
+    def _report(self, msg: dict[str, Any]) -> bool:
+        c = self.c
+        sched, graph = c.sched, c.graph
+        assert sched is not None and graph is not None
+        changed = False
+        for key, tok, _meta in msg["done"]:
+            i = graph.index.get(key)
+            if i is None:
+                continue
+            if sched.complete(self.wid, i, tok):
+                changed = True
+            elif sched.state[i] != DONE:
+                # the lease was reclaimed: the result counts if it reached the store
+                asyncio.ensure_future(self._late_done(i))
+        for key, tok, err in msg["failed"]:
+            i = graph.index.get(key)
+            if i is None:
+                continue
+            r = sched.fail(self.wid, i, tok, err)
+            if r != "stale":
+                changed = True
+                if r == "failed":
+                    log.warning("task %s (%s) failed: %s: %s", graph.functions[graph.fn[i]].name,
+                                key[:12], err.get("type"), err.get("msg"))
+                    if c.s.fail_fast:
+                        log.error("stopping at the first failure (--fail-fast)")
+                        c.stop()
+        return changed
+
+    async def _late_done(self, i: int) -> None:
+        c = self.c
+        graph, store = c.graph, c.store
+        assert graph is not None and store is not None
+        key = graph.keys[i]
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(None, store.contains, key)
+        except StoreError:
+            return
+        if ok and c.graph is graph and c.sched is not None and c.sched.accept_late(self.wid, i):
+            c._notify()
+            await c._check_finished()
+
+    def _reply_leases(self, rid: int, leases: list[tuple[int, int]]) -> None:
+        c = self.c
+        graph = c.graph
+        assert graph is not None
+        if self.graph_epoch != c.loads:  # the graph was rebuilt past a barrier
+            self.graph_epoch = c.loads
+            self.sent_funcs = set()
+        out, funcs = [], []
+        for i, tok in leases:
+            fid = graph.fn[i]
+            if fid not in self.sent_funcs:
+                self.sent_funcs.add(fid)
+                f = graph.functions[fid]
+                funcs.append({"fn": fid, "name": f.name, "src": f.src, "code": f.code})
+            out.append({"key": graph.keys[i], "tok": tok, "fn": fid, "args": graph.args[i]})
+        if out:
+            state = "run"
+        elif c.state == "finished" and not c.s.stay:
+            state = "finished"
+        else:
+            state = "idle"
+        self.conn.send({"op": "leases", "re": rid, "state": state, "leases": out, "funcs": funcs})
+
+    async def on_renew(self, msg: dict[str, Any]) -> None:
+        sched, graph = self.c.sched, self.c.graph
+        assert sched is not None and graph is not None
+        items, lost = [], []
+        for key, tok in msg["leases"]:
+            i = graph.index.get(key)
+            if i is None:
+                lost.append(key)
+            else:
+                items.append((i, tok))
+        lost.extend(graph.keys[i] for i in sched.renew(self.wid, items))
+        self.conn.send({"op": "renewed", "re": msg["id"], "lost": lost})
+        await self.conn.drain()
+
+    async def on_resume(self, msg: dict[str, Any]) -> None:
+        sched, graph = self.c.sched, self.c.graph
+        assert sched is not None and graph is not None
+        idxs, lost = [], []
+        for key in msg["running"]:
+            i = graph.index.get(key)
+            if i is None:
+                lost.append(key)
+            else:
+                idxs.append(i)
+        kept, lost_i = sched.resume(self.wid, idxs)
+        lost.extend(graph.keys[i] for i in lost_i)
+        if kept:
+            log.info("worker %s resumed %d running task(s)", self.wid, len(kept))
+        self.conn.send(
+            {"op": "resumed", "re": msg["id"], "kept": [[graph.keys[i], t] for i, t in kept],
+             "lost": lost}
+        )
+        await self.conn.drain()
+
+    async def on_status(self, msg: dict[str, Any]) -> None:
+        self.conn.send({"op": "status", "re": msg["id"], "status": self.c.status(bool(msg["detail"]))})
+        await self.conn.drain()
+
+    async def on_shutdown(self, msg: dict[str, Any]) -> None:
+        log.info("shutdown requested by %s", self.wid)
+        self.conn.send({"op": "ok", "re": msg["id"]})
+        await self.conn.drain()
+        self.c.stop()
+
+    async def on_invalidate(self, msg: dict[str, Any]) -> None:
+        sched, graph = self.c.sched, self.c.graph
+        assert sched is not None and graph is not None
+        idxs = [graph.index[k] for k in msg["keys"] if k in graph.index]
+        n = sched.invalidate(idxs)
+        log.info("invalidated %d task(s) on request", n)
+        if self.c.state == "finished":
+            self.c.state = "running"
+        self.c._notify()
+        self.conn.send({"op": "ok", "re": msg["id"]})
+        await self.conn.drain()
+
+
+__all__ = ["Coordinator", "Settings", "DEFAULT_PORT", "WAITING", "READY", "RUNNING"]

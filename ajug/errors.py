@@ -1,0 +1,96 @@
+"""The one exception tree of ajug.
+
+    AjugError                       root: the CLI prints it as one line, never a traceback
+    ├── UsageError                  a bad option, a bad address, a bad setting
+    ├── JugfileError                the jugfile is missing or raised while it was loaded
+    │   └── IdentityError           an argument whose identity cannot be computed (also TypeError)
+    ├── StoreError                  anything the store could not do
+    │   ├── StoreUnreachable        redis down, directory gone: retried with backoff
+    │   ├── StoreFull               disk or redis memory full: free space and resume
+    │   ├── ResultMissing           no result under that key (also KeyError)
+    │   ├── ResultDamaged           length or checksum wrong: treated as missing
+    │   └── StoreLocked             another coordinator owns the store (names its host, pid)
+    ├── ProtocolError               a frame or message that breaks protocol/SPEC.md
+    │   ├── FrameTooLarge           length prefix over the limit
+    │   └── VersionMismatch         no protocol version in common
+    ├── AuthError                   wrong token, or the peer failed to prove it has it
+    ├── ConnectError                the coordinator cannot be reached (after retries)
+    ├── LeaseLost                   the coordinator reclaimed a lease
+    └── TaskFailed                  a task raised; carries the remote traceback
+
+Lower-layer errors (OSError, msgpack's, redis's) are translated into this tree where they
+enter ajug, so callers only ever need to catch ``AjugError``.
+"""
+
+from __future__ import annotations
+
+
+class AjugError(Exception):
+    """Root of every error ajug raises on purpose. ``str()`` is one actionable line."""
+
+
+class UsageError(AjugError):
+    pass
+
+
+class JugfileError(AjugError):
+    pass
+
+
+class IdentityError(JugfileError, TypeError):
+    pass
+
+
+class StoreError(AjugError):
+    pass
+
+
+class StoreUnreachable(StoreError):
+    pass
+
+
+class StoreFull(StoreError):
+    pass
+
+
+class ResultMissing(StoreError, KeyError):
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "result missing"
+
+
+class ResultDamaged(StoreError):
+    pass
+
+
+class StoreLocked(StoreError):
+    pass
+
+
+class ProtocolError(AjugError):
+    pass
+
+
+class FrameTooLarge(ProtocolError):
+    pass
+
+
+class VersionMismatch(ProtocolError):
+    pass
+
+
+class AuthError(AjugError):
+    pass
+
+
+class ConnectError(AjugError):
+    pass
+
+
+class LeaseLost(AjugError):
+    pass
+
+
+class TaskFailed(AjugError):
+    def __init__(self, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.traceback = traceback

@@ -1,0 +1,157 @@
+"""The compact task graph the coordinator keeps once the jugfile is loaded.
+
+Task objects cost about a kilobyte each; a million-task graph is kept instead as parallel
+arrays indexed by task number: identities, function numbers, dependencies (CSR), and each
+task's arguments already encoded for the wire. Encoding once here keeps pickling off the
+coordinator's lease path.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from .errors import JugfileError
+from .task import ResultRef, Task, source_hash
+
+
+@dataclass
+class Function:
+    fid: int
+    name: str
+    src: str  # hash of the source, recorded with each result
+    code: bytes  # cloudpickle of the function: shipped once per connection
+
+
+@dataclass
+class Graph:
+    keys: list[str] = field(default_factory=list)
+    fn: array = field(default_factory=lambda: array("I"))
+    dep_start: array = field(default_factory=lambda: array("I", [0]))
+    dep_idx: array = field(default_factory=lambda: array("I"))
+    args: list[bytes] = field(default_factory=list)
+    functions: list[Function] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def deps(self, i: int) -> Sequence[int]:
+        return self.dep_idx[self.dep_start[i] : self.dep_start[i + 1]]
+
+
+class _ArgPickler(pickle.Pickler):
+    """Pickles arguments with every Task replaced by a reference to its identity."""
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, Task):
+            return obj.key
+        return None
+
+
+class _CloudArgPickler(cloudpickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, Task):
+            return obj.key
+        return None
+
+
+class _ArgUnpickler(pickle.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        return ResultRef(pid)
+
+
+def encode_args(t: Task) -> bytes:
+    payload = (t.args, t.kwargs) if t.kwargs else t.args
+    buf = io.BytesIO()
+    try:
+        _ArgPickler(buf, protocol=5).dump(payload)
+    except Exception:
+        buf = io.BytesIO()
+        try:
+            _CloudArgPickler(buf, protocol=5).dump(payload)
+        except Exception as e:
+            raise JugfileError(
+                f"the arguments of task {t.name} cannot be pickled to send to workers: {e}"
+            ) from None
+    return buf.getvalue()
+
+
+def decode_args(blob: bytes) -> tuple[tuple, dict]:
+    payload = _ArgUnpickler(io.BytesIO(blob)).load()
+    if type(payload) is tuple and len(payload) == 2 and type(payload[1]) is dict and (
+        type(payload[0]) is tuple
+    ):
+        return payload[0], payload[1]
+    return payload, {}
+
+
+def _local_modules(jugdir: Path) -> list[Any]:
+    """Modules loaded from the jugfile's directory tree (not installed packages): by value."""
+    root = str(jugdir) + os.sep
+    out = []
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if not f or name == "__main__":
+            continue
+        if f.startswith(root) and "site-packages" not in f and "dist-packages" not in f:
+            out.append(mod)
+    return out
+
+
+def register_by_value(jugdir: Path) -> None:
+    for mod in _local_modules(jugdir):
+        try:
+            cloudpickle.register_pickle_by_value(mod)
+        except ValueError:
+            pass
+
+
+def pickle_function(f: Any, name: str) -> bytes:
+    try:
+        return cloudpickle.dumps(f, protocol=5)
+    except Exception as e:
+        raise JugfileError(f"function {name} cannot be pickled to send to workers: {e}") from None
+
+
+def build_graph(tasks: list[Task], jugdir: Path | None = None, encode: bool = True) -> Graph:
+    """Compile unique tasks (in order) into a Graph. Dependencies must come before dependents.
+
+    ``encode=False`` skips pickling functions and arguments (offline status needs no wire).
+    """
+    if jugdir is not None and encode:
+        register_by_value(jugdir)
+    g = Graph()
+    fids: dict[int, int] = {}
+    index = g.index
+    for i, t in enumerate(tasks):
+        index[t.key] = i
+    for t in tasks:
+        fid = fids.get(id(t.f))
+        if fid is None:
+            fid = fids[id(t.f)] = len(g.functions)
+            code = pickle_function(t.f, t.name) if encode else b""
+            g.functions.append(Function(fid, t.name, source_hash(t.f), code))
+        g.keys.append(t.key)
+        g.fn.append(fid)
+        seen: set[int] = set()
+        for d in t.dependencies():
+            j = index.get(d.key)
+            if j is None:  # a dependency created outside the jugfile's task list
+                raise JugfileError(f"task {t.name} depends on a task that is not in the graph")
+            if j not in seen:
+                seen.add(j)
+                g.dep_idx.append(j)
+        g.dep_start.append(len(g.dep_idx))
+        if encode:
+            g.args.append(encode_args(t))
+    return g

@@ -1,0 +1,151 @@
+"""Task identity: jug's SHA-1 scheme, reimplemented.
+
+A task's identity is the hex SHA-1 of its function's ``module.name`` and its arguments. For
+every argument type jug 2.7 supports the bytes fed to SHA-1 are the ones jug feeds, so a jug
+project keeps its results when it moves to ajug. The encoding of one ``(name, value)`` pair:
+
+- the name, pickled with protocol 4 (pinned: the default protocol changes between Pythons);
+- an object with ``__jug_hash__()`` (Task, Tasklet, CustomHash): the bytes it returns;
+- ``list`` / ``tuple`` (exact types): ``repr(type)``, then each item as ``(index, item)``;
+- ``set`` / ``frozenset``: ``b"set"`` / ``b"frozenset"``, then the items' own digests sorted,
+  so that iteration order (which depends on PYTHONHASHSEED) never matters;
+- ``dict``: ``b"dict"``, then ``(digest(key), value)`` pairs sorted by the key digest;
+- ``numpy.ndarray``: ``b"np.ndarray"``, pickled dtype and shape, then the raw C-order bytes
+  (object arrays: their elements, one by one);
+- anything else (None, bool, int, float, complex, str, bytes, numpy scalars, other picklable
+  objects): its pickle, protocol 4. This is stable across processes and Python 3.10-3.13 for the
+  builtin scalars; for other objects it is as stable as their pickle. An object that cannot be
+  pickled raises ``IdentityError`` naming the task and the argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from typing import Any
+
+PICKLE_PROTOCOL = 4
+
+_LIST_TAG = repr(list).encode()
+_TUPLE_TAG = repr(tuple).encode()
+
+try:  # numpy is optional; arrays are hashed by content when it is there
+    import numpy as _np
+
+    _ndarray: type | None = _np.ndarray
+except ImportError:  # pragma: no cover - numpy is in the test extra
+    _np = None
+    _ndarray = None
+
+# pickle.dumps of small ints and names is the hot path of hashing a big graph: memoise the
+# handful that recur (argument indices and the three field names).
+_PICKLED: dict[Any, bytes] = {}
+
+
+def _pickled_name(n: Any) -> bytes:
+    try:
+        return _PICKLED[n]
+    except KeyError:
+        b = pickle.dumps(n, protocol=PICKLE_PROTOCOL)
+        if len(_PICKLED) < 4096 and type(n) in (int, str):
+            _PICKLED[n] = b
+        return b
+    except TypeError:  # unhashable name (never produced by ajug itself)
+        return pickle.dumps(n, protocol=PICKLE_PROTOCOL)
+
+
+def hash_update(m: Any, elems: Any, where: str = "") -> Any:
+    """Feed ``(name, value)`` pairs into the hash object ``m`` the way jug does."""
+    for n, e in elems:
+        m.update(_pickled_name(n))
+        jh = getattr(e, "__jug_hash__", None)
+        te = type(e)
+        if jh is not None and not isinstance(e, type):
+            m.update(jh())
+        elif te is list or te is tuple:
+            m.update(_LIST_TAG if te is list else _TUPLE_TAG)
+            hash_update(m, enumerate(e), where)
+        elif te is set or te is frozenset:
+            m.update(b"set" if te is set else b"frozenset")
+            items = sorted(hash_one(x, where) for x in e)
+            hash_update(m, enumerate(items), where)
+        elif te is dict:
+            m.update(b"dict")
+            pairs = sorted(((hash_one(k, where), v) for k, v in e.items()), key=_first)
+            hash_update(m, pairs, where)
+        elif _ndarray is not None and te is _ndarray:
+            m.update(b"np.ndarray")
+            m.update(pickle.dumps(e.dtype, protocol=PICKLE_PROTOCOL))
+            m.update(pickle.dumps(e.shape, protocol=PICKLE_PROTOCOL))
+            if e.dtype.hasobject:
+                hash_update(m, enumerate(e.ravel().tolist()), where)
+            else:
+                try:
+                    m.update(e.data)
+                except (BufferError, ValueError):
+                    m.update(e.copy().data)
+        else:
+            if isinstance(e, (list, tuple)) and _contains_task(e):
+                raise _identity_error(
+                    where,
+                    e,
+                    f"tasks inside a {te.__name__} (a list/tuple subclass such as a namedtuple) "
+                    "are not supported; use a plain list, tuple or dict",
+                )
+            try:
+                m.update(pickle.dumps(e, protocol=PICKLE_PROTOCOL))
+            except Exception as exc:
+                raise _identity_error(where, e, f"it cannot be pickled ({exc})") from None
+    return m
+
+
+def _first(pair: tuple[bytes, Any]) -> bytes:
+    return pair[0]
+
+
+def _identity_error(where: str, e: Any, why: str) -> Exception:
+    from .errors import IdentityError
+
+    r = repr(e)
+    if len(r) > 80:
+        r = r[:77] + "..."
+    return IdentityError(
+        f"cannot compute the identity of {where or 'a task'}: argument {r} of type "
+        f"{type(e).__module__}.{type(e).__qualname__}: {why}. Give it a __jug_hash__ method or "
+        "wrap it in ajug.utils.CustomHash"
+    )
+
+
+def _contains_task(obj: Any) -> bool:
+    from .task import Task, Tasklet
+
+    queue = [obj]
+    while queue:
+        e = queue.pop()
+        if isinstance(e, (Task, Tasklet)):
+            return True
+        if hasattr(e, "__jug_dependencies__"):
+            queue.extend(e.__jug_dependencies__())
+        elif isinstance(e, (list, tuple, set, frozenset)):
+            queue.extend(e)
+        elif isinstance(e, dict):
+            queue.extend(e.values())
+    return False
+
+
+def new_hash_object() -> Any:
+    return hashlib.sha1()
+
+
+def hash_one(obj: Any, where: str = "") -> bytes:
+    """The digest of one object (hex, as bytes), as jug's ``hash_one``."""
+    m = hashlib.sha1()
+    hash_update(m, [("hash1", obj)], where)
+    return m.hexdigest().encode()
+
+
+def task_digest(name: str, args: tuple, kwargs: dict) -> str:
+    """The identity of ``name(*args, **kwargs)``: a 40-character hex string."""
+    m = hashlib.sha1()
+    hash_update(m, [("name", name.encode("utf-8")), ("args", args), ("kwargs", kwargs)], name)
+    return m.hexdigest()

@@ -1,0 +1,102 @@
+"""Loading a jugfile: run it as a module and collect the tasks it defines.
+
+The jugfile is executed as a module named after its file (``primes.py`` -> ``primes``), as jug
+does, so task names (``primes.is_prime``) and identities match jug's. The module is put in
+``sys.modules`` even when a barrier stops it half way, so that its functions can be pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import task as _task
+from .barrier import BarrierError
+from .errors import AjugError, JugfileError
+from .task import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedJugfile:
+    path: Path
+    module: types.ModuleType
+    #: unique tasks (first occurrence of each identity), in creation order
+    tasks: list[Task]
+    #: loading stopped at a barrier: more tasks will appear once these are done
+    hit_barrier: bool
+    loads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def default_store_url(jugfile: str | os.PathLike[str]) -> str:
+    """``<stem>.ajugdata`` beside the jugfile: the embedded file store."""
+    p = Path(jugfile).resolve()
+    return str(p.with_name(p.stem + ".ajugdata"))
+
+
+def check_jugfile(jugfile: str | os.PathLike[str]) -> Path:
+    p = Path(jugfile)
+    if not p.exists():
+        raise JugfileError(f"jugfile {str(p)!r} not found: give the path to your jugfile (a .py file)")
+    if p.is_dir():
+        raise JugfileError(f"{str(p)!r} is a directory: give the path to your jugfile (a .py file)")
+    return p.resolve()
+
+
+def load_jugfile(jugfile: str | os.PathLike[str], store: Any) -> LoadedJugfile:
+    """Run the jugfile with ``store`` as ``Task.store`` and return its tasks.
+
+    Raises ``JugfileError`` (with the jugfile's traceback in ``.details``) when it raises.
+    """
+    path = check_jugfile(jugfile)
+    modname = path.stem
+    module = types.ModuleType(modname)
+    module.__file__ = str(path)
+    sys.modules[modname] = module
+    jugdir = str(path.parent)
+    if jugdir not in sys.path:
+        sys.path.insert(0, jugdir)
+    _task.reset()
+    Task.store = store
+    hit_barrier = False
+    try:
+        code = compile(path.read_bytes(), str(path), "exec")
+        exec(code, module.__dict__)
+    except BarrierError:
+        hit_barrier = True
+    except AjugError:
+        raise
+    except SystemExit as e:
+        raise JugfileError(f"jugfile {path.name} called sys.exit({e.code}) while loading") from None
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        tb = traceback.format_exc()
+        err = JugfileError(
+            f"jugfile {path.name} raised {type(e).__name__}: {e} (run with -v for the traceback)"
+        )
+        err.details = tb  # type: ignore[attr-defined]
+        raise err from None
+    tasks = unique_tasks(_task.alltasks)
+    return LoadedJugfile(path=path, module=module, tasks=tasks, hit_barrier=hit_barrier)
+
+
+def unique_tasks(tasks: list[Task]) -> list[Task]:
+    """First task of each identity, in order. Identities are computed in creation order, so each
+    dependency's is cached before its dependents need it (no deep recursion on long chains)."""
+    seen: set[str] = set()
+    out: list[Task] = []
+    for t in tasks:
+        k = t.key
+        if k not in seen:
+            seen.add(k)
+            out.append(t)
+    return out

@@ -1,0 +1,386 @@
+"""What the coordinator decides: which tasks are ready, who holds which lease, until when.
+
+No I/O and no event loop here: the coordinator calls these methods from its connection handlers
+and passes a clock, so a test can expire a lease by moving the clock instead of sleeping.
+
+Lease rules (DESIGN.md, "Leases and failures"):
+- a lease is (task, worker, token, deadline); ``renew`` pushes the deadline by the TTL;
+- a worker that disconnects loses its leases at once; a lease past its deadline is reclaimed;
+  either way the task is ready again and it counts as one attempt; ``max_attempts`` such losses
+  mark the task failed as suspected of killing its workers;
+- a task that raises is retried ``retries`` times, then failed; everything downstream of a
+  failed task is blocked, and the rest of the graph runs on;
+- a ``done`` for a lease that is no longer current is the caller's to verify in the store
+  (``complete`` returns False) and then ``accept_late``.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .graph import Graph
+
+WAITING, READY, RUNNING, DONE, FAILED, BLOCKED = range(6)
+STATE_NAMES = ("waiting", "ready", "running", "done", "failed", "blocked")
+
+
+@dataclass
+class Lease:
+    idx: int
+    worker: str
+    tok: int
+    deadline: float
+
+
+@dataclass
+class WorkerInfo:
+    wid: str
+    host: str = ""
+    pid: int = 0
+    name: str = ""
+    connected_at: float = 0.0
+    last_seen: float = 0.0
+    done: int = 0
+    failed: int = 0
+    leases: set[int] = field(default_factory=set)
+
+
+@dataclass
+class Failure:
+    idx: int
+    kind: str  # "exception", "worker-lost", "store"
+    type: str
+    msg: str
+    tb: str
+    worker: str
+    attempts: int
+
+
+class Scheduler:
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        lease_ttl_s: float = 30.0,
+        max_attempts: int = 3,
+        retries: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.graph = graph
+        self.lease_ttl_s = lease_ttl_s
+        self.max_attempts = max_attempts
+        self.retries = retries
+        self.clock = clock
+        n = len(graph)
+        self.state = bytearray(n)  # all WAITING
+        self.remaining = array("I", bytes(4 * n))
+        self.ready: deque[int] = deque()
+        self.leases: dict[int, Lease] = {}
+        self.workers: dict[str, WorkerInfo] = {}
+        self.lost_count: dict[int, int] = {}
+        self.error_count: dict[int, int] = {}
+        self.failures: dict[int, Failure] = {}
+        self.counts = [[0] * 6 for _ in graph.functions]
+        for f in graph.fn:
+            self.counts[f][WAITING] += 1
+        self._tok = 0
+        self.reclaimed = 0
+        self.completed = 0
+        self.duplicates = 0
+        # dependents, as CSR, for making tasks ready when their inputs are done
+        nd = array("I", bytes(4 * (n + 1)))
+        for j in graph.dep_idx:
+            nd[j + 1] += 1
+        for i in range(n):
+            nd[i + 1] += nd[i]
+        fill = array("I", nd[:-1]) if n else array("I")
+        rev = array("I", bytes(4 * len(graph.dep_idx)))
+        ds, di = graph.dep_start, graph.dep_idx
+        for i in range(n):
+            for p in range(ds[i], ds[i + 1]):
+                j = di[p]
+                rev[fill[j]] = i
+                fill[j] += 1
+        self.rdep_start = nd
+        self.rdep_idx = rev
+
+    # -- setup ----------------------------------------------------------------------------
+    def start(self, done: Iterable[bool]) -> None:
+        """Mark what the store already holds as done, then compute the ready set."""
+        st, fn, counts = self.state, self.graph.fn, self.counts
+        for i, d in enumerate(done):
+            if d:
+                st[i] = DONE
+                f = fn[i]
+                counts[f][WAITING] -= 1
+                counts[f][DONE] += 1
+        ds, di = self.graph.dep_start, self.graph.dep_idx
+        for i in range(len(st)):
+            if st[i] == DONE:
+                continue
+            r = 0
+            for p in range(ds[i], ds[i + 1]):
+                if st[di[p]] != DONE:
+                    r += 1
+            self.remaining[i] = r
+            if r == 0:
+                self._set(i, READY)
+                self.ready.append(i)
+
+    def _set(self, i: int, s: int) -> None:
+        c = self.counts[self.graph.fn[i]]
+        c[self.state[i]] -= 1
+        c[s] += 1
+        self.state[i] = s
+
+    # -- workers --------------------------------------------------------------------------
+    def add_worker(self, wid: str, host: str = "", pid: int = 0, name: str = "") -> WorkerInfo:
+        now = self.clock()
+        w = self.workers[wid] = WorkerInfo(wid, host, pid, name, now, now)
+        return w
+
+    def remove_worker(self, wid: str) -> list[int]:
+        """The worker is gone (closed connection): its leases are ready again at once."""
+        w = self.workers.pop(wid, None)
+        if w is None:
+            return []
+        lost = list(w.leases)
+        for i in lost:
+            self._lose(i, "connection closed")
+        return lost
+
+    # -- leases ---------------------------------------------------------------------------
+    def lease(self, wid: str, n: int) -> list[tuple[int, int]]:
+        """Up to ``n`` ready tasks for ``wid``, as (task index, lease token)."""
+        w = self.workers[wid]
+        now = self.clock()
+        w.last_seen = now
+        out = []
+        ready, st = self.ready, self.state
+        deadline = now + self.lease_ttl_s
+        while ready and len(out) < n:
+            i = ready.popleft()
+            if st[i] != READY:
+                continue
+            self._tok += 1
+            self.leases[i] = Lease(i, wid, self._tok, deadline)
+            w.leases.add(i)
+            self._set(i, RUNNING)
+            out.append((i, self._tok))
+        return out
+
+    def renew(self, wid: str, items: Iterable[tuple[int, int]]) -> list[int]:
+        """Extend the worker's leases; return the task indices it no longer holds."""
+        now = self.clock()
+        w = self.workers.get(wid)
+        if w is not None:
+            w.last_seen = now
+        lost = []
+        for i, tok in items:
+            lease = self.leases.get(i)
+            if lease is None or lease.tok != tok or lease.worker != wid:
+                lost.append(i)
+            else:
+                lease.deadline = now + self.lease_ttl_s
+        return lost
+
+    def touch(self, wid: str) -> None:
+        """Any message from a worker is a sign of life: extend all its leases."""
+        w = self.workers.get(wid)
+        if w is None:
+            return
+        now = self.clock()
+        w.last_seen = now
+        for i in w.leases:
+            self.leases[i].deadline = now + self.lease_ttl_s
+
+    def complete(self, wid: str, i: int, tok: int) -> bool:
+        """DONE for a current lease: the task is done. False: not current; verify, accept_late."""
+        lease = self.leases.get(i)
+        if lease is None or lease.tok != tok:
+            return False
+        self._release(lease)
+        w = self.workers.get(wid)
+        if w is not None:
+            w.done += 1
+        self._done(i)
+        return True
+
+    def accept_late(self, wid: str, i: int) -> bool:
+        """A DONE whose lease was reclaimed, verified to be in the store. True if it counted."""
+        st = self.state[i]
+        if st == DONE:
+            self.duplicates += 1
+            return False
+        lease = self.leases.get(i)
+        if lease is not None:  # re-leased to someone else, who will find it done
+            self._release(lease)
+        w = self.workers.get(wid)
+        if w is not None:
+            w.done += 1
+        if st == FAILED:
+            self.failures.pop(i, None)
+        self._done(i)
+        return True
+
+    def _done(self, i: int) -> None:
+        self._set(i, DONE)
+        self.completed += 1
+        rs, ri, rem, st = self.rdep_start, self.rdep_idx, self.remaining, self.state
+        newly = []
+        for p in range(rs[i], rs[i + 1]):
+            j = ri[p]
+            if st[j] == WAITING:
+                rem[j] -= 1
+                if rem[j] == 0:
+                    self._set(j, READY)
+                    newly.append(j)
+        # a finished task's dependents go first: the same worker usually gets them in the same
+        # round trip and finds the input in its cache
+        self.ready.extendleft(reversed(newly))
+
+    def fail(self, wid: str, i: int, tok: int, err: dict[str, Any]) -> str:
+        """The task raised. Returns "retry", "failed" or "stale" (lease not current)."""
+        lease = self.leases.get(i)
+        if lease is None or lease.tok != tok:
+            return "stale"
+        self._release(lease)
+        w = self.workers.get(wid)
+        if w is not None:
+            w.failed += 1
+        n = self.error_count[i] = self.error_count.get(i, 0) + 1
+        if n <= self.retries:
+            self._set(i, READY)
+            self.ready.append(i)
+            return "retry"
+        self._fail(
+            i,
+            Failure(
+                i,
+                str(err.get("kind", "exception")),
+                str(err.get("type", "Exception")),
+                str(err.get("msg", "")),
+                str(err.get("tb", "")),
+                wid,
+                n,
+            ),
+        )
+        return "failed"
+
+    def _fail(self, i: int, failure: Failure) -> None:
+        self._set(i, FAILED)
+        self.failures[i] = failure
+        stack = [i]
+        rs, ri, st = self.rdep_start, self.rdep_idx, self.state
+        while stack:
+            k = stack.pop()
+            for p in range(rs[k], rs[k + 1]):
+                j = ri[p]
+                if st[j] in (WAITING, READY):
+                    self._set(j, BLOCKED)
+                    stack.append(j)
+
+    def _release(self, lease: Lease) -> None:
+        del self.leases[lease.idx]
+        w = self.workers.get(lease.worker)
+        if w is not None:
+            w.leases.discard(lease.idx)
+
+    def _lose(self, i: int, why: str) -> None:
+        lease = self.leases.get(i)
+        if lease is None:
+            return
+        self._release(lease)
+        self.reclaimed += 1
+        n = self.lost_count[i] = self.lost_count.get(i, 0) + 1
+        if n >= self.max_attempts:
+            msg = (
+                f"lost its worker {n} times (last: {why}); suspected of killing workers, "
+                "so it is not handed out again"
+            )
+            self._fail(i, Failure(i, "worker-lost", "WorkerLost", msg, "", lease.worker, n))
+        else:
+            self._set(i, READY)
+            self.ready.appendleft(i)
+
+    def expire(self) -> list[int]:
+        """Reclaim every lease past its deadline (a frozen or unreachable worker)."""
+        now = self.clock()
+        late = [i for i, lease in self.leases.items() if lease.deadline < now]
+        for i in late:
+            self._lose(i, "lease expired")
+        return late
+
+    def next_deadline(self) -> float | None:
+        if not self.leases:
+            return None
+        return min(lease.deadline for lease in self.leases.values())
+
+    def resume(self, wid: str, idxs: Iterable[int]) -> tuple[list[tuple[int, int]], list[int]]:
+        """A reconnected worker says it is running these: keep those that are free to keep."""
+        w = self.workers[wid]
+        now = self.clock()
+        kept, lost = [], []
+        for i in idxs:
+            if self.state[i] == READY:
+                self._tok += 1
+                self.leases[i] = Lease(i, wid, self._tok, now + self.lease_ttl_s)
+                w.leases.add(i)
+                self._set(i, RUNNING)
+                kept.append((i, self._tok))
+            else:
+                lease = self.leases.get(i)
+                if lease is not None and lease.worker == wid:
+                    kept.append((i, lease.tok))
+                else:
+                    lost.append(i)
+        return kept, lost
+
+    # -- invalidation (live) ---------------------------------------------------------------
+    def invalidate(self, idxs: Iterable[int]) -> int:
+        """Results removed from the store: those tasks and everything downstream run again."""
+        todo = [i for i in idxs]
+        hit: set[int] = set()
+        while todo:
+            i = todo.pop()
+            if i in hit:
+                continue
+            hit.add(i)
+            rs, ri = self.rdep_start, self.rdep_idx
+            todo.extend(ri[p] for p in range(rs[i], rs[i + 1]))
+        ds, di = self.graph.dep_start, self.graph.dep_idx
+        for i in sorted(hit):
+            if self.state[i] == RUNNING:
+                continue
+            self.failures.pop(i, None)
+            self._set(i, WAITING)
+        for i in sorted(hit):
+            if self.state[i] != WAITING:
+                continue
+            r = sum(1 for p in range(ds[i], ds[i + 1]) if self.state[di[p]] != DONE)
+            self.remaining[i] = r
+            if r == 0:
+                self._set(i, READY)
+                self.ready.append(i)
+        return len(hit)
+
+    # -- queries --------------------------------------------------------------------------
+    def finished(self) -> bool:
+        """Nothing ready and nothing running: all done, or the rest failed or blocked."""
+        t = self.totals()
+        return t[READY] == 0 and t[RUNNING] == 0
+
+    def totals(self) -> list[int]:
+        t = [0] * 6
+        for c in self.counts:
+            for s in range(6):
+                t[s] += c[s]
+        return t
+
+    def all_done(self) -> bool:
+        return self.totals()[DONE] == len(self.state)

@@ -1,0 +1,105 @@
+"""Rendering status (live from a coordinator, or offline from a jugfile and its store)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .scheduler import STATE_NAMES
+
+COLUMNS = ("waiting", "ready", "running", "done", "failed", "blocked")
+
+
+def status_table(st: dict[str, Any]) -> Table:
+    title = f"{st.get('jugfile', '')}  [{st.get('state', '')}]"
+    t = Table(title=title, title_justify="left")
+    t.add_column("function")
+    for c in COLUMNS:
+        t.add_column(c, justify="right")
+    for f in st["functions"]:
+        t.add_row(f["name"], *(str(f.get(c, 0)) for c in COLUMNS))
+    tot = st["totals"]
+    t.add_row("[b]total[/b]", *(f"[b]{tot.get(c, 0)}[/b]" for c in COLUMNS))
+    return t
+
+
+def workers_table(st: dict[str, Any]) -> Table:
+    t = Table(title="workers", title_justify="left")
+    for c in ("worker", "host", "pid", "running", "done", "failed", "last heartbeat"):
+        t.add_column(c, justify="right" if c not in ("worker", "host") else "left")
+    for w in st.get("workers", []):
+        t.add_row(
+            w.get("name") or w["id"], w["host"], str(w["pid"]), str(w["n_running"]),
+            str(w["done"]), str(w["failed"]), f"{w['last_seen_s']:.1f}s ago",
+        )
+    return t
+
+
+def render(st: dict[str, Any], console: Console, failed_tracebacks: bool = False) -> None:
+    console.print(status_table(st))
+    if st.get("workers"):
+        console.print(workers_table(st))
+    if st.get("barrier"):
+        console.print("more tasks follow a barrier once these are done")
+    fails = st.get("failures", [])
+    if fails:
+        console.print(f"[b red]{len(fails)} failure(s)[/b red]")
+        for f in fails:
+            line = f"  {f['func']} {f['key'][:12]} [{f['kind']}] {f['type']}: {f['msg']}"
+            console.print(line, markup=False, highlight=False)
+            if failed_tracebacks and f.get("tb"):
+                console.print(f["tb"], markup=False, highlight=False)
+
+
+def plain_line(st: dict[str, Any]) -> str:
+    tot = st["totals"]
+    n = st.get("tasks", sum(tot.values()))
+    parts = [f"{tot.get(c, 0)} {c}" for c in STATE_NAMES if tot.get(c, 0)]
+    rate = st.get("rate")
+    r = f", {rate:g} tasks/s" if rate else ""
+    return f"[{st.get('state', '')}] {tot.get('done', 0)}/{n} done ({', '.join(parts)}){r}"
+
+
+def offline_status(jugfile: str, store_url: str) -> dict[str, Any]:
+    """The same counts as a live status, from the graph and the store (no coordinator)."""
+    import os
+    import socket
+    from pathlib import Path
+
+    from .coordinator import EXISTS_BATCH
+    from .graph import build_graph
+    from .jugfile import load_jugfile
+    from .scheduler import Scheduler
+    from .stores import open_store
+
+    store = open_store(store_url)
+    try:
+        loaded = load_jugfile(jugfile, store)
+        graph = build_graph(loaded.tasks, Path(loaded.path).parent, encode=False)
+        done: list[bool] = []
+        for i in range(0, len(graph.keys), EXISTS_BATCH):
+            done.extend(store.exists(graph.keys[i : i + EXISTS_BATCH]))
+        sched = Scheduler(graph)
+        sched.start(done)
+        tot = sched.totals()
+        funcs = [
+            {"name": f.name, **{STATE_NAMES[s]: c[s] for s in range(6)}}
+            for f, c in zip(graph.functions, sched.counts)
+        ]
+        return {
+            "jugfile": str(jugfile),
+            "store": store.url,
+            "state": "offline",
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "tasks": len(graph),
+            "totals": {STATE_NAMES[s]: tot[s] for s in range(6)},
+            "functions": funcs,
+            "workers": [],
+            "failures": [],
+            "barrier": loaded.hit_barrier,
+        }
+    finally:
+        store.close()

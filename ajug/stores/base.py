@@ -1,0 +1,135 @@
+"""The store interface that every backend implements.
+
+Keys are task identities: 40-character lowercase hex strings (jug's SHA-1 digests). A store
+holds, per key, one result (any picklable Python value, ``None`` included) and its metadata
+(a small dict; see ``META_FIELDS``). Everything that can be batched is batched: ``exists`` and
+``metadata`` take thousands of keys in one call, because the coordinator asks about a whole
+graph at once and a round trip per task would dominate on redis or NFS.
+
+What callers can rely on, whatever the backend:
+
+- ``save`` is atomic: a concurrent or later ``load`` sees the whole new value or the old state,
+  never a partial one, whatever crashes when.
+- A damaged result (wrong length or checksum) reads as missing (``load`` raises
+  ``ResultMissing``), never as a wrong value. ``exists`` only checks presence, so it may say
+  True for a damaged result until a ``load`` has found the damage (the file store then moves
+  the file aside, so ``exists`` turns False).
+- Errors are from ``ajug.errors``: ``StoreFull``, ``StoreUnreachable``, ``ResultMissing``,
+  ``StoreLocked``; never a bare ``OSError`` or redis exception.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UsageError
+
+#: Metadata fields written with every result (all optional on read: jug-written results have
+#: none). ``func`` function name (module.name), ``src`` hash of the function's source, ``rt``
+#: run time in seconds, ``worker`` "host:pid", ``size`` encoded bytes, ``ts`` unix time written.
+META_FIELDS = ("func", "src", "rt", "worker", "size", "ts")
+
+#: What a key may look like: jug's hex digests, and anything else that is safe as a file name
+#: and a redis key segment (no ``/``, ``:``, ``.`` or glob characters).
+KEY_RE = re.compile(r"[0-9A-Za-z_-]{3,200}")
+
+
+def check_key(key: str) -> str:
+    """Refuse a key that could escape the store's layout (``../x``, ``a/b``, ``*``)."""
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
+        raise UsageError(f"invalid result key {key!r}: expected a hex digest")
+    return key
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a lock or temp file's writer)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@dataclass
+class LockInfo:
+    """Who holds a store's owner lock; shown to a second coordinator that is refused."""
+
+    owner: str  # an id unique to the holder (uuid)
+    host: str
+    pid: int
+    expires_at: float  # unix time
+
+
+class OwnerLock(abc.ABC):
+    """One coordinator at a time per store. Expires unless renewed, so a dead owner's lock goes."""
+
+    @abc.abstractmethod
+    def acquire(self) -> None:
+        """Take the lock, or raise ``StoreLocked`` naming the live holder's host and pid."""
+
+    @abc.abstractmethod
+    def renew(self) -> None:
+        """Push the expiry forward. Raises ``StoreLocked`` if another owner took it meanwhile."""
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """Give the lock up (only if still ours)."""
+
+
+class Store(abc.ABC):
+    """A place where results live, shared by the coordinator and every worker."""
+
+    url: str
+
+    @abc.abstractmethod
+    def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> int:
+        """Store ``value`` under ``key`` atomically with ``meta``; return the encoded size."""
+
+    @abc.abstractmethod
+    def load(self, key: str) -> Any:
+        """Return the value, or raise ``ResultMissing`` (missing or damaged)."""
+
+    @abc.abstractmethod
+    def exists(self, keys: Sequence[str]) -> list[bool]:
+        """One answer per key, in order; batched (one round trip for many keys)."""
+
+    def contains(self, key: str) -> bool:
+        return self.exists([key])[0]
+
+    @abc.abstractmethod
+    def remove(self, keys: Sequence[str]) -> int:
+        """Remove results (and their metadata); return how many existed."""
+
+    @abc.abstractmethod
+    def list(self) -> Iterator[str]:
+        """Every key that holds a result (order unspecified)."""
+
+    @abc.abstractmethod
+    def metadata(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Metadata per key without loading results; ``None`` where there is no result."""
+
+    @abc.abstractmethod
+    def owner_lock(self, ttl_s: float = 30.0) -> OwnerLock:
+        """A lock object for this store; the caller acquires, renews every ttl/3, releases."""
+
+    def cleanup(self, dry_run: bool = False) -> int:
+        """Remove stray temporary files / partial chunks; return bytes freed (or to be)."""
+        return 0
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and file handles."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

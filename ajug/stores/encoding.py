@@ -1,0 +1,431 @@
+"""How a result is laid out in bytes: ajug's own format, plus reading jug-written results.
+
+ajug format, version 1 (all integers little-endian)::
+
+    header   48 bytes  HEADER below; ``header_crc`` covers the 44 bytes before it
+    meta     meta_len  msgpack map (see ``base.META_FIELDS``); checked by ``meta_crc``
+    table    16*nbuf   per out-of-band buffer: stored length, raw length (u64 each); ``table_crc``
+    pickle   pickle_len  pickle protocol 5 stream (zlib'd if FLAG_ZLIB)
+    buffers  ...       each out-of-band buffer as stored (zlib'd if FLAG_ZLIB)
+
+``payload_crc`` (zlib.crc32) covers pickle and buffers as stored, computed piece by piece.
+Every length is checked against the container's size before anything large is allocated, and
+every crc before a byte is unpickled, so damage raises ``ResultDamaged`` and never yields a
+wrong value. A large numpy array goes out as its own memory (``PickleBuffer.raw()``) and comes
+back read straight into a preallocated ``bytearray`` that the array then uses: one copy of the
+data in memory on either side, writable on load.
+
+jug 2.7 file-store results (read only): a raw ``.npy`` file; an empty file (``None``); or a
+zlib stream whose first byte is ``P`` (a pickle follows) or ``N`` (``np.save`` output follows).
+Of those, only the zlib form carries a checksum (adler32): a flipped byte inside a raw ``.npy``
+is not detectable, and an empty file is jug's ``None`` even if a crash truncated it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
+
+import msgpack
+
+from ..errors import ResultDamaged, UsageError
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"AJUG"
+FORMAT_VERSION = 1
+FLAG_ZLIB = 0x01  # pickle stream and buffers are zlib-compressed
+FLAG_CLOUDPICKLE = 0x02  # written by cloudpickle (informational: pickle.loads reads both)
+#: magic, version, flags, reserved, meta_len, nbuf, pickle_len, pickle_raw_len,
+#: table_crc, payload_crc, meta_crc, header_crc
+HEADER = struct.Struct("<4sBBHIIQQIIII")
+HEADER_BYTES = HEADER.size
+TABLE_ENTRY = struct.Struct("<QQ")
+#: Writes and compression go in slices of this size: bounded syscalls and temporaries.
+IO_SLICE_BYTES = 16 << 20
+#: A metadata map larger than this is refused (it is read whole by ``metadata()``).
+MAX_META_BYTES = 1 << 20
+JUG_NPY_MAGIC = b"\x93NUMPY"
+#: A pickle stream that names one of these modules is redone with cloudpickle, which pickles
+#: their functions and classes by value: a worker does not have the coordinator's ``__main__``.
+BY_VALUE_MODULES = (b"__main__",)
+
+Piece = bytes | memoryview
+
+
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+@dataclass
+class Encoded:
+    """A value laid out for writing: ``pieces`` concatenated are the encoded result.
+
+    Large pieces are views of the caller's arrays, not copies: write them out before mutating
+    the value.
+    """
+
+    pieces: list[Piece]
+    size: int
+    meta: dict[str, Any]
+
+    def __iter__(self) -> Iterator[Piece]:
+        return iter(self.pieces)
+
+
+# ---------------------------------------------------------------------------------- encoding
+
+
+def _pickle(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], bool]:
+    """Plain pickle (fast) unless it fails or refers to ``__main__``; then cloudpickle."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        if not any(name in data for name in BY_VALUE_MODULES):
+            return data, buffers, False
+    except (pickle.PicklingError, AttributeError, TypeError):
+        pass
+    import cloudpickle
+
+    buffers = []
+    data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return data, buffers, True
+
+
+def _compress(view: memoryview) -> bytes:
+    comp = zlib.compressobj()
+    out = [comp.compress(view[i : i + IO_SLICE_BYTES]) for i in range(0, len(view), IO_SLICE_BYTES)]
+    out.append(comp.flush())
+    return b"".join(out)
+
+
+def _pack_meta(meta: dict[str, Any]) -> bytes:
+    try:
+        packed = msgpack.packb(meta, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise UsageError(f"result metadata must be msgpack-serializable: {e}") from e
+    if len(packed) > MAX_META_BYTES:
+        raise UsageError(f"result metadata is {len(packed)} bytes; the limit is {MAX_META_BYTES}")
+    return packed
+
+
+def encode(value: Any, meta: dict[str, Any] | None = None, compress: bool = False) -> Encoded:
+    """Lay ``value`` out as pieces without copying its large buffers.
+
+    ``meta`` is copied and completed: ``ts`` (time written) unless given, and ``size``, the
+    exact total encoded length.
+    """
+    data, pbufs, used_cloudpickle = _pickle(value)
+    raws = [pb.raw() for pb in pbufs]
+    flags = FLAG_CLOUDPICKLE if used_cloudpickle else 0
+    pickle_raw_len = len(data)
+    stored: list[Piece]
+    if compress:
+        flags |= FLAG_ZLIB
+        data = _compress(memoryview(data))
+        stored = [_compress(r) for r in raws]
+    else:
+        stored = list(raws)
+    table = b"".join(TABLE_ENTRY.pack(len(s), len(r)) for s, r in zip(stored, raws, strict=True))
+    crc = zlib.crc32(data)
+    for piece in stored:
+        crc = zlib.crc32(piece, crc)
+    body = HEADER_BYTES + len(table) + len(data) + sum(len(s) for s in stored)
+
+    full_meta = dict(meta or {})
+    full_meta.setdefault("ts", time.time())
+    full_meta["size"] = body
+    meta_bytes = _pack_meta(full_meta)
+    for _ in range(4):  # size includes the metadata that states it: iterate to a fixed point
+        full_meta["size"] = body + len(meta_bytes)
+        again = _pack_meta(full_meta)
+        if len(again) == len(meta_bytes):
+            meta_bytes = again
+            break
+        meta_bytes = again
+    fields = (
+        MAGIC, FORMAT_VERSION, flags, 0, len(meta_bytes), len(stored), len(data), pickle_raw_len,
+        zlib.crc32(table), crc, zlib.crc32(meta_bytes),
+    )  # fmt: skip
+    head = HEADER.pack(*fields, 0)
+    head = HEADER.pack(*fields, zlib.crc32(head[:-4]))
+    pieces: list[Piece] = [head + meta_bytes + table, data, *stored]
+    return Encoded(pieces, body + len(meta_bytes), full_meta)
+
+
+def encode_bytes(value: Any, meta: dict[str, Any] | None = None, compress: bool = False) -> bytes:
+    """The whole encoding as one ``bytes`` (a copy: for small values and tests)."""
+    return b"".join(encode(value, meta, compress).pieces)
+
+
+def write_to(encoded: Encoded, out: BinaryIO) -> int:
+    """Write every piece to ``out`` in bounded slices; return the bytes written."""
+    for piece in encoded.pieces:
+        view = memoryview(piece).cast("B")
+        for i in range(0, len(view), IO_SLICE_BYTES):
+            out.write(view[i : i + IO_SLICE_BYTES])
+    return encoded.size
+
+
+def iter_chunks(encoded: Encoded, chunk_bytes: int) -> Iterator[Piece]:
+    """Re-cut the pieces into chunks of exactly ``chunk_bytes`` (the last may be shorter).
+
+    A chunk inside one piece is a view of it; only chunks that straddle pieces are copied.
+    """
+    if chunk_bytes <= 0:
+        raise UsageError("chunk size must be positive")
+    pending: list[memoryview] = []
+    pending_len = 0
+    for piece in encoded.pieces:
+        view = memoryview(piece).cast("B")
+        pos = 0
+        while pos < len(view):
+            take = min(chunk_bytes - pending_len, len(view) - pos)
+            part = view[pos : pos + take]
+            pos += take
+            if not pending and take == chunk_bytes:
+                yield part
+                continue
+            pending.append(part)
+            pending_len += take
+            if pending_len == chunk_bytes:
+                yield b"".join(pending)
+                pending, pending_len = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+# ---------------------------------------------------------------------------------- decoding
+
+
+class ChunkReader:
+    """A read-only stream over chunks fetched one at a time (redis), holding one in memory."""
+
+    def __init__(self, count: int, fetch: Callable[[int], bytes]) -> None:
+        self._count = count
+        self._fetch = fetch
+        self._next = 0
+        self._chunk = memoryview(b"")
+        self._pos = 0
+
+    @classmethod
+    def of(cls, chunks: Sequence[Piece]) -> ChunkReader:
+        return cls(len(chunks), lambda i: chunks[i])  # type: ignore[arg-type,return-value]
+
+    def readinto(self, buffer: memoryview) -> int:
+        target = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(target):
+            if self._pos == len(self._chunk):
+                if self._next == self._count:
+                    break
+                self._chunk = memoryview(self._fetch(self._next)).cast("B")
+                self._next += 1
+                self._pos = 0
+                continue
+            n = min(len(target) - done, len(self._chunk) - self._pos)
+            target[done : done + n] = self._chunk[self._pos : self._pos + n]
+            done += n
+            self._pos += n
+        return done
+
+    def read(self, n: int) -> bytes:
+        buf = bytearray(n)
+        got = self.readinto(memoryview(buf))
+        return bytes(buf[:got])
+
+
+def _fill(src: Readable, buf: bytearray | memoryview, what: str) -> None:
+    view = memoryview(buf).cast("B")
+    done = 0
+    while done < len(view):
+        n = src.readinto(view[done:])
+        if not n:
+            raise ResultDamaged(f"result truncated in its {what} ({done} of {len(view)} bytes)")
+        done += n
+
+
+def _read(src: Readable, n: int, what: str) -> bytearray:
+    buf = bytearray(n)
+    _fill(src, buf, what)
+    return buf
+
+
+@dataclass
+class _Header:
+    flags: int
+    meta_len: int
+    nbuf: int
+    pickle_len: int
+    pickle_raw_len: int
+    table_crc: int
+    payload_crc: int
+    meta_crc: int
+
+
+def _parse_header(head: bytes | bytearray) -> _Header:
+    if len(head) < HEADER_BYTES:
+        raise ResultDamaged(f"result truncated in its header ({len(head)} bytes)")
+    magic, version, flags, _, *rest, header_crc = HEADER.unpack_from(head)
+    if magic != MAGIC:
+        raise ResultDamaged("not an ajug result (bad magic)")
+    if zlib.crc32(memoryview(head)[: HEADER_BYTES - 4]) != header_crc:
+        raise ResultDamaged("result header checksum mismatch")
+    if version != FORMAT_VERSION:
+        raise ResultDamaged(f"result format version {version} is not supported (this ajug reads 1)")
+    return _Header(flags, *rest)
+
+
+def _read_meta(src: Readable, h: _Header) -> dict[str, Any]:
+    raw = _read(src, h.meta_len, "metadata")
+    if zlib.crc32(raw) != h.meta_crc:
+        raise ResultDamaged("result metadata checksum mismatch")
+    try:
+        meta = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as e:
+        raise ResultDamaged(f"result metadata unreadable: {e}") from e
+    if not isinstance(meta, dict):
+        raise ResultDamaged("result metadata is not a map")
+    return meta
+
+
+def _decompress_into(data: bytes | bytearray, raw_len: int, what: str) -> bytearray:
+    out = bytearray(raw_len)
+    view = memoryview(out)
+    dec = zlib.decompressobj()
+    pos = 0
+    src = memoryview(data)
+    try:
+        for i in range(0, len(src), IO_SLICE_BYTES):
+            part = dec.decompress(src[i : i + IO_SLICE_BYTES])
+            if pos + len(part) > raw_len:
+                raise ResultDamaged(f"result {what} decompresses beyond its stated length")
+            view[pos : pos + len(part)] = part
+            pos += len(part)
+        tail = dec.flush()
+    except zlib.error as e:
+        raise ResultDamaged(f"result {what} does not decompress: {e}") from e
+    if tail or pos != raw_len or not dec.eof:
+        raise ResultDamaged(f"result {what} decompresses to the wrong length")
+    return out
+
+
+def read_metadata(src: Readable) -> dict[str, Any]:
+    """Read the header and metadata only: a few hundred bytes whatever the result's size."""
+    h = _parse_header(_read(src, HEADER_BYTES, "header"))
+    return _read_meta(src, h)
+
+
+def decode_from(src: Readable, total: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Decode one ajug result from a stream; return ``(value, meta)``.
+
+    ``total`` is the container's size (file size, manifest length): when given, lengths that
+    disagree with it are refused before any large allocation.
+    """
+    h = _parse_header(_read(src, HEADER_BYTES, "header"))
+    if total is not None and HEADER_BYTES + h.meta_len > total:
+        raise ResultDamaged("result truncated in its metadata")
+    meta = _read_meta(src, h)
+    table_len = h.nbuf * TABLE_ENTRY.size
+    so_far = HEADER_BYTES + h.meta_len + table_len
+    if total is not None and so_far > total:
+        raise ResultDamaged("result truncated in its buffer table")
+    table = _read(src, table_len, "buffer table")
+    if zlib.crc32(table) != h.table_crc:
+        raise ResultDamaged("result buffer table checksum mismatch")
+    lengths = [TABLE_ENTRY.unpack_from(table, i * TABLE_ENTRY.size) for i in range(h.nbuf)]
+    expected = so_far + h.pickle_len + sum(stored for stored, _ in lengths)
+    if total is not None and expected != total:
+        raise ResultDamaged(f"result is {total} bytes but its header says {expected}")
+    compressed = bool(h.flags & FLAG_ZLIB)
+    if not compressed and (h.pickle_len != h.pickle_raw_len or any(s != r for s, r in lengths)):
+        raise ResultDamaged("result lengths inconsistent")
+
+    data = _read(src, h.pickle_len, "pickle stream")
+    crc = zlib.crc32(data)
+    stored_bufs = []
+    for i, (stored_len, _) in enumerate(lengths):
+        buf = _read(src, stored_len, f"buffer {i}")
+        crc = zlib.crc32(buf, crc)
+        stored_bufs.append(buf)
+    if total is None and src.readinto(memoryview(bytearray(1))):
+        raise ResultDamaged("result has trailing bytes")
+    if crc != h.payload_crc:
+        raise ResultDamaged("result payload checksum mismatch")
+    if compressed:
+        data = _decompress_into(data, h.pickle_raw_len, "pickle stream")
+        for i, (_, raw_len) in enumerate(lengths):
+            stored_bufs[i] = _decompress_into(stored_bufs[i], raw_len, f"buffer {i}")
+    return pickle.loads(data, buffers=stored_bufs), meta
+
+
+def decode(data: Piece | Sequence[Piece]) -> Any:
+    """Decode a result held in memory: one bytes-like object or a list of chunks."""
+    chunks = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+    total = sum(memoryview(c).nbytes for c in chunks)
+    return decode_from(ChunkReader.of(chunks), total)[0]
+
+
+def metadata_of(data: Piece) -> dict[str, Any]:
+    """The metadata of a result held in memory (or its first chunk)."""
+    return read_metadata(ChunkReader.of([data]))
+
+
+def is_ajug(prefix: bytes) -> bool:
+    return prefix[:4] == MAGIC
+
+
+# ------------------------------------------------------------------------------ jug's format
+
+
+def _np_read(stream: BinaryIO) -> Any:
+    import numpy as np
+
+    try:
+        return np.lib.format.read_array(stream, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise ResultDamaged(f"jug .npy result unreadable: {e}") from e
+
+
+def decode_jug(stream: BinaryIO, size: int) -> Any:
+    """Decode a result that jug 2.7's file store wrote; ``stream`` is at the file's start.
+
+    A raw ``.npy`` is read directly into its array (``np.fromfile`` for a real file). The
+    zlib form is read and decompressed whole, which verifies its adler32 checksum.
+    """
+    if size == 0:
+        return None
+    prefix = stream.read(len(JUG_NPY_MAGIC))
+    stream.seek(0)
+    if prefix == JUG_NPY_MAGIC:
+        return _np_read(stream)
+    if prefix[:4] == b"PAR1":
+        try:
+            import polars as pl
+        except ImportError as e:
+            raise UsageError("this jug result is a polars DataFrame: install polars") from e
+        return pl.read_parquet(stream)
+    raw = stream.read()
+    try:
+        data = zlib.decompress(raw)
+    except zlib.error as e:
+        raise ResultDamaged(f"jug result does not decompress: {e}") from e
+    del raw
+    if not data:
+        return None
+    kind, body = data[:1], memoryview(data)[1:]
+    if kind == b"P":
+        try:
+            return pickle.loads(body)
+        except (pickle.UnpicklingError, EOFError) as e:
+            raise ResultDamaged(f"jug result unpickling failed: {e}") from e
+    if kind == b"N":
+        return _np_read(io.BytesIO(body))  # type: ignore[arg-type]
+    raise ResultDamaged(f"jug result has an unknown prefix {bytes(kind)!r}")

@@ -1,0 +1,491 @@
+"""The file store: one file per result in a directory, correct on NFS.
+
+Layout (jug's, so either program finds the other's results by name)::
+
+    <dir>/<key[:2]>/<key[2:]>     a result: ajug's encoding, or jug's (read only)
+    <dir>/tmp/<host>.<pid>.<rand>.tmp     a save in progress (same filesystem as the results)
+    <dir>/tmp/<key>.<rand>.damaged        a damaged result moved aside by load()
+    <dir>/owner.lock              JSON {owner, host, pid, expires_at} of the serving coordinator
+
+A save writes the temporary file and renames it over the result path: rename is atomic on POSIX
+and on NFS, so a reader sees the old state or the whole new result, whatever crashes when.
+
+Damage: ``exists()`` only checks presence (one ``stat`` per key, or one ``listdir`` per fan-out
+directory for large batches), so a damaged file (wrong length or checksum) counts as present
+until something loads it. ``load()`` then logs a warning, moves the file aside into ``tmp/``
+(``cleanup()`` deletes it) and raises ``ResultMissing``; from then on ``exists()`` is False too
+and the task is simply run again. A damaged result is never returned as a value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..errors import (
+    ResultDamaged,
+    ResultMissing,
+    StoreError,
+    StoreFull,
+    StoreLocked,
+    StoreUnreachable,
+)
+from . import encoding
+from .base import LockInfo, OwnerLock, Store, check_key, pid_alive
+
+log = logging.getLogger(__name__)
+
+TMP_DIR = "tmp"
+LOCK_FILE = "owner.lock"
+TMP_SUFFIX = ".tmp"
+DAMAGED_SUFFIX = ".damaged"
+#: A temporary file older than this is abandoned whoever wrote it (a save never takes an hour
+#: between two writes... and its writer may be on another host, where we cannot check its pid).
+TMP_MAX_AGE_S = 3600.0
+#: From this many keys in one fan-out directory, ``exists`` lists the directory once instead of
+#: one stat per key (fewer round trips on NFS).
+LISTDIR_MIN_KEYS = 8
+#: A lock file this young that cannot be parsed is being written: wait for it.
+LOCK_WRITE_GRACE_S = 5.0
+#: After a take-over rename, wait this long and re-read: if two coordinators raced, one sees
+#: the other's lock and backs off.
+TAKEOVER_SETTLE_S = 0.05
+HOST = socket.gethostname()
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_GONE_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ESTALE, errno.EIO, errno.ENODEV}
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or create in ``path`` durable (some filesystems refuse: ignore EINVAL)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+class FileStore(Store):
+    """Results as files under ``directory``.
+
+    ``fsync``: fsync each result and its directory (survives power loss; slower).
+    ``compress``: zlib the payload (smaller, slower). ``create``: make the directory on the
+    first save if it does not exist yet (else saving raises ``StoreUnreachable``).
+    ``read_jug``: also read results written by jug 2.7; jug writes ``None`` as an empty file,
+    so a zero-length file (which a crash without fsync can also leave) then reads as ``None``.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        fsync: bool = False,
+        compress: bool = False,
+        create: bool = True,
+        read_jug: bool = True,
+    ) -> None:
+        self.root = os.path.abspath(os.fspath(directory))
+        self.url = self.root
+        self.fsync = fsync
+        self.compress = compress
+        self.create = create
+        self.read_jug = read_jug
+        self.tmpdir = os.path.join(self.root, TMP_DIR)
+        self._made: set[str] = set()  # fan-out directories known to exist
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"FileStore({self.root!r})"
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, key[:2], key[2:])
+
+    # ------------------------------------------------------------------------------ errors
+
+    def _translate(self, e: OSError, needed: int = 0) -> StoreError:
+        """The one place where OSError becomes an ajug error."""
+        if e.errno in _FULL_ERRNOS:
+            try:
+                free = _human(shutil.disk_usage(self.root).free)
+            except OSError:
+                free = "unknown"
+            need = f", this result needs {_human(needed)}" if needed else ""
+            return StoreFull(
+                f"store {self.root} is full: free space ({free} free{need}) and resume"
+            )
+        if e.errno in _GONE_ERRNOS:
+            return StoreUnreachable(f"store {self.root} is unreachable: {e.strerror}: {e.filename}")
+        return StoreError(f"store {self.root}: {e.strerror or e}: {e.filename}")
+
+    # ------------------------------------------------------------------------------- writes
+
+    def _ensure_root(self) -> None:
+        """The store directory and ``tmp/`` exist after this (created if ``create``)."""
+        if not os.path.isdir(self.root):
+            if not self.create:
+                raise StoreUnreachable(f"store directory {self.root} does not exist")
+            os.makedirs(self.root, exist_ok=True)
+        os.makedirs(self.tmpdir, exist_ok=True)
+
+    def _ensure_dirs(self, prefix: str) -> None:
+        if prefix in self._made:
+            return
+        self._ensure_root()
+        fanout = os.path.join(self.root, prefix)
+        os.makedirs(fanout, exist_ok=True)
+        if self.fsync:
+            fsync_dir(self.root)
+        self._made.add(prefix)
+
+    def _tmp_name(self) -> str:
+        name = f"{HOST}.{os.getpid()}.{secrets.token_hex(8)}{TMP_SUFFIX}"
+        return os.path.join(self.tmpdir, name)
+
+    def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> int:
+        """Write to ``tmp/`` then rename into place; on any failure the temp file is removed."""
+        check_key(key)
+        enc = encoding.encode(value, meta, self.compress)
+        final = self._path(key)
+        for attempt in range(2):
+            tmp = ""
+            try:
+                self._ensure_dirs(key[:2])
+                tmp = self._tmp_name()
+                with open(tmp, "xb") as out:
+                    encoding.write_to(enc, out)
+                    out.flush()
+                    if self.fsync:
+                        os.fsync(out.fileno())
+                os.rename(tmp, final)
+                tmp = ""
+                if self.fsync:
+                    fsync_dir(os.path.dirname(final))
+                return enc.size
+            except OSError as e:
+                if e.errno == errno.ENOENT and attempt == 0:  # a directory vanished: redo it
+                    self._made.clear()
+                    continue
+                raise self._translate(e, enc.size) from e
+            finally:
+                if tmp:
+                    try:
+                        os.unlink(tmp)
+                    except OSError:
+                        pass
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def remove(self, keys: Sequence[str]) -> int:
+        n = 0
+        for key in keys:
+            try:
+                os.unlink(self._path(check_key(key)))
+                n += 1
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if e.errno != errno.ENOTDIR:
+                    raise self._translate(e) from e
+        return n
+
+    # -------------------------------------------------------------------------------- reads
+
+    def load(self, key: str) -> Any:
+        path = self._path(check_key(key))
+        try:
+            f = open(path, "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise ResultMissing(f"no result for {key} in {self.root}") from None
+        except OSError as e:
+            raise self._translate(e) from e
+        with f:
+            try:
+                size = os.fstat(f.fileno()).st_size
+                if encoding.is_ajug(f.read(4)):
+                    f.seek(0)
+                    return encoding.decode_from(f, size)[0]
+                f.seek(0)
+                if not self.read_jug:
+                    raise ResultDamaged("not an ajug result")
+                return encoding.decode_jug(f, size)
+            except ResultDamaged as e:
+                self._set_aside(key, path, os.fstat(f.fileno()).st_ino, e)
+                raise ResultMissing(f"result {key} in {self.root} is damaged ({e})") from e
+            except OSError as e:
+                raise self._translate(e) from e
+
+    def _set_aside(self, key: str, path: str, ino: int, why: Exception) -> None:
+        """Move a damaged result into ``tmp/`` so that it reads as missing everywhere."""
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(
+                "result %s in %s is damaged (%s): treating it as missing", key, self.root, why
+            )
+        try:
+            if os.stat(path).st_ino != ino:  # replaced meanwhile by a good save: keep that
+                return
+            os.makedirs(self.tmpdir, exist_ok=True)
+            aside = os.path.join(self.tmpdir, f"{key}.{secrets.token_hex(4)}{DAMAGED_SUFFIX}")
+            os.rename(path, aside)
+        except OSError as e:
+            log.warning("could not move damaged result %s aside: %s", path, e)
+
+    def exists(self, keys: Sequence[str]) -> list[bool]:
+        """Presence only (see the module docstring on damage); batched per fan-out directory."""
+        out = [False] * len(keys)
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(check_key(key)[:2], []).append(i)
+        stat = os.stat
+        for prefix, idxs in groups.items():
+            d = os.path.join(self.root, prefix)
+            try:
+                if len(idxs) >= LISTDIR_MIN_KEYS:
+                    names = set(os.listdir(d))
+                    for i in idxs:
+                        out[i] = keys[i][2:] in names
+                    continue
+                for i in idxs:
+                    try:
+                        stat(os.path.join(d, keys[i][2:]))
+                        out[i] = True
+                    except (FileNotFoundError, NotADirectoryError):
+                        pass
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError as e:
+                raise self._translate(e) from e
+        return out
+
+    def metadata(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Reads each result's header only. jug's results get ``{size, ts, jug: True}``."""
+        out: list[dict[str, Any] | None] = []
+        for key in keys:
+            path = self._path(check_key(key))
+            try:
+                with open(path, "rb") as f:
+                    if encoding.is_ajug(f.read(4)):
+                        f.seek(0)
+                        out.append(encoding.read_metadata(f))
+                    else:
+                        st = os.fstat(f.fileno())
+                        out.append({"size": st.st_size, "ts": st.st_mtime, "jug": True})
+            except (FileNotFoundError, NotADirectoryError):
+                out.append(None)
+            except ResultDamaged:
+                out.append(None)
+            except OSError as e:
+                raise self._translate(e) from e
+        return out
+
+    def list(self) -> Iterator[str]:
+        try:
+            tops = sorted(e.name for e in os.scandir(self.root) if len(e.name) == 2 and e.is_dir())
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise self._translate(e) from e
+        for prefix in tops:
+            try:
+                names = os.listdir(os.path.join(self.root, prefix))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                key = prefix + name
+                if _is_key(key):
+                    yield key
+
+    # ----------------------------------------------------------------------------- upkeep
+
+    def cleanup(self, dry_run: bool = False) -> int:
+        """Delete abandoned temp files (writer dead on this host, or older than an hour) and
+        damaged results set aside by ``load``; return the bytes freed."""
+        freed = 0
+        now = time.time()
+        try:
+            entries = list(os.scandir(self.tmpdir))
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            raise self._translate(e) from e
+        for entry in entries:
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            if not self._abandoned(entry.name, now - st.st_mtime):
+                continue
+            freed += st.st_size
+            if not dry_run:
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    freed -= st.st_size
+        return freed
+
+    @staticmethod
+    def _abandoned(name: str, age_s: float) -> bool:
+        if name.endswith(DAMAGED_SUFFIX) or age_s > TMP_MAX_AGE_S:
+            return True
+        parts = name.rsplit(".", 3)
+        if len(parts) != 4 or "." + parts[3] != TMP_SUFFIX or not parts[1].isdigit():
+            return False
+        host, pid = parts[0], int(parts[1])
+        return host == HOST and not pid_alive(pid)
+
+    def owner_lock(self, ttl_s: float = 30.0) -> OwnerLock:
+        return FileOwnerLock(self, ttl_s)
+
+
+def _is_key(key: str) -> bool:
+    try:
+        check_key(key)
+    except Exception:
+        return False
+    return True
+
+
+class FileOwnerLock(OwnerLock):
+    """``<dir>/owner.lock``, created with O_EXCL; replaced by rename when renewed or taken over.
+
+    Taking over an expired lock is a rename followed by a re-read after ``TAKEOVER_SETTLE_S``:
+    of two coordinators racing for the same expired lock, the one whose rename landed first
+    reads the other's lock and backs off.
+    """
+
+    def __init__(self, store: FileStore, ttl_s: float) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self.path = os.path.join(store.root, LOCK_FILE)
+        self.owner = uuid.uuid4().hex
+
+    def _mine(self) -> LockInfo:
+        return LockInfo(self.owner, HOST, os.getpid(), time.time() + self.ttl_s)
+
+    @staticmethod
+    def _encode(info: LockInfo) -> bytes:
+        return json.dumps(dataclasses.asdict(info)).encode()
+
+    def read(self) -> LockInfo | None:
+        """The current holder, or None if there is no lock file or it cannot be parsed."""
+        try:
+            with open(self.path, "rb") as f:
+                data = json.loads(f.read())
+            return LockInfo(
+                str(data["owner"]), str(data["host"]), int(data["pid"]), float(data["expires_at"])
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return None
+        except OSError as e:
+            raise self.store._translate(e) from e
+
+    def _refuse(self, info: LockInfo) -> StoreLocked:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.expires_at))
+        return StoreLocked(
+            f"store {self.store.root} is served by another coordinator on {info.host} "
+            f"(pid {info.pid}); stop it or wait until its lock expires at {when}"
+        )
+
+    @staticmethod
+    def _live(info: LockInfo) -> bool:
+        if info.expires_at <= time.time():
+            return False
+        return not (info.host == HOST and not pid_alive(info.pid))
+
+    def _replace(self) -> None:
+        tmp = self.store._tmp_name()
+        try:
+            with open(tmp, "xb") as f:
+                f.write(self._encode(self._mine()))
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, self.path)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise self.store._translate(e) from e
+
+    def acquire(self) -> None:
+        try:
+            self.store._ensure_root()
+        except OSError as e:
+            raise self.store._translate(e) from e
+        deadline = time.monotonic() + LOCK_WRITE_GRACE_S
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise self.store._translate(e) from e
+            else:
+                try:
+                    os.write(fd, self._encode(self._mine()))
+                    os.fsync(fd)
+                except OSError as e:
+                    os.close(fd)
+                    os.unlink(self.path)
+                    raise self.store._translate(e) from e
+                os.close(fd)
+                return
+            holder = self.read()
+            if holder is None:
+                try:
+                    age = time.time() - os.stat(self.path).st_mtime
+                except FileNotFoundError:
+                    continue  # released meanwhile: try again
+                if age < LOCK_WRITE_GRACE_S and time.monotonic() < deadline:
+                    time.sleep(0.05)  # being written by its creator
+                    continue
+            elif holder.owner == self.owner:
+                self.renew()
+                return
+            elif self._live(holder):
+                raise self._refuse(holder)
+            log.warning("taking over the expired owner lock of %s", self.store.root)
+            self._replace()
+            time.sleep(TAKEOVER_SETTLE_S)
+            now = self.read()
+            if now is None or now.owner != self.owner:
+                raise self._refuse(now or holder)
+            return
+
+    def renew(self) -> None:
+        holder = self.read()
+        if holder is None or holder.owner != self.owner:
+            if holder is None:
+                raise StoreLocked(f"the owner lock of store {self.store.root} was removed")
+            raise self._refuse(holder)
+        self._replace()
+
+    def release(self) -> None:
+        holder = self.read()
+        if holder is not None and holder.owner == self.owner:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise self.store._translate(e) from e

@@ -1,0 +1,549 @@
+"""The redis store: results under a key namespace, large ones in chunks committed atomically.
+
+Key schema (``{ns}`` is the namespace, default ``ajug:``; ``{key}`` a task's hash)::
+
+    {ns}r:{key}                  the result: ajug's encoding (starts b"AJUG"), or for a value
+                                 over the chunk size a manifest (starts b"AJCM": msgpack
+                                 {u: upload id, n: chunk count, len: total bytes})
+    {ns}m:{key}                  the result's metadata (msgpack map), so metadata() and its
+                                 batches never transfer results
+    {ns}c:{key}:{upload}:{i}     chunk i of an upload; expires unless committed (PERSISTed)
+    {ns}u:{key}:{upload}         upload in progress: JSON {host, pid}; refreshed per chunk
+    {ns}lock                     the owner lock: JSON {owner, host, pid, expires_at}
+
+A large save writes its chunks under a fresh upload id, then one MULTI/EXEC (WATCHing the result
+key and every chunk) checks the chunks are all there, persists them, sets manifest and metadata
+and unlinks the previous value's chunks: a reader sees the old value or the whole new one.
+Chunks of a writer that died expire by themselves; ``cleanup()`` deletes them sooner.
+
+Every operation goes through ``RedisStore._call``: connection errors and timeouts are retried
+with backoff for up to ``retry_s`` seconds (a redis restart is survived), then become
+``StoreUnreachable``; redis's OOM becomes ``StoreFull``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import msgpack
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..errors import (
+    ResultDamaged,
+    ResultMissing,
+    StoreError,
+    StoreFull,
+    StoreLocked,
+    StoreUnreachable,
+    UsageError,
+)
+from . import encoding
+from .base import LockInfo, OwnerLock, Store, check_key, pid_alive
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Keys:
+    """The whole key layout of one namespace (see the module docstring)."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+
+    def result(self, key: str) -> str:
+        return f"{self.ns}r:{key}"
+
+    def meta(self, key: str) -> str:
+        return f"{self.ns}m:{key}"
+
+    def chunk(self, key: str, upload: str, i: int) -> str:
+        return f"{self.ns}c:{key}:{upload}:{i}"
+
+    def upload(self, key: str, upload: str) -> str:
+        return f"{self.ns}u:{key}:{upload}"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.ns}lock"
+
+    def pattern(self, kind: str) -> str:
+        """A SCAN pattern for every key of one kind (``r``, ``c``...) in this namespace only."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.ns) + kind + ":*"
+
+
+MANIFEST_MAGIC = b"AJCM"
+#: Bytes of ``{ns}r:{key}`` read to recognise and parse a manifest (they are ~50 bytes).
+MANIFEST_PEEK_BYTES = 256
+DEFAULT_CHUNK_BYTES = 64 << 20
+MAX_CHUNK_BYTES = 512 << 20  # redis refuses larger values
+#: An uncommitted chunk disappears after this even if nobody runs cleanup().
+CHUNK_TTL_MS = 24 * 3600 * 1000
+#: The upload-in-progress marker lives this long after the last chunk written.
+UPLOAD_MARK_TTL_MS = 120 * 1000
+#: exists/metadata/remove send this many keys per round trip.
+BATCH_KEYS = 1000
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 2.0
+HOST = socket.gethostname()
+_RETRYABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+)
+
+
+_REDIS_PY_OPTIONS = set(inspect.signature(redis.Redis.__init__).parameters) - {"self"}
+
+
+def _zero_copy_packer() -> Any:
+    """redis-py's pure-Python command packer, which sends a large argument (a chunk: a view of
+    the caller's array) as is; hiredis's packer copies every command into one new ``bytes``,
+    which makes saving big values about three times slower. Replies are still parsed by hiredis.
+    """
+    try:
+        from redis.connection import AbstractConnection, Encoder, PythonRespSerializer
+
+        if "command_packer" not in inspect.signature(AbstractConnection.__init__).parameters:
+            return None
+        return PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
+    except (ImportError, TypeError, ValueError):  # another redis-py: its default packer is fine
+        return None
+
+
+class _ChunksLost(Exception):
+    """Chunks of an upload vanished before commit (redis restarted or evicted): upload again."""
+
+
+def _manifest(data: bytes | None) -> dict[str, Any] | None:
+    if not data or not data.startswith(MANIFEST_MAGIC):
+        return None
+    try:
+        m = msgpack.unpackb(data[len(MANIFEST_MAGIC) :], raw=False)
+        return {"u": str(m["u"]), "n": int(m["n"]), "len": int(m["len"])}
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+        return None
+
+
+class RedisStore(Store):
+    """Results in redis under ``namespace``; values over ``chunk_bytes`` stored in chunks.
+
+    ``retry_s`` bounds how long each operation keeps retrying an unreachable redis.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        namespace: str = "ajug:",
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        retry_s: float = 30.0,
+        compress: bool = False,
+        socket_timeout_s: float = 60.0,
+        **redis_options: Any,
+    ) -> None:
+        if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
+            raise UsageError(f"redis chunk size must be between 1 byte and {MAX_CHUNK_BYTES >> 20} MiB")
+        unknown = set(redis_options) - _REDIS_PY_OPTIONS
+        if unknown:
+            raise UsageError(f"unknown redis store option(s): {', '.join(sorted(unknown))}")
+        if namespace and not namespace.endswith(":"):
+            namespace += ":"
+        self.url = url
+        self.keys = Keys(namespace)
+        self.chunk_bytes = chunk_bytes
+        self.retry_s = retry_s
+        self.compress = compress
+        opts: dict[str, Any] = {
+            "retry": Retry(NoBackoff(), 0),  # retries are ours: bounded by retry_s
+            "socket_connect_timeout": min(5.0, socket_timeout_s),
+            "socket_timeout": socket_timeout_s,
+        }
+        packer = _zero_copy_packer()
+        if packer is not None:
+            opts["command_packer"] = packer
+        opts.update(redis_options)
+        try:
+            self.r = redis.Redis.from_url(url, **opts)
+        except ValueError as e:
+            raise UsageError(f"bad redis address {url!r}: {e}") from e
+        kw = self.r.connection_pool.connection_kwargs
+        self.addr = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', 6379)}"
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.addr!r}, namespace={self.keys.ns!r})"
+
+    def close(self) -> None:
+        self.r.close()
+        self.r.connection_pool.disconnect()
+
+    # -------------------------------------------------------------------------- the boundary
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run one redis exchange, retrying connection trouble with backoff up to ``retry_s``;
+        translate redis errors into ajug's."""
+        deadline = time.monotonic() + self.retry_s
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                return fn()
+            except _RETRYABLE as e:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreUnreachable(
+                        f"cannot reach redis at {self.addr}: {e}; is redis-server running?"
+                    ) from e
+                log.warning("redis at %s: %s; retrying in %.2fs", self.addr, e, min(delay, left))
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, BACKOFF_MAX_S)
+            except redis.exceptions.ResponseError as e:
+                if isinstance(e, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(e):
+                    raise StoreFull(
+                        f"redis at {self.addr} is full (maxmemory): {e}; free memory or raise "
+                        "maxmemory and resume"
+                    ) from e
+                raise StoreError(f"redis at {self.addr}: {e}") from e
+            except redis.exceptions.RedisError as e:
+                raise StoreError(f"redis at {self.addr}: {e}") from e
+
+    # --------------------------------------------------------------------------------- saves
+
+    def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> int:
+        check_key(key)
+        enc = encoding.encode(value, meta, self.compress)
+        meta_bytes = msgpack.packb(enc.meta, use_bin_type=True)
+        if enc.size <= self.chunk_bytes:
+            blob = b"".join(enc.pieces)
+            self._commit(key, blob, meta_bytes, None, 0)
+            return enc.size
+        for _attempt in range(3):
+            try:
+                self._save_chunked(key, enc, meta_bytes)
+                return enc.size
+            except _ChunksLost:
+                log.warning("chunks of %s vanished before commit (redis restarted?): retrying", key)
+        raise StoreUnreachable(f"redis at {self.addr} keeps losing the chunks of {key}")
+
+    def _save_chunked(self, key: str, enc: encoding.Encoded, meta_bytes: bytes) -> None:
+        upload = uuid.uuid4().hex[:16]
+        marker = self.keys.upload(key, upload)
+        mark = json.dumps({"host": HOST, "pid": os.getpid(), "started": time.time()})
+        n = 0
+        try:
+            for i, chunk in enumerate(encoding.iter_chunks(enc, self.chunk_bytes)):
+                ck = self.keys.chunk(key, upload, i)
+
+                def put(ck: str = ck, chunk: encoding.Piece = chunk) -> None:
+                    pipe = self.r.pipeline(transaction=False)
+                    pipe.set(marker, mark, px=UPLOAD_MARK_TTL_MS)
+                    pipe.set(ck, chunk, px=CHUNK_TTL_MS)
+                    pipe.execute()
+
+                n = i + 1
+                self._call(put)
+            manifest = MANIFEST_MAGIC + msgpack.packb({"u": upload, "n": n, "len": enc.size})
+            self._commit(key, manifest, meta_bytes, upload, n)
+        except BaseException:
+            self._discard(key, upload, n)
+            raise
+
+    def _discard(self, key: str, upload: str, n: int) -> None:
+        """Best effort: drop a failed upload's chunks now (else cleanup() or their TTL does)."""
+        doomed = [self.keys.chunk(key, upload, i) for i in range(n)] + [
+            self.keys.upload(key, upload)
+        ]
+        try:
+            for i in range(0, len(doomed), BATCH_KEYS):
+                self.r.unlink(*doomed[i : i + BATCH_KEYS])
+        except redis.exceptions.RedisError as e:
+            log.info("could not remove the chunks of a failed upload of %s: %s", key, e)
+
+    def _commit(
+        self, key: str, value: bytes, meta_bytes: bytes, upload: str | None, n: int
+    ) -> None:
+        rkey = self.keys.result(key)
+        chunks = [self.keys.chunk(key, upload, i) for i in range(n)] if upload else []
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            old = _manifest(pipe.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1))
+            if chunks and pipe.exists(*chunks) != len(chunks):
+                raise _ChunksLost()
+            pipe.multi()
+            if chunks:
+                for ck in chunks:
+                    pipe.persist(ck)
+                pipe.unlink(self.keys.upload(key, upload or ""))
+            pipe.set(rkey, value)
+            pipe.set(self.keys.meta(key), meta_bytes)
+            if old and old["u"] != upload:
+                for i in range(0, old["n"], BATCH_KEYS):
+                    olds = range(i, min(old["n"], i + BATCH_KEYS))
+                    pipe.unlink(*[self.keys.chunk(key, old["u"], j) for j in olds])
+
+        self._call(lambda: self.r.transaction(txn, rkey, *chunks))
+
+    def remove(self, keys: Sequence[str]) -> int:
+        removed = 0
+        for i in range(0, len(keys), BATCH_KEYS):
+            batch = [check_key(k) for k in keys[i : i + BATCH_KEYS]]
+            removed += self._call(lambda batch=batch: self._remove_batch(batch))
+        return removed
+
+    def _remove_batch(self, batch: list[str]) -> int:
+        pipe = self.r.pipeline(transaction=False)
+        for key in batch:
+            pipe.getrange(self.keys.result(key), 0, MANIFEST_PEEK_BYTES - 1)
+        manifests = [_manifest(v) for v in pipe.execute()]
+        pipe = self.r.pipeline(transaction=True)
+        for key, m in zip(batch, manifests, strict=True):
+            pipe.unlink(self.keys.result(key))
+            pipe.unlink(self.keys.meta(key))
+            if m and m["n"]:
+                pipe.unlink(*[self.keys.chunk(key, m["u"], j) for j in range(m["n"])])
+        res = pipe.execute()
+        per_key = [2 + (1 if m and m["n"] else 0) for m in manifests]
+        removed, pos = 0, 0
+        for count in per_key:
+            removed += int(res[pos] > 0)
+            pos += count
+        return removed
+
+    # --------------------------------------------------------------------------------- reads
+
+    def load(self, key: str) -> Any:
+        rkey = self.keys.result(check_key(key))
+        for _attempt in range(3):
+            data = self._call(lambda: self.r.get(rkey))
+            if data is None:
+                raise ResultMissing(f"no result for {key} in redis at {self.addr}")
+            try:
+                if encoding.is_ajug(data):
+                    return encoding.decode(data)
+                m = _manifest(data)
+                if m is None:
+                    raise ResultDamaged("neither a result nor a chunk manifest")
+                del data
+                return self._load_chunked(key, m)
+            except _ChunksLost:
+                continue  # overwritten or removed while we read: look again
+            except ResultDamaged as e:
+                if key not in self._warned:
+                    self._warned.add(key)
+                    log.warning(
+                        "result %s in redis at %s is damaged (%s): treating it as missing",
+                        key,
+                        self.addr,
+                        e,
+                    )
+                raise ResultMissing(f"result {key} in redis at {self.addr} is damaged ({e})") from e
+        raise ResultMissing(f"result {key} in redis at {self.addr} kept changing while being read")
+
+    def _load_chunked(self, key: str, m: dict[str, Any]) -> Any:
+        rkey = self.keys.result(key)
+
+        def fetch(i: int) -> bytes:
+            chunk = self._call(lambda: self.r.get(self.keys.chunk(key, m["u"], i)))
+            if chunk is None:
+                now = _manifest(
+                    self._call(lambda: self.r.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1))
+                )
+                if now != m:
+                    raise _ChunksLost()
+                raise ResultDamaged(f"chunk {i} of {m['n']} is missing")
+            return chunk
+
+        return encoding.decode_from(encoding.ChunkReader(m["n"], fetch), m["len"])[0]
+
+    def exists(self, keys: Sequence[str]) -> list[bool]:
+        out: list[bool] = []
+        for i in range(0, len(keys), BATCH_KEYS):
+            batch = [self.keys.result(check_key(k)) for k in keys[i : i + BATCH_KEYS]]
+
+            def ask(batch: list[str] = batch) -> list[Any]:
+                pipe = self.r.pipeline(transaction=False)
+                for rk in batch:
+                    pipe.exists(rk)
+                return pipe.execute()
+
+            out.extend(bool(x) for x in self._call(ask))
+        return out
+
+    def metadata(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
+        out: list[dict[str, Any] | None] = []
+        for i in range(0, len(keys), BATCH_KEYS):
+            batch = [self.keys.meta(check_key(k)) for k in keys[i : i + BATCH_KEYS]]
+            for raw in self._call(lambda batch=batch: self.r.mget(batch)):
+                try:
+                    meta = (
+                        None
+                        if raw is None
+                        else msgpack.unpackb(raw, raw=False, strict_map_key=False)
+                    )
+                except (ValueError, msgpack.UnpackException):
+                    meta = None
+                out.append(meta if isinstance(meta, dict) else None)
+        return out
+
+    def list(self) -> Iterator[str]:
+        prefix = len(self.keys.result(""))
+        pattern = self.keys.pattern("r")
+        found = self._call(
+            lambda: [k[prefix:].decode() for k in self.r.scan_iter(match=pattern, count=1000)]
+        )
+        return iter(sorted(set(found)))
+
+    # -------------------------------------------------------------------------------- upkeep
+
+    def cleanup(self, dry_run: bool = False) -> int:
+        """Delete chunks that no manifest references and whose upload is not alive (marker
+        gone, or its writer's pid dead on this host); return the bytes freed."""
+        prefix = len(self.keys.ns) + 2
+        pattern = self.keys.pattern("c")
+        names = self._call(
+            lambda: [k.decode() for k in self.r.scan_iter(match=pattern, count=1000)]
+        )
+        groups: dict[tuple[str, str], list[str]] = {}
+        for name in names:
+            parts = name[prefix:].rsplit(":", 2)
+            if len(parts) == 3:
+                groups.setdefault((parts[0], parts[1]), []).append(name)
+        freed = 0
+        for (key, upload), chunk_keys in groups.items():
+            current = _manifest(
+                self._call(
+                    lambda key=key: self.r.getrange(
+                        self.keys.result(key), 0, MANIFEST_PEEK_BYTES - 1
+                    )
+                )
+            )
+            if current and current["u"] == upload:
+                continue
+            if self._upload_alive(key, upload):
+                continue
+
+            def sizes(chunk_keys: list[str] = chunk_keys) -> list[int]:
+                pipe = self.r.pipeline(transaction=False)
+                for ck in chunk_keys:
+                    pipe.strlen(ck)
+                return pipe.execute()
+
+            freed += sum(self._call(sizes))
+            if not dry_run:
+                doomed = chunk_keys + [self.keys.upload(key, upload)]
+                self._call(lambda doomed=doomed: self.r.unlink(*doomed))
+        return freed
+
+    def _upload_alive(self, key: str, upload: str) -> bool:
+        raw = self._call(lambda: self.r.get(self.keys.upload(key, upload)))
+        if raw is None:
+            return False
+        try:
+            mark = json.loads(raw)
+            return mark["host"] != HOST or pid_alive(int(mark["pid"]))
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    def owner_lock(self, ttl_s: float = 30.0) -> OwnerLock:
+        return RedisOwnerLock(self, ttl_s)
+
+
+#: Renew or release only if the lock still holds exactly our value.
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisOwnerLock(OwnerLock):
+    """``SET {ns}lock value NX PX ttl``; renewed and released by Lua scripts that check the
+    value is still ours. A holder on this host whose pid is dead is taken over at once."""
+
+    def __init__(self, store: RedisStore, ttl_s: float) -> None:
+        self.store = store
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.owner = uuid.uuid4().hex
+        self.key = store.keys.lock
+        self.value = ""
+        self._renew = store.r.register_script(_RENEW_LUA)
+        self._release = store.r.register_script(_RELEASE_LUA)
+
+    def _new_value(self) -> str:
+        info = LockInfo(self.owner, HOST, os.getpid(), time.time() + self.ttl_ms / 1000)
+        return json.dumps(info.__dict__)
+
+    def _refuse(self, raw: bytes | None) -> StoreLocked:
+        try:
+            d = json.loads(raw or b"")
+            host, pid, when = (
+                d["host"],
+                d["pid"],
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["expires_at"])),
+            )
+        except (ValueError, KeyError, TypeError):
+            host, pid, when = "an unknown host", "?", "its expiry"
+        return StoreLocked(
+            f"store redis {self.store.addr} namespace {self.store.keys.ns!r} is served by another "
+            f"coordinator on {host} (pid {pid}); stop it or wait until its lock expires at {when}"
+        )
+
+    def acquire(self) -> None:
+        call = self.store._call
+        value = self._new_value()
+        if call(lambda: self.store.r.set(self.key, value, nx=True, px=self.ttl_ms)):
+            self.value = value
+            return
+        raw = call(lambda: self.store.r.get(self.key))
+        try:
+            d = json.loads(raw or b"")
+            dead_here = (
+                d["host"] == HOST and not pid_alive(int(d["pid"])) and d["owner"] != self.owner
+            )
+        except (ValueError, KeyError, TypeError):
+            dead_here = False
+        if dead_here and raw is not None:
+            if call(lambda: self._renew(keys=[self.key], args=[raw, value, self.ttl_ms])):
+                log.warning("took over the owner lock of a dead coordinator (pid %s)", d["pid"])
+                self.value = value
+                return
+            raw = call(lambda: self.store.r.get(self.key))
+        if raw is None and call(lambda: self.store.r.set(self.key, value, nx=True, px=self.ttl_ms)):
+            self.value = value
+            return
+        raise self._refuse(raw)
+
+    def renew(self) -> None:
+        value = self._new_value()
+        if self.store._call(
+            lambda: self._renew(keys=[self.key], args=[self.value, value, self.ttl_ms])
+        ):
+            self.value = value
+            return
+        raw = self.store._call(lambda: self.store.r.get(self.key))
+        if raw is None and self.store._call(
+            lambda: self.store.r.set(self.key, value, nx=True, px=self.ttl_ms)
+        ):
+            self.value = value  # expired but nobody took it: ours again
+            return
+        raise self._refuse(raw)
+
+    def release(self) -> None:
+        if self.value:
+            self.store._call(lambda: self._release(keys=[self.key], args=[self.value]))
+            self.value = ""

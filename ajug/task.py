@@ -1,0 +1,424 @@
+"""The jug task model: Task, Tasklet, TaskGenerator, value.
+
+These are jug's semantics, so a jugfile runs after changing ``jug`` to ``ajug`` in its imports.
+Building a Task does no work: it records the call. Every Task created is appended to
+``alltasks``, in creation order, which is the order the coordinator serves them in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+from .errors import ResultMissing
+from .hashing import hash_one, hash_update, new_hash_object, task_digest
+
+__all__ = [
+    "Task",
+    "Tasklet",
+    "TaskGenerator",
+    "iteratetask",
+    "return_tuple",
+    "value",
+    "recursive_dependencies",
+    "CachedFunction",
+    "alltasks",
+]
+
+#: Every Task built since the last reset, in creation order (jug's ``jug.task.alltasks``).
+alltasks: list[Task] = []
+
+
+def reset() -> None:
+    """Forget every task (the jugfile is about to be loaded again)."""
+    del alltasks[:]
+
+
+class _getitem:
+    """``t[i]`` as a Tasklet operation. Hashes as jug's does, so identities match jug's."""
+
+    __slots__ = ("slice",)
+
+    def __init__(self, slice: Any) -> None:
+        self.slice = slice
+
+    def __call__(self, obj: Any) -> Any:
+        return value(obj)[value(self.slice)]
+
+    def __jug_hash__(self) -> bytes:
+        return hash_one(("jug.task._getitem", self.slice))
+
+    def __repr__(self) -> str:
+        return f"ajug.task._getitem({self.slice!r})"
+
+
+class TaskletMixin:
+    __slots__ = ()
+
+    def __getitem__(self, slice: Any) -> Tasklet:
+        return Tasklet(self, _getitem(slice))
+
+    def __iter__(self) -> Iterator[Any]:
+        raise NotImplementedError(
+            "you cannot iterate over a Task's result while building the graph: use "
+            "iteratetask(task, n) when the size is known, or bvalue(task) otherwise"
+        )
+
+
+class Task(TaskletMixin):
+    """A lazy call ``f(*args, **kwargs)`` whose result is kept in the store under its identity.
+
+    Arguments that are Tasks (or lists/tuples/dicts holding Tasks) are replaced by their results
+    before ``f`` is called. Two Tasks with the same function and arguments are the same task.
+    """
+
+    #: The store ``value()`` and ``can_load()`` use (set by ``ajug.init``, the coordinator and
+    #: the worker; a class attribute, as in jug).
+    store: Any = None
+
+    def __init__(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        while isinstance(f, partial):
+            args = f.args + args
+            kwargs = {**f.keywords, **kwargs}
+            f = f.func
+        if getattr(f, "__name__", "") == "<lambda>":
+            raise ValueError(
+                "ajug.Task does not work with lambda functions: use a named function (def); "
+                "to apply a lambda to a task's result use Tasklet(task, lambda r: ...)"
+            )
+        self.name = f"{f.__module__}.{f.__name__}"
+        self.f = f
+        self.args = args
+        self.kwargs = kwargs
+        self._key: str | None = None
+        alltasks.append(self)
+
+    # -- identity -------------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        """The identity as a 40-character hex string (the store key)."""
+        k = self._key
+        if k is None:
+            k = self._key = task_digest(self.name, self.args, self.kwargs)
+        return k
+
+    def hash(self) -> bytes:
+        """The identity, as bytes of hex (jug's return type)."""
+        return self.key.encode()
+
+    def __jug_hash__(self) -> bytes:
+        return self.key.encode()
+
+    # -- graph ----------------------------------------------------------------------------
+    def dependencies(self) -> Iterator[Task]:
+        """The Tasks this one needs directly (through Tasklets and containers)."""
+        return _direct_deps((self.args, self.kwargs.values()))
+
+    # -- results --------------------------------------------------------------------------
+    def can_load(self, store: Any = None) -> bool:
+        if hasattr(self, "_result"):
+            return True
+        store = store if store is not None else Task.store
+        if store is None:
+            return False
+        return bool(store.contains(self.key))
+
+    def can_run(self) -> bool:
+        return all(hasattr(d, "_result") or d.can_load() for d in self.dependencies())
+
+    def is_loaded(self) -> bool:
+        return hasattr(self, "_result")
+
+    def load(self) -> None:
+        if Task.store is None:
+            raise ResultMissing(f"no store is open to load {self.name} ({self.key}); call ajug.init")
+        self._result = Task.store.load(self.key)
+
+    def _get_result(self) -> Any:
+        if not hasattr(self, "_result"):
+            self.load()
+        return self._result
+
+    result = property(_get_result, doc="The result (loaded from the store when needed)")
+
+    def value(self) -> Any:
+        return self._get_result()
+
+    def execute(self) -> Any:
+        """Call the function on the values of the arguments (does not save)."""
+        args = [value(a) for a in self.args]
+        kwargs = {k: value(v) for k, v in self.kwargs.items()}
+        return self.f(*args, **kwargs)
+
+    def run(self, save: bool = True, **_ignored: Any) -> Any:
+        """Run now, in this process, and (by default) save the result to ``Task.store``."""
+        self._result = self.execute()
+        if save and Task.store is not None:
+            Task.store.save(self.key, self._result, result_meta(self))
+        return self._result
+
+    def invalidate(self) -> None:
+        if Task.store is not None:
+            Task.store.remove([self.key])
+        self.unload()
+
+    def unload(self) -> None:
+        self.__dict__.pop("_result", None)
+
+    def unload_recursive(self) -> None:
+        self.unload()
+        for d in recursive_dependencies(self):
+            d.unload()
+
+    def __str__(self) -> str:
+        return f"Task: {self.name}()"
+
+    def __repr__(self) -> str:
+        return f"Task({self.name}, args={self.args!r}, kwargs={self.kwargs!r})"
+
+
+class ResultRef(Task):
+    """A stand-in, on a worker, for a Task whose result is in the store under ``key``.
+
+    Leases carry arguments with other tasks replaced by their keys; the worker rebuilds them as
+    ResultRefs so that ``value()`` (and jug's NoLoad pattern) work inside the task's function.
+    """
+
+    def __init__(self, key: str, name: str = "") -> None:  # noqa: D107 - no alltasks entry
+        self._key = key
+        self.name = name or "result"
+        self.f = None  # type: ignore[assignment]
+        self.args = ()
+        self.kwargs = {}
+
+    def __reduce__(self) -> Any:
+        return (ResultRef, (self._key, self.name))
+
+    def dependencies(self) -> Iterator[Task]:
+        return iter(())
+
+
+def _direct_deps(roots: Any) -> Iterator[Task]:
+    queue = list(roots)
+    while queue:
+        for dep in queue.pop():
+            if hasattr(dep, "__jug_dependencies__"):
+                queue.append(dep.__jug_dependencies__())
+            elif isinstance(dep, Task):
+                yield dep
+            elif isinstance(dep, (list, tuple)):
+                queue.append(dep)
+            elif isinstance(dep, dict):
+                queue.append(dep.values())
+
+
+class Tasklet(TaskletMixin):
+    """A light Task: ``f(value(base))``, computed when loaded and never stored (e.g. ``t[0]``)."""
+
+    __slots__ = ("base", "f")
+
+    def __init__(self, base: Any, f: Any) -> None:
+        self.base = base
+        self.f = f
+
+    def dependencies(self) -> Iterator[Any]:
+        yield self.base
+
+    __jug_dependencies__ = dependencies
+
+    def value(self) -> Any:
+        return self.__jug_value__()
+
+    def __jug_value__(self) -> Any:
+        return self.f(value(self.base))
+
+    def can_load(self) -> bool:
+        return bool(self.base.can_load())
+
+    def unload(self) -> None:
+        self.base.unload()
+
+    def unload_recursive(self) -> None:
+        self.base.unload_recursive()
+
+    def __jug_hash__(self) -> bytes:
+        m = new_hash_object()
+        m.update(b"Tasklet")
+        f = self.f
+        if getattr(f, "__name__", "") == "<lambda>":
+            f = _lambda_key(f)
+        hash_update(m, [("base", self.base), ("f", f)], "a Tasklet")
+        return m.hexdigest().encode()
+
+    def __repr__(self) -> str:
+        return f"Tasklet({self.base!r}, {self.f!r})"
+
+
+def _stable(obj: Any) -> Any:
+    """frozensets (pickled in hash-seed order) as sets (hashed sorted), inside tuples too."""
+    if type(obj) is frozenset:
+        return set(obj)
+    if type(obj) is tuple:
+        return tuple(_stable(o) for o in obj)
+    return obj
+
+
+def _hashable_or_type(obj: Any) -> Any:
+    """``obj`` if it can be hashed, else its type's name (what a lambda captures may not be)."""
+    try:
+        hash_one(obj)
+    except Exception:
+        return ("unhashable", type(obj).__module__, type(obj).__qualname__)
+    return _stable(obj)
+
+
+def _lambda_key(f: Any) -> tuple:
+    """A lambda has no stable pickle: identify it by its code and what it captures.
+
+    The same key as jug's, so that Tasklets of lambdas have jug's identities.
+    """
+
+    def code_key(c: Any) -> tuple:
+        consts = tuple(code_key(x) if hasattr(x, "co_code") else _stable(x) for x in c.co_consts)
+        return (c.co_code, consts, c.co_names)
+
+    closure = []
+    for cell in f.__closure__ or ():
+        try:
+            closure.append(_hashable_or_type(cell.cell_contents))
+        except ValueError:  # an empty cell
+            closure.append(None)
+    defaults = tuple(_hashable_or_type(d) for d in f.__defaults__ or ())
+    kwdefaults = {k: _hashable_or_type(v) for k, v in (f.__kwdefaults__ or {}).items()}
+    return ("<lambda>", code_key(f.__code__), tuple(closure), defaults, kwdefaults)
+
+
+def value(elem: Any) -> Any:
+    """The value of ``elem``: Tasks replaced by their results, through lists/tuples/dicts."""
+    if isinstance(elem, (Task, Tasklet)):
+        return elem.value()
+    t = type(elem)
+    if t is list:
+        return [value(e) for e in elem]
+    if t is tuple:
+        return tuple(value(e) for e in elem)
+    if t is dict:
+        return {k: value(v) for k, v in elem.items()}
+    if hasattr(elem, "__jug_value__"):
+        return elem.__jug_value__()
+    return elem
+
+
+def recursive_dependencies(t: Any, max_level: int = -1) -> Iterator[Task]:
+    """Every Task ``t`` needs, directly or not, each once."""
+    seen: set[int] = set()
+    stack: list[tuple[Any, int]] = [(t, 0)]
+    while stack:
+        cur, level = stack.pop()
+        if max_level >= 0 and level >= max_level:
+            continue
+        for d in cur.dependencies():
+            if id(d) not in seen:
+                seen.add(id(d))
+                yield d
+                stack.append((d, level + 1))
+
+
+def CachedFunction(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``f`` now (while the graph is built), reusing its result from the store."""
+    t = Task(f, *args, **kwargs)
+    if not t.can_load():
+        if not t.can_run():
+            raise ValueError(f"ajug.CachedFunction: the inputs of {t.name} are not computed yet")
+        return t.run()
+    return value(t)
+
+
+class TaskGenerator:
+    """Decorator: calling the decorated function returns a Task instead of running it."""
+
+    _jug_is_task_generator = True
+
+    def __init__(self, f: Callable[..., Any]) -> None:
+        self.f = f
+        self.__name__ = getattr(f, "__name__", "task")
+        self.__doc__ = getattr(f, "__doc__", None)
+        self.__module__ = getattr(f, "__module__", None)  # type: ignore[assignment]
+        self.__wrapped__ = f
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Task:
+        return Task(self.f, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"TaskGenerator({self.f!r})"
+
+
+class iteratetask:
+    """``a, b = iteratetask(t, 2)``: the first ``n`` items of a task's result as Tasklets."""
+
+    def __init__(self, base: Any, n: int) -> None:
+        self.base = base
+        self.n = n
+
+    def __getitem__(self, i: int) -> Tasklet:
+        if i >= self.n:
+            raise IndexError(i)
+        return self.base[i]
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _get_check(r: Any, i: int, n: int) -> Any:
+    if len(r) != n:
+        raise ValueError(f"expected a tuple of size {n}, got {len(r)}")
+    return r[i]
+
+
+def return_tuple(n: int) -> Callable[[Any], Callable[..., tuple]]:
+    """Make a TaskGenerator of an ``n``-tuple return ``n`` Tasklets, for ``x, y = f()``."""
+
+    def wrapper(f: Any) -> Callable[..., tuple]:
+        def wrapped(*args: Any, **kwargs: Any) -> tuple:
+            r = f(*args, **kwargs)
+            return tuple(Tasklet(r, partial(_get_check, i=i, n=n)) for i in range(n))
+
+        return wrapped
+
+    return wrapper
+
+
+# -- metadata ------------------------------------------------------------------------------
+_SRC_HASHES: dict[int, tuple[Any, str]] = {}
+
+
+def source_hash(f: Any) -> str:
+    """A short hash of ``f``'s source (its bytecode when the source is gone), for stale checks."""
+    hit = _SRC_HASHES.get(id(f))
+    if hit is not None and hit[0] is f:
+        return hit[1]
+    try:
+        src = inspect.getsource(f).encode()
+    except (OSError, TypeError):
+        code = getattr(f, "__code__", None)
+        src = code.co_code if code is not None else repr(f).encode()
+    h = hashlib.sha1(src).hexdigest()[:16]
+    _SRC_HASHES[id(f)] = (f, h)
+    return h
+
+
+def result_meta(t: Task, run_time_s: float | None = None, worker: str = "") -> dict[str, Any]:
+    import os
+    import socket
+    import time
+
+    return {
+        "func": t.name,
+        "src": source_hash(t.f),
+        "rt": run_time_s,
+        "worker": worker or f"{socket.gethostname()}:{os.getpid()}",
+        "ts": time.time(),
+    }

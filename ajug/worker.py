@@ -1,0 +1,435 @@
+"""A worker process: runs leased tasks in its main thread while a network thread keeps the
+connection, renews the leases every TTL/3, and reports results.
+
+Task code runs in the main thread (signals, libraries that insist on it); the network thread
+runs an asyncio loop, so a task that computes for an hour still has its lease renewed. If the
+coordinator goes away, the network thread reconnects with backoff and jitter, tells the new
+coordinator which tasks it is still running (``resume``) and keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import random
+import socket
+import ssl as _ssl
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from .errors import AjugError, AuthError, ConnectError, ProtocolError, StoreError, StoreFull
+from .graph import decode_args
+from .protocol import connection as conn_mod
+from .stores import open_store
+from .task import Task, value
+
+log = logging.getLogger(__name__)
+
+CACHE_BYTES = 256 * 1024 * 1024
+CACHE_ITEMS = 4096
+
+
+@dataclass
+class Lease:
+    key: str
+    tok: int
+    fn: int
+    args: bytes
+    func_blob: bytes
+    func_name: str
+    func_src: str
+    started: float = 0.0
+
+
+class ResultCache:
+    """Recent results by key, so a chain's next task does not reload what this worker just
+    computed. Bounded by count and by (estimated) bytes."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES, max_items: int = CACHE_ITEMS) -> None:
+        self.max_bytes, self.max_items = max_bytes, max_items
+        self.items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self.bytes = 0
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        hit = self.items.get(key)
+        if hit is None:
+            return False, None
+        self.items.move_to_end(key)
+        return True, hit[0]
+
+    def put(self, key: str, val: Any, size: int) -> None:
+        if size > self.max_bytes // 4:
+            return
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        self.items[key] = (val, size)
+        self.bytes += size
+        while self.items and (self.bytes > self.max_bytes or len(self.items) > self.max_items):
+            _, (_, s) = self.items.popitem(last=False)
+            self.bytes -= s
+
+
+class CachingStore:
+    """The store as seen by task code on a worker (``Task.store``): loads go through the cache."""
+
+    def __init__(self, store: Any, cache: ResultCache) -> None:
+        self.store, self.cache = store, cache
+        self.url = store.url
+
+    def load(self, key: str) -> Any:
+        hit, v = self.cache.get(key)
+        if hit:
+            return v
+        v = self.store.load(key)
+        self.cache.put(key, v, _approx_size(v))
+        return v
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def _approx_size(v: Any) -> int:
+    n = getattr(v, "nbytes", None)
+    if isinstance(n, int):
+        return n
+    return sys.getsizeof(v)
+
+
+@dataclass
+class WorkerOptions:
+    host: str
+    port: int
+    token: bytes = b""
+    name: str = ""
+    prefetch: int | None = None  # None: adapt to task duration
+    connect_timeout_s: float = 60.0
+    store_url: str | None = None
+    ssl: _ssl.SSLContext | None = None
+    max_tasks: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(self, opts: WorkerOptions) -> None:
+        self.o = opts
+        self.leases: queue.Queue[Lease | None] = queue.Queue()
+        self.queued: dict[str, Lease] = {}  # leased, not finished (queued or running)
+        self.reports_done: list[list[Any]] = []
+        self.reports_failed: list[list[Any]] = []
+        self.finished = threading.Event()
+        self.fatal: BaseException | None = None
+        self.store_url: str | None = opts.store_url
+        self.store_ready = threading.Event()
+        self.lease_ttl_s = 30.0
+        self.ran = 0
+        self.avg_task_s = 0.0
+        self.ident = f"{socket.gethostname()}:{os.getpid()}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kick: asyncio.Event | None = None
+        self._funcs: dict[bytes, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- main thread ------------------------------------------------------------------------
+    def run(self) -> int:
+        """Work until the coordinator says all is done. Returns the process exit status."""
+        net = threading.Thread(target=self._net_thread, name="ajug-net", daemon=True)
+        net.start()
+        while not self.store_ready.is_set():
+            if self.store_ready.wait(0.1):
+                break
+            if self.fatal is not None or not net.is_alive():
+                return self._fatal_status()
+        assert self.store_url is not None
+        try:
+            store = open_store(self.store_url)
+        except AjugError as e:
+            self.fatal = e
+            self._stop_net()
+            return self._fatal_status()
+        cache = ResultCache()
+        Task.store = CachingStore(store, cache)
+        try:
+            while True:
+                lease = self.leases.get()
+                if lease is None:
+                    break
+                self._execute(lease, store, cache)
+                if self.o.max_tasks is not None and self.ran >= self.o.max_tasks:
+                    break
+        except KeyboardInterrupt:
+            log.info("interrupted")
+            self._stop_net()
+            return 130
+        self._stop_net()
+        net.join(10)
+        store.close()
+        return self._fatal_status() if self.fatal is not None else 0
+
+    def _fatal_status(self) -> int:
+        if self.fatal is None:
+            return 0
+        raise self.fatal
+
+    def _execute(self, lease: Lease, store: Any, cache: ResultCache) -> None:
+        lease.started = time.monotonic()
+        t0 = time.perf_counter()
+        try:
+            f = self._funcs.get(lease.func_blob)
+            if f is None:
+                f = self._funcs[lease.func_blob] = cloudpickle.loads(lease.func_blob)
+            args, kwargs = decode_args(lease.args)
+            result = f(*[value(a) for a in args], **{k: value(v) for k, v in kwargs.items()})
+            rt = time.perf_counter() - t0
+            meta = {
+                "func": lease.func_name,
+                "src": lease.func_src,
+                "rt": rt,
+                "worker": self.ident,
+                "ts": time.time(),
+            }
+            size = store.save(lease.key, result, meta)
+            cache.put(lease.key, result, size)
+            report: tuple[str, list[Any]] = ("done", [lease.key, lease.tok, {"rt": rt, "size": size}])
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:
+            kind = "store" if isinstance(e, StoreError) else "exception"
+            tb = traceback.format_exc()
+            msg = str(e)
+            if isinstance(e, StoreFull):
+                msg = f"store is full: {e}"
+            log.warning("task %s (%s) failed: %s: %s", lease.func_name, lease.key[:12],
+                        type(e).__name__, msg)
+            err = {"type": type(e).__name__, "msg": msg[:2000], "tb": tb[-20000:], "kind": kind}
+            report = ("failed", [lease.key, lease.tok, err])
+        dt = time.perf_counter() - t0
+        self.ran += 1
+        self.avg_task_s = dt if self.ran == 1 else 0.8 * self.avg_task_s + 0.2 * dt
+        self._post(report)
+
+    def _post(self, report: tuple[str, list[Any]]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._on_report, report)
+        except RuntimeError:
+            pass
+
+    def _stop_net(self) -> None:
+        self.finished.set()
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and self._kick is not None:
+            try:
+                loop.call_soon_threadsafe(self._kick.set)
+            except RuntimeError:
+                pass
+
+    # -- network thread ---------------------------------------------------------------------
+    def _net_thread(self) -> None:
+        try:
+            try:
+                import uvloop
+
+                runner = uvloop.run
+            except ImportError:  # pragma: no cover - not on Windows
+                runner = asyncio.run
+            runner(self._net_main())
+        except BaseException as e:  # noqa: BLE001 - hand anything to the main thread
+            if self.fatal is None:
+                self.fatal = e
+        finally:
+            self.leases.put(None)
+
+    def _on_report(self, report: tuple[str, list[Any]]) -> None:
+        kind, item = report
+        self.queued.pop(item[0], None)
+        (self.reports_done if kind == "done" else self.reports_failed).append(item)
+        assert self._kick is not None
+        self._kick.set()
+
+    def _want(self) -> int:
+        if self.finished.is_set():
+            return 0
+        if self.o.max_tasks is not None:
+            left = self.o.max_tasks - self.ran - len(self.queued)
+            if left <= 0:
+                return 0
+        if self.o.prefetch is not None:
+            hold = 1 + self.o.prefetch
+        elif self.ran < 3 or self.avg_task_s > 0.05:
+            hold = 2 if self.ran >= 3 else 1
+        else:
+            hold = int(min(64, max(2, 0.05 / max(self.avg_task_s, 1e-5))))
+        want = hold - len(self.queued)
+        if self.o.max_tasks is not None:
+            want = min(want, self.o.max_tasks - self.ran - len(self.queued))
+        return max(0, want)
+
+    async def _connect(self, first: bool) -> Any:
+        """Connect with backoff and jitter until connect_timeout; AuthError is final."""
+        deadline = time.monotonic() + self.o.connect_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return await conn_mod.open_connection(
+                    self.o.host,
+                    self.o.port,
+                    token=self.o.token,
+                    role="worker",
+                    access="full",
+                    ssl=self.o.ssl,
+                    name=self.o.name or socket.gethostname(),
+                )
+            except AuthError:
+                raise
+            except (ConnectError, ProtocolError, OSError) as e:
+                if time.monotonic() + delay > deadline:
+                    what = "reach" if first else "reconnect to"
+                    raise ConnectError(
+                        f"cannot {what} the coordinator at {self.o.host}:{self.o.port} after "
+                        f"{self.o.connect_timeout_s:g}s ({e}); is `ajug serve` running there? "
+                        "(--connect-timeout sets how long to keep trying)"
+                    ) from None
+                log.debug("coordinator not reachable (%s); retrying in %.2fs", e, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+    async def _net_main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._kick = asyncio.Event()
+        first = True
+        while True:
+            conn = await self._connect(first)
+            info = conn.welcome_info
+            self.lease_ttl_s = info.get("lease_ttl_ms", 30000) / 1000.0
+            if self.store_url is None:
+                self.store_url = info.get("store")
+            self.store_ready.set()
+            try:
+                done = await self._session(conn, resume=not first)
+            except (ProtocolError, OSError) as e:
+                log.warning("lost the coordinator (%s); reconnecting", e)
+                done = False
+            finally:
+                conn.close()
+            first = False
+            if done:
+                return
+
+    async def _session(self, conn: Any, resume: bool) -> bool:
+        ids = iter(range(1, 2**62))
+        funcs: dict[int, tuple[bytes, str, str]] = {}
+        pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        loop = asyncio.get_running_loop()
+
+        async def reader() -> None:
+            try:
+                while True:
+                    msg = await conn.recv()
+                    fut = pending.pop(msg.get("re"), None) if "re" in msg else None
+                    if msg["op"] == "error":
+                        raise ProtocolError(f"coordinator refused: {msg.get('msg')}")
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
+            except BaseException as e:
+                for fut in pending.values():
+                    if not fut.done():
+                        fut.set_exception(e if isinstance(e, Exception) else ProtocolError(str(e)))
+                pending.clear()
+                raise
+
+        def request(msg: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+            rid = next(ids)
+            msg["id"] = rid
+            fut = loop.create_future()
+            pending[rid] = fut
+            conn.send(msg)
+            return fut
+
+        rtask = asyncio.ensure_future(reader())
+        try:
+            if resume and self.queued:
+                with self._lock:
+                    running = list(self.queued)
+                rep = await request({"op": "resume", "running": running})
+                await conn.drain()
+                rep = await rep
+                for key, tok in rep["kept"]:
+                    if key in self.queued:
+                        self.queued[key].tok = tok
+                lost = set(rep["lost"])
+                if lost:
+                    log.info("%d task(s) were taken over by others while disconnected", len(lost))
+            last_renew = time.monotonic()
+            lease_fut: asyncio.Future[dict[str, Any]] | None = None
+            renew_fut: asyncio.Future[dict[str, Any]] | None = None
+            assert self._kick is not None
+            while True:
+                if rtask.done():
+                    rtask.result()
+                    raise ProtocolError("connection closed")
+                now = time.monotonic()
+                if renew_fut is None and now - last_renew >= self.lease_ttl_s / 3 and self.queued:
+                    renew_fut = request(
+                        {"op": "renew", "leases": [[k, lz.tok] for k, lz in list(self.queued.items())]}
+                    )
+                    last_renew = now
+                if renew_fut is not None and renew_fut.done():
+                    lost = renew_fut.result()["lost"]
+                    if lost:
+                        log.info("%d lease(s) were reclaimed by the coordinator", len(lost))
+                    renew_fut = None
+                if self.finished.is_set() and lease_fut is None and not (
+                    self.reports_done or self.reports_failed
+                ):
+                    conn.send({"op": "bye"})
+                    await conn.drain()
+                    return True
+                if lease_fut is None:
+                    want = self._want()
+                    if want or self.reports_done or self.reports_failed:
+                        done, failed = self.reports_done, self.reports_failed
+                        self.reports_done, self.reports_failed = [], []
+                        lease_fut = request(
+                            {"op": "lease", "want": want, "wait_ms": 1000 if want else 0,
+                             "done": done, "failed": failed}
+                        )
+                await conn.drain()
+                if lease_fut is not None and lease_fut.done():
+                    rep = lease_fut.result()
+                    lease_fut = None
+                    for fn in rep["funcs"]:
+                        funcs[fn["fn"]] = (fn["code"], fn["name"], fn["src"])
+                    for lz in rep["leases"]:
+                        blob, name, src = funcs[lz["fn"]]
+                        lease = Lease(lz["key"], lz["tok"], lz["fn"], lz["args"], blob, name, src)
+                        self.queued[lease.key] = lease
+                        self.leases.put(lease)
+                    if rep["state"] == "finished" and not self.queued:
+                        self.finished.set()
+                        self.leases.put(None)
+                    continue
+                waits = [w for w in (lease_fut, renew_fut, rtask) if w is not None]
+                kick = asyncio.ensure_future(self._kick.wait())
+                timeout = max(0.01, self.lease_ttl_s / 3 - (time.monotonic() - last_renew))
+                await asyncio.wait([kick, *waits], timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                kick.cancel()
+                self._kick.clear()
+        finally:
+            rtask.cancel()
+            try:
+                await rtask
+            except BaseException:
+                pass

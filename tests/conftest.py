@@ -1,0 +1,206 @@
+"""Shared fixtures: free ports, a real redis-server per session, stores of every kind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the repo is not installed: import ajug from the checkout
+    sys.path.insert(0, str(ROOT))
+
+REDIS_START_TIMEOUT_S = 10.0
+STORE_KINDS = ("file", "redis", "memory")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    return _free_port()
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child Pythons: they import ajug from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1, without persistence; killed by its pid."""
+
+    def __init__(self, binary: str, workdir: Path, *config: str) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.config = config
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(self.workdir), *self.config]
+        log = open(self.workdir / f"redis-{self.port}.log", "ab")
+        try:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            log.close()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        import redis
+
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        try:
+            while True:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    pytest.fail(f"redis-server exited with {self.proc.returncode}; see {self.workdir}")
+                try:
+                    if client.ping():
+                        return
+                except redis.exceptions.RedisError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"redis-server on port {self.port} did not answer PING in time")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, 9)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Kill and start again on the same port (all data is lost: no persistence)."""
+        self.stop()
+        if down_s:
+            time.sleep(down_s)
+        self.start()
+
+
+def _redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = "redis-server binary not found on PATH"
+        if os.environ.get("AJUG_REQUIRE_REDIS") == "1":
+            pytest.fail(f"{reason} (AJUG_REQUIRE_REDIS=1)")
+        pytest.skip(reason)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(_redis_binary(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_process: RedisServer) -> str:
+    """The URL of the session's redis-server (``redis://127.0.0.1:<port>/0``)."""
+    return redis_process.url
+
+
+@pytest.fixture
+def restart_redis(redis_process: RedisServer) -> Callable[..., None]:
+    """Kill the session's redis-server and start it again on the same port (data is lost)."""
+    return redis_process.restart
+
+
+@pytest.fixture
+def make_redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start extra redis-servers with their own config (e.g. ``"--maxmemory", "2mb"``)."""
+    made: list[RedisServer] = []
+
+    def make(*config: str) -> RedisServer:
+        server = RedisServer(_redis_binary(), tmp_path, *config)
+        made.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def make_store(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Callable[..., Any]]:
+    """``make_store(kind, **options)`` -> a fresh store of that kind, closed at the end."""
+    from ajug.stores.file import FileStore
+    from ajug.stores.memory import MemoryStore
+
+    made: list[Any] = []
+
+    def make(kind: str, **options: Any) -> Any:
+        if kind == "file":
+            store: Any = FileStore(tmp_path / f"store{len(made)}", **options)
+        elif kind == "redis":
+            from ajug.stores.redis import RedisStore
+
+            options.setdefault("namespace", namespace)
+            options.setdefault("retry_s", 5.0)
+            store = RedisStore(request.getfixturevalue("redis_server"), **options)
+        elif kind == "memory":
+            store = MemoryStore(**options)
+        else:
+            raise ValueError(kind)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        if hasattr(store, "r"):
+            try:
+                keys = list(store.r.scan_iter(match=store.keys.ns + "*", count=1000))
+                if keys:
+                    store.r.delete(*keys)
+            except Exception:
+                pass
+        store.close()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, make_store: Callable[..., Any]) -> Any:
+    """Each kind of store in turn; redis with small chunks so the chunked path is exercised."""
+    if request.param == "redis":
+        return make_store("redis", chunk_bytes=256 << 10)
+    return make_store(request.param)
+
+
+def hexkey(i: int | str) -> str:
+    """A 40-hex-digit key, like a task hash."""
+    import hashlib
+
+    return hashlib.sha1(str(i).encode()).hexdigest()

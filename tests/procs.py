@@ -1,0 +1,143 @@
+"""Real ajug processes for tests: a coordinator (`ajug serve`) and workers (`ajug work`).
+
+Everything started here is stopped by PID by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ajug_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ajug", *args]
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    e.setdefault("AJUG_TOKEN", "test-token")
+    e.update(extra)
+    return e
+
+
+class Procs:
+    """Starts processes and stops whatever is left of them at the end (by PID)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, args: list[str], name: str, **kw: Any) -> subprocess.Popen[str]:
+        log = open(self.tmp / f"{name}.{len(self.procs)}.log", "w")
+        p = subprocess.Popen(
+            ajug_cmd(*args), stdout=kw.pop("stdout", log), stderr=subprocess.STDOUT,
+            env=kw.pop("env", env()), text=True, cwd=kw.pop("cwd", self.tmp), **kw,
+        )
+        log.close()  # the child has its own copy of the descriptor
+        p.logfile = log.name  # type: ignore[attr-defined]
+        self.procs.append(p)
+        return p
+
+    def serve(self, jugfile: Path, *extra: str, port: int = 0, **kw: Any) -> tuple[subprocess.Popen[str], int]:
+        """Start `ajug serve` and return it with the port it printed."""
+        p = self.start(["-v", "serve", str(jugfile), "--port", str(port), *extra], "serve",
+                       stdout=subprocess.PIPE, **kw)
+        assert p.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        logfile = open(p.logfile, "a")  # type: ignore[attr-defined]
+
+        def pump() -> None:
+            assert p.stdout is not None
+            for line in p.stdout:
+                logfile.write(line)
+                logfile.flush()
+                lines.put(line)
+            logfile.close()
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + 60
+        seen = ""
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.1)
+            except queue.Empty:
+                if p.poll() is not None:
+                    time.sleep(0.2)
+                    raise AssertionError(f"ajug serve exited {p.returncode}: {read_log(p)}")
+                continue
+            seen += line
+            m = re.search(r"serving .* on [\d.:\[\]a-f]+:(\d+)", line)
+            if m:
+                return p, int(m.group(1))
+        raise AssertionError(f"ajug serve did not start: {seen}")
+
+    def work(self, port: int, *extra: str, **kw: Any) -> subprocess.Popen[str]:
+        return self.start(["-v", "work", f"127.0.0.1:{port}", *extra], "work", **kw)
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.kill(p.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+                p.kill()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            if p.stdout is not None:
+                p.stdout.close()
+
+
+def wait_for(pred: Any, timeout_s: float = 30.0, every_s: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def status(port: int, *extra: str) -> dict[str, Any]:
+    out = subprocess.run(ajug_cmd("status", f"127.0.0.1:{port}", "--json", *extra),
+                         capture_output=True, text=True, env=env(), timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def offline_status(jugfile: Path, *extra: str) -> dict[str, Any]:
+    out = subprocess.run(ajug_cmd("status", str(jugfile), "--json", *extra),
+                         capture_output=True, text=True, env=env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def values(jugfile: Path, names: list[str], store: str | None = None, **extra_env: str) -> dict[str, Any]:
+    """Load results in a fresh interpreter, as a user's script would (ajug.init + value)."""
+    code = (
+        "import json, sys, ajug\n"
+        f"store, ns = ajug.init({str(jugfile)!r}, {store!r})\n"
+        f"print(json.dumps({{n: ajug.value(ns[n]) for n in {names!r}}}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env(**extra_env), timeout=60, cwd=jugfile.parent)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def read_log(p: subprocess.Popen[str]) -> str:
+    return Path(p.logfile).read_text()  # type: ignore[attr-defined]

@@ -1,0 +1,164 @@
+"""The engine end to end: `ajug serve` + `ajug work` processes over real TCP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from procs import Procs, ajug_cmd, env, offline_status, read_log, status, values, wait_for
+
+HERE = Path(__file__).parent
+EXPECTED_TOTAL = sum(x * x for x in range(60))
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    yield p
+    p.stop_all()
+
+
+def copy_jugfile(tmp_path: Path, name: str) -> Path:
+    dst = tmp_path / name
+    shutil.copy(HERE / "jugfiles" / name, dst)
+    return dst
+
+
+def result_stamps(jugfile: Path, store: str | None) -> dict[str, float]:
+    """Each stored result's write time, to prove a second run computed nothing."""
+    code = (
+        "import json, ajug\n"
+        "from ajug.stores import open_store\n"
+        "from ajug.jugfile import default_store_url\n"
+        f"s = open_store({store!r} or default_store_url({str(jugfile)!r}))\n"
+        "keys = sorted(s.list())\n"
+        "print(json.dumps(dict(zip(keys, [m['ts'] for m in s.metadata(keys)]))))\n"
+    )
+    out = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    return json.loads(out.stdout)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_serve_and_two_workers_run_mapreduce_with_barrier(
+    backend: str, procs: Procs, tmp_path: Path, free_tcp_port: int, request: pytest.FixtureRequest
+) -> None:
+    jugfile = copy_jugfile(tmp_path, "mr_barrier.py")
+    store_args: list[str] = []
+    store = None
+    if backend == "redis":
+        url = request.getfixturevalue("redis_server")
+        store = f"{url}?namespace=t{free_tcp_port}:"
+        store_args = ["--store", store]
+    # one worker before the coordinator exists, one after
+    early = procs.work(free_tcp_port, "--connect-timeout", "60")
+    time.sleep(0.5)
+    coord, port = procs.serve(jugfile, *store_args, port=free_tcp_port)
+    late = procs.work(port)
+    assert coord.wait(90) == 0, read_log(coord)
+    assert early.wait(30) == 0, read_log(early)
+    assert late.wait(30) == 0, read_log(late)
+    got = values(jugfile, ["result", "total"], store)
+    assert got["result"] == {"n": 60, "total": EXPECTED_TOTAL}
+    assert got["total"] == EXPECTED_TOTAL
+    # both workers took part
+    assert "connected" in read_log(coord)
+    before = result_stamps(jugfile, store)
+    assert len(before) == 1 + 60 + 6 + 1 + 1
+    # running it again computes nothing
+    again = subprocess.run(ajug_cmd("run", str(jugfile), "-j", "2", *store_args), env=env(),
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert result_stamps(jugfile, store) == before
+
+
+@pytest.mark.timeout(120)
+def test_run_example_status_live_and_offline(procs: Procs, tmp_path: Path) -> None:
+    ex = tmp_path / "primes.py"
+    shutil.copy(HERE.parent / "examples" / "primes.py", ex)
+    out = subprocess.run(ajug_cmd("run", str(ex), "-j", "2"), env=env(), capture_output=True,
+                         text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    got = values(ex, ["summary"])
+    primes = [n for n in range(2, 20_000) if all(n % d for d in range(2, int(n**0.5) + 1))]
+    assert got["summary"] == f"{len(primes)} primes below 20000, summing to {sum(primes)}"
+    st = offline_status(ex)
+    assert st["totals"]["done"] == st["tasks"] == 42
+    assert {f["name"] for f in st["functions"]} == {
+        "primes.primes_in", "primes.count_and_sum", "primes.report"}
+    text = subprocess.run(ajug_cmd("status", str(ex)), env=env(), capture_output=True,
+                          text=True, timeout=60)
+    assert "primes.primes_in" in text.stdout and "40" in text.stdout
+
+    # live: a slow jugfile, status over the protocol while it runs
+    slow = copy_jugfile(tmp_path, "slow.py")
+    coord, port = procs.serve(slow, env=env(AJUG_TEST_SLOW_S="3"))
+    w = procs.work(port, env=env(AJUG_TEST_SLOW_S="3"))
+    live = wait_for(lambda: (s := status(port))["totals"]["running"] >= 1 and s, 30,
+                    what="a running task")
+    assert live["tasks"] == 4
+    assert live["totals"]["running"] == 1 and live["totals"]["ready"] == 2
+    assert live["totals"]["waiting"] == 1
+    assert len(live["workers"]) == 1 and live["workers"][0]["pid"] == w.pid
+    human = subprocess.run(ajug_cmd("status", f"127.0.0.1:{port}"), env=env(),
+                           capture_output=True, text=True, timeout=30)
+    assert "slow.slow_square" in human.stdout and "workers" in human.stdout
+    assert coord.wait(60) == 0
+    assert w.wait(30) == 0
+
+
+def running_holder(port: int, key_func: str = "slow.slow_square") -> tuple[int, str] | None:
+    st = status(port)
+    for w in st["workers"]:
+        if w["n_running"]:
+            return w["pid"], w["running"][0]
+    return None
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_worker_mid_task(procs: Procs, tmp_path: Path) -> None:
+    jugfile = copy_jugfile(tmp_path, "slow.py")
+    e = env(AJUG_TEST_SLOW_S="3")
+    coord, port = procs.serve(jugfile, env=e)
+    w1 = procs.work(port, "--prefetch", "0", env=e)
+    w2 = procs.work(port, "--prefetch", "0", env=e)
+    wait_for(lambda: status(port)["totals"]["running"] == 2, 30, what="both workers busy")
+    victim, key = running_holder(port)  # type: ignore[misc]
+    os.kill(victim, signal.SIGKILL)
+    other = w2 if victim == w1.pid else w1
+    assert coord.wait(90) == 0, read_log(coord)
+    assert other.wait(30) == 0
+    assert values(jugfile, ["total"], AJUG_TEST_SLOW_S="3")["total"] == 0 + 1 + 4
+    assert "back to ready" in read_log(coord)
+
+
+@pytest.mark.timeout(120)
+def test_sigstop_worker_lease_reclaimed_after_ttl(procs: Procs, tmp_path: Path) -> None:
+    jugfile = copy_jugfile(tmp_path, "slow.py")
+    e = env(AJUG_TEST_SLOW_S="4")
+    coord, port = procs.serve(jugfile, "--lease-ttl", "2", env=e)
+    w1 = procs.work(port, "--prefetch", "0", env=e)
+    wait_for(lambda: status(port)["totals"]["running"] == 1, 30, what="a running task")
+    frozen, key = running_holder(port)  # type: ignore[misc]
+    assert frozen == w1.pid
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        w2 = procs.work(port, "--prefetch", "0", env=e)
+        # reclaimed after the TTL, then run by the other worker
+        wait_for(lambda: any(key in w["running"] for w in status(port)["workers"]
+                             if w["pid"] == w2.pid), 30, what="the task to move to worker 2")
+        assert status(port)["reclaimed"] >= 1
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert coord.wait(90) == 0, read_log(coord)
+    assert values(jugfile, ["total"], AJUG_TEST_SLOW_S="4")["total"] == 5

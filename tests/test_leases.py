@@ -1,0 +1,179 @@
+"""The coordinator's decisions, driven by method calls and a fake clock: no socket, no sleep."""
+
+from __future__ import annotations
+
+from array import array
+
+import pytest
+
+from ajug.graph import Function, Graph
+from ajug.scheduler import BLOCKED, DONE, FAILED, READY, RUNNING, WAITING, Scheduler
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_graph(deps: list[list[int]], nfuncs: int = 1) -> Graph:
+    g = Graph()
+    g.functions = [Function(i, f"m.f{i}", "src", b"") for i in range(nfuncs)]
+    for i, ds in enumerate(deps):
+        g.keys.append(f"{i:040x}")
+        g.index[g.keys[-1]] = i
+        g.fn.append(i % nfuncs)
+        g.dep_idx.extend(ds)
+        g.dep_start.append(len(g.dep_idx))
+        g.args.append(b"")
+    return g
+
+
+def sched_for(deps: list[list[int]], **kw: object) -> tuple[Scheduler, Clock]:
+    clock = Clock()
+    s = Scheduler(make_graph(deps), clock=clock, lease_ttl_s=30, **kw)  # type: ignore[arg-type]
+    s.start([False] * len(deps))
+    s.add_worker("w1")
+    s.add_worker("w2")
+    return s, clock
+
+
+def test_ready_in_graph_order_and_dependents_follow() -> None:
+    s, _ = sched_for([[], [], [0, 1], [2]])
+    assert [i for i, _ in s.lease("w1", 10)] == [0, 1]
+    assert s.state[2] == WAITING
+    leases = dict(s.lease("w2", 1) or [])
+    assert leases == {}
+    assert s.complete("w1", 0, 1)
+    assert s.state[2] == WAITING
+    assert s.complete("w1", 1, 2)
+    assert s.state[2] == READY
+    (i, tok), = s.lease("w1", 5)
+    assert i == 2
+    s.complete("w1", 2, tok)
+    (i, tok), = s.lease("w1", 5)
+    assert i == 3
+    s.complete("w1", 3, tok)
+    assert s.finished() and s.all_done()
+
+
+def test_start_uses_existing_results() -> None:
+    clock = Clock()
+    s = Scheduler(make_graph([[], [0], [1]]), clock=clock)
+    s.start([True, True, False])
+    assert s.state[:] == bytearray([DONE, DONE, READY])
+    assert s.totals()[DONE] == 2
+
+
+def test_expired_lease_is_reclaimed_without_sleeping() -> None:
+    s, clock = sched_for([[], []])
+    (i, tok), = s.lease("w1", 1)
+    clock.t += 29
+    assert s.expire() == []
+    assert s.renew("w1", [(i, tok)]) == []
+    clock.t += 29
+    assert s.expire() == []  # renewed
+    clock.t += 31
+    assert s.expire() == [i]
+    assert s.state[i] == READY
+    (j, tok2), = s.lease("w2", 1)
+    assert j == i and tok2 != tok
+    # the frozen worker wakes up: its renew says lost, its done is not current
+    assert s.renew("w1", [(i, tok)]) == [i]
+    assert not s.complete("w1", i, tok)
+    assert s.accept_late("w1", i)  # the caller verified the result is in the store
+    assert s.state[i] == DONE
+    assert not s.complete("w2", i, tok2)  # the second runner's done is a duplicate
+    assert not s.accept_late("w2", i)
+    assert s.duplicates == 1
+
+
+def test_disconnect_returns_leases_at_once() -> None:
+    s, _ = sched_for([[], [], []])
+    got = s.lease("w1", 2)
+    assert len(got) == 2
+    assert sorted(s.remove_worker("w1")) == [0, 1]
+    assert s.state[0] == READY and s.state[1] == READY
+    assert s.reclaimed == 2
+
+
+def test_task_that_kills_workers_fails_after_max_attempts() -> None:
+    s, _ = sched_for([[], [0]], max_attempts=3)
+    for n in range(3):
+        wid = f"k{n}"
+        s.add_worker(wid)
+        (i, _), = s.lease(wid, 1)
+        assert i == 0
+        s.remove_worker(wid)
+    assert s.state[0] == FAILED
+    assert s.state[1] == BLOCKED
+    assert s.failures[0].kind == "worker-lost"
+    assert "suspected of killing workers" in s.failures[0].msg
+    assert s.finished() and not s.all_done()
+
+
+def test_exception_retries_then_blocks_dependents_only() -> None:
+    s, _ = sched_for([[], [0], [1], []], retries=1)
+    err = {"type": "ValueError", "msg": "boom", "tb": "Traceback...", "kind": "exception"}
+    (i, tok), (j, tok_j) = s.lease("w1", 2)
+    assert (i, j) == (0, 3)
+    assert s.fail("w1", 0, tok, err) == "retry"
+    assert s.state[0] == READY
+    (i, tok), = s.lease("w1", 1)
+    assert s.fail("w1", 0, tok, err) == "failed"
+    assert s.state[0] == FAILED and s.state[1] == BLOCKED and s.state[2] == BLOCKED
+    assert s.complete("w1", 3, tok_j)
+    assert s.finished()
+    t = s.totals()
+    assert (t[DONE], t[FAILED], t[BLOCKED]) == (1, 1, 2)
+    assert s.failures[0].tb == "Traceback..."
+
+
+def test_stale_failure_is_ignored() -> None:
+    s, _ = sched_for([[]])
+    (i, tok), = s.lease("w1", 1)
+    assert s.fail("w1", i, tok + 99, {"type": "E"}) == "stale"
+    assert s.state[i] == RUNNING
+
+
+def test_resume_keeps_ready_tasks_and_refuses_taken_ones() -> None:
+    s, _ = sched_for([[], []])
+    (i, tok), = s.lease("w2", 1)
+    s.add_worker("w3")
+    kept, lost = s.resume("w3", [0, 1])
+    assert lost == [i]
+    assert [k for k, _ in kept] == [1]
+    assert s.state[1] == RUNNING
+
+
+def test_counts_by_function_track_transitions() -> None:
+    clock = Clock()
+    s = Scheduler(make_graph([[], [], [0]], nfuncs=2), clock=clock)
+    s.start([False, False, False])
+    s.add_worker("w")
+    assert s.counts[0][READY] == 1 and s.counts[1][READY] == 1 and s.counts[0][WAITING] == 1
+    (i, tok), = s.lease("w", 1)
+    assert s.counts[0][RUNNING] == 1
+    s.complete("w", i, tok)
+    assert s.counts[0][DONE] == 1 and s.counts[0][READY] == 1
+
+
+def test_invalidate_reruns_downstream() -> None:
+    s, _ = sched_for([[], [0], [1]])
+    for _ in range(3):
+        (i, tok), = s.lease("w1", 1)
+        s.complete("w1", i, tok)
+    assert s.all_done()
+    assert s.invalidate([1]) == 2
+    assert s.state[0] == DONE and s.state[1] == READY and s.state[2] == WAITING
+    assert not s.finished()
+
+
+@pytest.mark.parametrize("n", [1, 1000])
+def test_dependents_csr(n: int) -> None:
+    deps = [[]] + [[0] for _ in range(n)]
+    s, _ = sched_for(deps)
+    assert s.rdep_start[1] - s.rdep_start[0] == n
+    assert array("I", s.rdep_idx[: n]) == array("I", range(1, n + 1))
