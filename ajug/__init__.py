@@ -13,8 +13,8 @@ from .errors import AjugError
 from .task import (
     CachedFunction,
     Task,
-    Tasklet,
     TaskGenerator,
+    Tasklet,
     iteratetask,
     recursive_dependencies,
     return_tuple,

@@ -176,13 +176,20 @@ def cli(verbose: int, quiet: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=5555, show_default=True, help="Port (0: pick a free one and print it).")
 @click.option("--stay", is_flag=True, help="Keep serving after everything is done.")
+@click.option("--handshake-timeout", type=float, default=None, hidden=True,
+              help="Seconds a new connection has to complete the handshake (default 10).")
 @coordinator_options
-def serve(jugfile: str, host: str, port: int, stay: bool, store_url: str | None, **kw: Any) -> int:
+def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: float | None,
+          store_url: str | None, **kw: Any) -> int:
     """Coordinate a jugfile's tasks: workers connect with `ajug work HOST:PORT`."""
     from .coordinator import Coordinator
 
     settings = _settings(jugfile, store_url, host, port, **kw)
     settings.stay = stay
+    if handshake_timeout is not None:
+        if not handshake_timeout > 0:
+            raise UsageError("--handshake-timeout must be a positive number of seconds")
+        settings.handshake_timeout_s = handshake_timeout
 
     async def main() -> int:
         coord = Coordinator(settings)
@@ -285,8 +292,12 @@ def supervise(arg_lists: list[list[str]], env: dict[str, str], should_stop: Any 
                 if rc is None:
                     continue
                 stop = should_stop() if should_stop else False
-                if rc < 0 and not finished_ok and not stop and restarts < 20 * len(procs):
-                    log.warning("worker pid %d was killed by signal %d; starting another", p.pid, -rc)
+                # 0: all done; 2: an ajug error (e.g. coordinator unreachable) that another
+                # process would hit too. Anything else (a signal, os._exit in a task, a crash):
+                # start another while the run goes on.
+                if rc not in (0, 2) and not finished_ok and not stop and restarts < 20 * len(procs):
+                    log.warning("worker pid %d exited (%s); starting another", p.pid,
+                                f"signal {-rc}" if rc < 0 else f"status {rc}")
                     restarts += 1
                     procs[i] = subprocess.Popen(worker_command(arg_lists[i]), env=env)
                 else:
@@ -403,11 +414,15 @@ def status(target: str, store_url: str | None, as_json: bool, watch: bool, inter
             return offline_status(target, store_url or default_store_url(target))
     else:
         host, port = parse_address(target)
-        tok = read_token(token, token_file, "AJUG_READ_TOKEN") or read_token(None, None)
+        # a read-only token if we have one, else the full token (asking for full access)
+        read_tok = os.environ.get("AJUG_READ_TOKEN", "").strip().encode()
+        tok = read_token(token, token_file) or read_tok
+        access = "read" if (read_tok and tok == read_tok) else "full"
         ctx = tls_context(False, tls_cert, tls_key, tls_ca)
 
         def fetch() -> dict[str, Any]:
-            return _new_loop_runner()(query_status(host, port, tok, ctx, detail=failed))
+            return _new_loop_runner()(query_status(host, port, tok, ctx, detail=failed,
+                                                   access=access))
 
     if not watch:
         st = fetch()
@@ -430,10 +445,11 @@ def status(target: str, store_url: str | None, as_json: bool, watch: bool, inter
 
 
 async def query_status(host: str, port: int, token: bytes, ctx: ssl.SSLContext | None,
-                       detail: bool = False, timeout_s: float = 10.0) -> dict[str, Any]:
+                       detail: bool = False, timeout_s: float = 10.0,
+                       access: str = "full") -> dict[str, Any]:
     from .protocol import connection as conn_mod
 
-    conn = await conn_mod.open_connection(host, port, token=token, role="client", access="read",
+    conn = await conn_mod.open_connection(host, port, token=token, role="client", access=access,
                                           ssl=ctx, name="status")
     try:
         conn.send({"op": "status", "id": 1, "detail": detail})

@@ -24,6 +24,7 @@ from .errors import AjugError, ProtocolError, StoreError
 from .graph import Graph, build_graph
 from .jugfile import LoadedJugfile, load_jugfile
 from .protocol import connection as conn_mod
+from .protocol.messages import ERROR_CODES
 from .scheduler import BLOCKED, DONE, FAILED, READY, RUNNING, STATE_NAMES, WAITING, Scheduler
 from .stores import open_store
 from .stores.base import Store
@@ -52,6 +53,7 @@ class Settings:
     max_frame_bytes: int = 64 * 1024 * 1024
     handshake_timeout_s: float = 10.0
     finish_grace_s: float = 3.0
+    resume_grace_s: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,6 +75,7 @@ class Coordinator:
         self._lock = None
         self._reloading = False
         self.loads = 0
+        self.resume_until = 0.0
         self.history: list[tuple[float, int]] = []  # (unix time, tasks done) for rates
 
     # -- startup ---------------------------------------------------------------------------
@@ -82,6 +85,12 @@ class Coordinator:
         self.store = await loop.run_in_executor(None, open_store, self.s.store_url)
         self._lock = self.store.owner_lock(ttl_s=max(self.s.lease_ttl_s, 10.0))
         await loop.run_in_executor(None, self._lock.acquire)
+        if self._lock.took_over:
+            # a restart: workers of the previous coordinator are reconnecting; let them say
+            # what they are still running (resume) before anything is handed out again
+            self.resume_until = time.monotonic() + self.s.resume_grace_s
+            log.info("restarted on a store whose coordinator died: waiting %gs for workers to "
+                     "resume their tasks", self.s.resume_grace_s)
         try:
             await self._load()
             self._server = await asyncio.start_server(
@@ -384,10 +393,18 @@ class ConnSession:
     def error(self, re: int | None, code: str, msg: str) -> None:
         self.conn.send({"op": "error", "re": re, "code": code, "msg": msg})
 
+    #: Lease requests of one connection handled at a time. A peer that pipelines more (and
+    #: does not read the replies) is not read from until one is answered: TCP backpressure
+    #: then keeps the coordinator's memory bounded.
+    MAX_PENDING_LEASE_REQUESTS = 16
+
     async def serve(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
         try:
-            while True:
+            while not self.conn.closed:
+                if len(tasks) >= self.MAX_PENDING_LEASE_REQUESTS:
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 try:
                     msg = await self.conn.recv()
                 except ProtocolError as e:
@@ -398,6 +415,11 @@ class ConnSession:
                 op = msg["op"]
                 if op == "bye":
                     return
+                if op == "error":  # nobody answers an error with an error (SPEC 9)
+                    log.info("%s sent error %s: %s", self.wid, msg["code"][:40], msg["msg"][:200])
+                    if ERROR_CODES.get(msg["code"], False):
+                        return
+                    continue
                 if op in ("lease", "renew", "resume", "shutdown", "invalidate") and (
                     self.access != "full" or (self.role != "worker" and op in ("lease", "renew", "resume"))
                 ):
@@ -405,7 +427,7 @@ class ConnSession:
                     await self.conn.drain()
                     continue
                 if op == "lease":
-                    t = asyncio.ensure_future(self.on_lease(msg))
+                    t = asyncio.ensure_future(self._guarded(self.on_lease, msg))
                     tasks.add(t)
                     t.add_done_callback(tasks.discard)
                     continue
@@ -414,10 +436,25 @@ class ConnSession:
                     self.error(msg.get("id"), "op", f"unexpected operation {op!r}")
                     await self.conn.drain()
                     return
-                await handler(msg)
+                await self._guarded(handler, msg)
         finally:
             for t in tasks:
                 t.cancel()
+
+    async def _guarded(self, handler: Callable[[dict[str, Any]], Any], msg: dict[str, Any]) -> None:
+        """Run one request: a connection that broke meanwhile ends quietly; a bug in the
+        coordinator answers ``internal`` (SPEC 9) and the connection carries on."""
+        try:
+            await handler(msg)
+        except ProtocolError:
+            self.conn.close()
+        except Exception:
+            log.exception("%s request from %s failed", msg["op"], self.wid)
+            try:
+                self.error(msg.get("id"), "internal", "internal error")
+                await self.conn.drain()
+            except ProtocolError:
+                self.conn.close()
 
     async def on_lease(self, msg: dict[str, Any]) -> None:
         c = self.c
@@ -434,7 +471,7 @@ class ConnSession:
         while True:
             sched = c.sched
             assert sched is not None
-            if want and c.state == "running":
+            if want and c.state == "running" and time.monotonic() >= c.resume_until:
                 leases = sched.lease(self.wid, want)
             if leases or not want or c.state == "finished" and not c.s.stay:
                 break

@@ -127,7 +127,7 @@ def execute(tasks: list[Task] | None = None, store: Any = None) -> ExecResult:
     present = store.exists([t.key for t in order]) if order else []
     done: set[str] = set()
     bad: set[str] = set()
-    for t, here in zip(order, present):
+    for t, here in zip(order, present, strict=True):
         key = t.key
         if here:
             done.add(key)

@@ -83,7 +83,10 @@ def hash_update(m: Any, elems: Any, where: str = "") -> Any:
                 try:
                     m.update(e.data)
                 except (BufferError, ValueError):
-                    m.update(e.copy().data)
+                    try:
+                        m.update(e.copy().data)
+                    except ValueError:  # datetime64/timedelta64 have no buffer (nor jug a hash)
+                        m.update(_np.ascontiguousarray(e).reshape(-1).view(_np.uint8).data)
         else:
             if isinstance(e, (list, tuple)) and _contains_task(e):
                 raise _identity_error(

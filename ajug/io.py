@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .task import Task, Tasklet, TaskGenerator
+from .task import Task, TaskGenerator, Tasklet
 
 __all__ = ["NoLoad", "write_task_out", "write_metadata"]
 

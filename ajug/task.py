@@ -89,7 +89,9 @@ class Task(TaskletMixin):
                 "ajug.Task does not work with lambda functions: use a named function (def); "
                 "to apply a lambda to a task's result use Tasklet(task, lambda r: ...)"
             )
-        self.name = f"{f.__module__}.{f.__name__}"
+        # ``__jug_name__``: ajug's own versions of jug's functions take jug's name (it is hashed)
+        jug_name = getattr(f, "__jug_name__", None)
+        self.name = jug_name if type(jug_name) is str else f"{f.__module__}.{f.__name__}"
         self.f = f
         self.args = args
         self.kwargs = kwargs

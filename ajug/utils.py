@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .hashing import hash_one
-from .task import Task, Tasklet, TaskGenerator, value
+from .task import Task, TaskGenerator, Tasklet, value
 
 __all__ = [
     "identity",

@@ -126,6 +126,8 @@ class Worker:
         self.queued: dict[str, Lease] = {}  # leased, not finished (queued or running)
         self.reports_done: list[list[Any]] = []
         self.reports_failed: list[list[Any]] = []
+        # reports sent in a lease request not yet answered: re-sent if the connection drops
+        self.inflight: tuple[list[list[Any]], list[list[Any]]] = ([], [])
         self.finished = threading.Event()
         self.fatal: BaseException | None = None
         self.store_url: str | None = opts.store_url
@@ -359,18 +361,27 @@ class Worker:
 
         rtask = asyncio.ensure_future(reader())
         try:
-            if resume and self.queued:
-                with self._lock:
-                    running = list(self.queued)
-                rep = await request({"op": "resume", "running": running})
+            # reports that never got an answer go again, with the next request
+            self.reports_done[:0], self.reports_failed[:0] = self.inflight
+            self.inflight = ([], [])
+            unreported = [r[0] for r in self.reports_done + self.reports_failed]
+            if resume and (self.queued or unreported):
+                running = list(self.queued) + unreported
+                fut = request({"op": "resume", "running": running})
                 await conn.drain()
-                rep = await rep
-                for key, tok in rep["kept"]:
-                    if key in self.queued:
-                        self.queued[key].tok = tok
-                lost = set(rep["lost"])
-                if lost:
-                    log.info("%d task(s) were taken over by others while disconnected", len(lost))
+                rep = await fut
+                kept = dict(rep["kept"])
+                for key, lz in self.queued.items():
+                    if key in kept:
+                        lz.tok = kept[key]
+                for r in self.reports_done + self.reports_failed:
+                    if r[0] in kept:
+                        r[1] = kept[r[0]]
+                if rep["lost"]:
+                    log.info("%d task(s) no longer ours (done or handed to another worker "
+                             "meanwhile)", len(rep["lost"]))
+                if kept:
+                    log.info("kept %d task(s) across the reconnection", len(kept))
             last_renew = time.monotonic()
             lease_fut: asyncio.Future[dict[str, Any]] | None = None
             renew_fut: asyncio.Future[dict[str, Any]] | None = None
@@ -401,6 +412,7 @@ class Worker:
                     if want or self.reports_done or self.reports_failed:
                         done, failed = self.reports_done, self.reports_failed
                         self.reports_done, self.reports_failed = [], []
+                        self.inflight = (done, failed)
                         lease_fut = request(
                             {"op": "lease", "want": want, "wait_ms": 1000 if want else 0,
                              "done": done, "failed": failed}
@@ -409,6 +421,7 @@ class Worker:
                 if lease_fut is not None and lease_fut.done():
                     rep = lease_fut.result()
                     lease_fut = None
+                    self.inflight = ([], [])
                     for fn in rep["funcs"]:
                         funcs[fn["fn"]] = (fn["code"], fn["name"], fn["src"])
                     for lz in rep["leases"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,21 +36,15 @@ def free_tcp_port() -> int:
     return _free_port()
 
 
-def subprocess_env() -> dict[str, str]:
-    """Environment for child Pythons: they import ajug from this checkout."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 class RedisServer:
     """One redis-server process on 127.0.0.1, without persistence; killed by its pid."""
 
     def __init__(self, binary: str, workdir: Path, *config: str) -> None:
         self.binary = binary
-        self.workdir = workdir
         self.config = config
         self.port = _free_port()
+        self.workdir = workdir / f"redis-{self.port}"  # its own --dir: AOF files survive restarts
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,7 +54,7 @@ class RedisServer:
     def start(self) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "no", "--dir", str(self.workdir), *self.config]
-        log = open(self.workdir / f"redis-{self.port}.log", "ab")
+        log = open(self.workdir / "redis.log", "ab")
         try:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         finally:
@@ -75,7 +70,9 @@ class RedisServer:
             while True:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
-                    pytest.fail(f"redis-server exited with {self.proc.returncode}; see {self.workdir}")
+                    pytest.fail(
+                        f"redis-server exited with {self.proc.returncode}; see {self.workdir}"
+                    )
                 try:
                     if client.ping():
                         return
@@ -90,12 +87,14 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, 9)
+            os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         self.proc = None
 
     def restart(self, down_s: float = 0.0) -> None:
-        """Kill and start again on the same port (all data is lost: no persistence)."""
+        """SIGKILL it and start again on the same port, after ``down_s`` without a server.
+
+        Data survives only if it was started with persistence (``"--appendonly", "yes"``)."""
         self.stop()
         if down_s:
             time.sleep(down_s)
@@ -156,7 +155,9 @@ def namespace() -> str:
 
 
 @pytest.fixture
-def make_store(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Callable[..., Any]]:
+def make_store(
+    request: pytest.FixtureRequest, tmp_path: Path, namespace: str
+) -> Iterator[Callable[..., Any]]:
     """``make_store(kind, **options)`` -> a fresh store of that kind, closed at the end."""
     from ajug.stores.file import FileStore
     from ajug.stores.memory import MemoryStore
@@ -197,10 +198,3 @@ def store(request: pytest.FixtureRequest, make_store: Callable[..., Any]) -> Any
     if request.param == "redis":
         return make_store("redis", chunk_bytes=256 << 10)
     return make_store(request.param)
-
-
-def hexkey(i: int | str) -> str:
-    """A 40-hex-digit key, like a task hash."""
-    import hashlib
-
-    return hashlib.sha1(str(i).encode()).hexdigest()

@@ -75,7 +75,7 @@ class Procs:
             except queue.Empty:
                 if p.poll() is not None:
                     time.sleep(0.2)
-                    raise AssertionError(f"ajug serve exited {p.returncode}: {read_log(p)}")
+                    raise AssertionError(f"ajug serve exited {p.returncode}: {read_log(p)}") from None
                 continue
             seen += line
             m = re.search(r"serving .* on [\d.:\[\]a-f]+:(\d+)", line)

@@ -213,6 +213,19 @@ async def test_wrong_client_proof_gets_error_then_close(make_server: Any) -> Non
         await close_raw(writer)
 
 
+async def test_an_error_from_the_client_is_not_answered(make_server: Any) -> None:
+    srv = await make_server()
+    reader, writer = await raw(srv.port)
+    try:
+        hello = m.hello(role="worker", access="full", nonce=bytes(16), host="h", pid=1, name="")
+        writer.write(encode_frame(hello) + encode_frame(m.error(None, "auth", "not you")))
+        rest = await frames_until_eof(reader)
+        assert [x["op"] for x in rest] == ["challenge"]
+        assert await w(srv.accepted.get()) is None
+    finally:
+        await close_raw(writer)
+
+
 async def test_silent_client_times_out(make_server: Any) -> None:
     srv = await make_server(handshake_timeout_s=0.2)
     reader, writer = await raw(srv.port)

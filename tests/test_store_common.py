@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import hexkey
-from test_store_encoding import VALUES, same
+from store_helpers import VALUES, hexkey, same
 
 from ajug.errors import ResultMissing, StoreLocked, UsageError
 from ajug.stores import open_store

@@ -9,45 +9,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from store_helpers import VALUES, same
 
 from ajug.errors import ResultDamaged, UsageError
 from ajug.stores import encoding
 
 pytestmark = pytest.mark.timeout(60)
-
-VALUES = [
-    None,
-    0,
-    -(2**70),
-    3.5,
-    "text ✓",
-    b"\x00bytes",
-    bytearray(b"ba"),
-    [1, [2, [3]]],
-    (1, "a"),
-    {"a": 1, 2: [None, {"b": b"x"}]},
-    set(range(5)),
-    np.arange(12, dtype=np.int32),
-    np.arange(24.0).reshape(4, 6)[:, ::2],  # not contiguous
-    np.asfortranarray(np.ones((3, 5))),
-    np.array(7.5),  # 0-d
-    np.float32(2.5),
-    np.array(["a", "bc"]),
-    np.array([{"o": 1}, None], dtype=object),
-    {"arrays": [np.zeros(3), np.ones((2, 2), dtype=np.uint8)]},
-]
-
-
-def same(a: object, b: object) -> bool:
-    if isinstance(a, np.ndarray):
-        return (
-            isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and bool(np.all(a == b))
-        )
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -155,8 +122,15 @@ def test_unknown_version_is_damage() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     value=st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.binary(),
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text()
+        | st.binary(),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+        ),
         max_leaves=20,
     ),
     chunk=st.integers(min_value=1, max_value=300),
@@ -184,7 +158,9 @@ def jug_bytes(value: object, native_numpy: bool) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "value", [None, 7, {"a": [1, 2]}, np.arange(6.0).reshape(2, 3)], ids=["none", "int", "dict", "array"]
+    "value",
+    [None, 7, {"a": [1, 2]}, np.arange(6.0).reshape(2, 3)],
+    ids=["none", "int", "dict", "array"],
 )
 @pytest.mark.parametrize("native_numpy", [True, False], ids=["npy", "zlib"])
 def test_decode_jug(value: object, native_numpy: bool) -> None:
@@ -202,4 +178,3 @@ def test_decode_jug_damage() -> None:
     weird = zlib.compress(b"Xjunk")
     with pytest.raises(ResultDamaged):
         encoding.decode_jug(io.BytesIO(weird), len(weird))
-

@@ -14,23 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import hexkey, subprocess_env
+from store_helpers import GiB, dead_pid, files_under, hexkey, run_1gib_round_trip, subprocess_env
 
 from ajug.errors import ResultMissing, StoreFull, StoreLocked, StoreUnreachable
 from ajug.stores.file import LOCK_FILE, TMP_DIR, TMP_MAX_AGE_S, FileStore
 
 pytestmark = pytest.mark.timeout(60)
-GiB = 1 << 30
-
-
-def files_under(d: Path) -> list[Path]:
-    return sorted(p for p in d.rglob("*") if p.is_file())
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 # ------------------------------------------------------------------------------ jug's files
@@ -99,7 +88,9 @@ def test_fsync_and_compress_options(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["truncate", "flip", "empty-ajug-off", "garbage"])
-def test_damaged_result_reads_as_missing(tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_damaged_result_reads_as_missing(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
     store = FileStore(tmp_path / "s", read_jug=(how != "empty-ajug-off"))
     key = hexkey(1)
     store.save(key, {"value": np.arange(1000)})
@@ -171,7 +162,11 @@ def test_sigkill_mid_save_leaves_no_partial_result(tmp_path: Path) -> None:
             deadline = time.monotonic() + 20
             seen = 0
             while time.monotonic() < deadline and proc.poll() is None:
-                sizes = [p.stat().st_size for p in (root / TMP_DIR).glob("*.tmp")] if (root / TMP_DIR).exists() else []
+                sizes = (
+                    [p.stat().st_size for p in (root / TMP_DIR).glob("*.tmp")]
+                    if (root / TMP_DIR).exists()
+                    else []
+                )
                 if sizes and sizes[0] > seen > 0:
                     break  # growing
                 seen = max(sizes or [seen])
@@ -218,37 +213,6 @@ def test_cleanup_keeps_live_writers_and_removes_old_or_dead(tmp_path: Path) -> N
 
 # ----------------------------------------------------------------------------- big arrays
 
-ROUND_TRIP_1GIB = """
-import resource, sys
-import numpy as np
-from ajug.stores import open_store
-store = open_store(sys.argv[1])
-key = "ab" * 20
-n = (1 << 30) // 8
-value = np.arange(n, dtype=np.int64)
-store.save(key, value)
-del value
-got = store.load(key)
-assert got.shape == (n,) and got.dtype == np.int64 and got.flags.writeable
-assert np.array_equal(got[:: 1 << 16], np.arange(0, n, 1 << 16))
-assert got[-1] == n - 1
-store.remove([key])
-store.close()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-"""
-
-
-def run_1gib_round_trip(url: str) -> int:
-    """Peak RSS in bytes of a process that saves then loads a 1 GiB array through ``url``."""
-    proc = subprocess.run(
-        [sys.executable, "-c", ROUND_TRIP_1GIB, url],
-        capture_output=True,
-        env=subprocess_env(),
-        timeout=110,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
-    return int(proc.stdout.split()[-1])
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
@@ -264,7 +228,9 @@ def test_1gib_array_memory(tmp_path: Path) -> None:
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mnt)], capture_output=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mnt)], capture_output=True
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a 5 MiB tmpfs: {res.stderr.decode().strip() or res.returncode}")
     try:
@@ -306,7 +272,12 @@ def test_lock_refusal_names_host_and_pid(tmp_path: Path) -> None:
 def test_lock_of_dead_local_process_is_taken_over(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "s")
     store.save(hexkey(1), 1)
-    lock = {"owner": "x", "host": socket.gethostname(), "pid": dead_pid(), "expires_at": time.time() + 3600}
+    lock = {
+        "owner": "x",
+        "host": socket.gethostname(),
+        "pid": dead_pid(),
+        "expires_at": time.time() + 3600,
+    }
     (tmp_path / "s" / LOCK_FILE).write_text(json.dumps(lock))
     mine = store.owner_lock()
     mine.acquire()

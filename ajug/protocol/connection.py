@@ -73,8 +73,9 @@ class Connection:
         self._side: m.Sender = side
         self._peer_side: m.Sender = "server" if side == "client" else "client"
         self._max_frame_bytes = max_frame_bytes
+        # Until the handshake is done both directions are held to the small handshake limit.
         self._send_limit = min(max_frame_bytes, HANDSHAKE_MAX_FRAME_BYTES)
-        self._decoder = FrameDecoder(self._send_limit)
+        self._decoder = FrameDecoder(min(max_frame_bytes, HANDSHAKE_MAX_FRAME_BYTES))
         self._inbox: collections.deque[dict[str, Any]] = collections.deque()
         self._closed = False
         self.address = address
@@ -83,7 +84,8 @@ class Connection:
 
     def __repr__(self) -> str:
         who = f"{self.peer.role} {self.peer.session}" if self.peer else "handshaking"
-        return f"<Connection {self._side} side, {who} at {self.address}{' closed' if self._closed else ''}>"
+        state = " closed" if self._closed else ""
+        return f"<Connection {self._side} side, {who} at {self.address}{state}>"
 
     @property
     def closed(self) -> bool:
@@ -329,7 +331,8 @@ async def _server_handshake(conn: Connection, hs: ServerHandshake) -> None:
         try:
             out = hs.receive(msg)
         except AjugError as exc:
-            conn.fail(exc)
+            # Nobody answers an error with an error.
+            conn._abort(None if msg.get("op") == "error" else m.error_for(exc))
             raise
         for reply in out:
             conn.send(reply)

@@ -72,6 +72,10 @@ class LockInfo:
 class OwnerLock(abc.ABC):
     """One coordinator at a time per store. Expires unless renewed, so a dead owner's lock goes."""
 
+    #: set by ``acquire`` when it took the lock over from a dead or expired owner: the
+    #: coordinator then knows it is a restart and lets reconnecting workers resume first
+    took_over: bool = False
+
     @abc.abstractmethod
     def acquire(self) -> None:
         """Take the lock, or raise ``StoreLocked`` naming the live holder's host and pid."""

@@ -41,7 +41,7 @@ from ..errors import (
     StoreUnreachable,
 )
 from . import encoding
-from .base import LockInfo, OwnerLock, Store, check_key, pid_alive
+from .base import KEY_RE, LockInfo, OwnerLock, Store, check_key, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,10 @@ class FileStore(Store):
             return StoreFull(
                 f"store {self.root} is full: free space ({free} free{need}) and resume"
             )
+        where = f": {e.filename}" if e.filename else ""
         if e.errno in _GONE_ERRNOS:
-            return StoreUnreachable(f"store {self.root} is unreachable: {e.strerror}: {e.filename}")
-        return StoreError(f"store {self.root}: {e.strerror or e}: {e.filename}")
+            return StoreUnreachable(f"store {self.root} is unreachable: {e.strerror}{where}")
+        return StoreError(f"store {self.root}: {e.strerror or e}{where}")
 
     # ------------------------------------------------------------------------------- writes
 
@@ -356,11 +357,7 @@ class FileStore(Store):
 
 
 def _is_key(key: str) -> bool:
-    try:
-        check_key(key)
-    except Exception:
-        return False
-    return True
+    return KEY_RE.fullmatch(key) is not None
 
 
 class FileOwnerLock(OwnerLock):
@@ -464,21 +461,32 @@ class FileOwnerLock(OwnerLock):
                 return
             elif self._live(holder):
                 raise self._refuse(holder)
+            if self.read() != holder:
+                continue  # changed while we looked: look again
             log.warning("taking over the expired owner lock of %s", self.store.root)
-            self._replace()
-            time.sleep(TAKEOVER_SETTLE_S)
-            now = self.read()
-            if now is None or now.owner != self.owner:
-                raise self._refuse(now or holder)
+            self._take_over(holder)
+            self.took_over = True
             return
 
-    def renew(self) -> None:
-        holder = self.read()
-        if holder is None or holder.owner != self.owner:
-            if holder is None:
-                raise StoreLocked(f"the owner lock of store {self.store.root} was removed")
-            raise self._refuse(holder)
+    def _take_over(self, seen: LockInfo | None) -> None:
         self._replace()
+        time.sleep(TAKEOVER_SETTLE_S)
+        now = self.read()
+        if now is None or now.owner != self.owner:
+            raise self._refuse(now or seen or self._mine())
+
+    def renew(self) -> None:
+        """Push the expiry forward. Once our lock has expired, another coordinator may be
+        taking it over: renewing is then a take-over like any other, and may lose."""
+        holder = self.read()
+        if holder is None:
+            raise StoreLocked(f"the owner lock of store {self.store.root} was removed")
+        if holder.owner != self.owner:
+            raise self._refuse(holder)
+        if holder.expires_at <= time.time():
+            self._take_over(holder)
+        else:
+            self._replace()
 
     def release(self) -> None:
         holder = self.read()

@@ -23,6 +23,7 @@ with backoff for up to ``retry_s`` seconds (a redis restart is survived), then b
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -152,7 +153,9 @@ class RedisStore(Store):
         **redis_options: Any,
     ) -> None:
         if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
-            raise UsageError(f"redis chunk size must be between 1 byte and {MAX_CHUNK_BYTES >> 20} MiB")
+            raise UsageError(
+                f"redis chunk size must be between 1 byte and {MAX_CHUNK_BYTES >> 20} MiB"
+            )
         unknown = set(redis_options) - _REDIS_PY_OPTIONS
         if unknown:
             raise UsageError(f"unknown redis store option(s): {', '.join(sorted(unknown))}")
@@ -486,7 +489,7 @@ class RedisOwnerLock(OwnerLock):
 
     def _new_value(self) -> str:
         info = LockInfo(self.owner, HOST, os.getpid(), time.time() + self.ttl_ms / 1000)
-        return json.dumps(info.__dict__)
+        return json.dumps(dataclasses.asdict(info))
 
     def _refuse(self, raw: bytes | None) -> StoreLocked:
         try:
@@ -521,6 +524,7 @@ class RedisOwnerLock(OwnerLock):
             if call(lambda: self._renew(keys=[self.key], args=[raw, value, self.ttl_ms])):
                 log.warning("took over the owner lock of a dead coordinator (pid %s)", d["pid"])
                 self.value = value
+                self.took_over = True
                 return
             raw = call(lambda: self.store.r.get(self.key))
         if raw is None and call(lambda: self.store.r.set(self.key, value, nx=True, px=self.ttl_ms)):

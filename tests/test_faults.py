@@ -1,0 +1,217 @@
+"""Whatever dies — a worker, the coordinator, redis, the disk — the run completes, correctly,
+and nothing that reached the store is computed again. Real processes throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from procs import Procs, ajug_cmd, env, read_log, status, values, wait_for
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    yield p
+    p.stop_all()
+
+
+def copy_jugfile(tmp_path: Path, name: str) -> Path:
+    dst = tmp_path / name
+    shutil.copy(HERE / "jugfiles" / name, dst)
+    return dst
+
+
+def stamps(store_url: str) -> dict[str, float]:
+    """key -> time written, for every result in the store (read in a fresh interpreter)."""
+    code = (
+        "import json\nfrom ajug.stores import open_store\n"
+        f"s = open_store({store_url!r})\nkeys = sorted(s.list())\n"
+        "print(json.dumps(dict(zip(keys, [m['ts'] for m in s.metadata(keys)]))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(),
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.timeout(120)
+def test_task_exceptions_retries_and_blocked_dependents(procs: Procs, tmp_path: Path) -> None:
+    jugfile = copy_jugfile(tmp_path, "faulty.py")
+    e = env(AJUG_TEST_MARKS=str(tmp_path))
+    coord, port = procs.serve(jugfile, "--retries", "1", "--stay", env=e)
+    procs.work(port, env=e)
+    st = wait_for(lambda: (s := status(port))["totals"]["ready"] == 0
+                  and s["totals"]["running"] == 0 and s["totals"]["done"] >= 11 and s, 60,
+                  what="the graph to settle")
+    tot = st["totals"]
+    assert (tot["done"], tot["failed"], tot["blocked"]) == (11, 1, 2)
+    (fail,) = st["failures"]
+    assert fail["func"] == "faulty.raises" and fail["type"] == "ValueError"
+    assert fail["kind"] == "exception" and fail["attempts"] == 2  # first try + one retry
+    assert (tmp_path / "flaky.attempts").read_text() == "2"  # failed once, retried, passed
+    out = subprocess.run(ajug_cmd("status", f"127.0.0.1:{port}", "--failed"), env=env(),
+                         capture_output=True, text=True, timeout=30)
+    assert "Traceback" in out.stdout and "ValueError: bad input 1" in out.stdout
+    fn = {f["name"]: f for f in st["functions"]}
+    assert fn["faulty.after"]["blocked"] == 2
+    coord.send_signal(signal.SIGTERM)
+    assert coord.wait(30) == 1  # stopped with a failure: non-zero
+
+
+@pytest.mark.timeout(150)
+def test_task_that_kills_its_worker_is_failed_and_the_rest_finishes(tmp_path: Path) -> None:
+    jugfile = copy_jugfile(tmp_path, "faulty.py")
+    e = env(AJUG_TEST_MARKS=str(tmp_path), AJUG_TEST_KILLERS="1")
+    out = subprocess.run(ajug_cmd("run", str(jugfile), "-j", "2", "--retries", "1",
+                                  "--max-attempts", "2"),
+                         env=e, capture_output=True, text=True, timeout=140)
+    assert out.returncode == 1, out.stderr
+    assert "suspected of killing workers" in out.stderr
+    assert "faulty.exits" in out.stderr and "faulty.segfault" in out.stderr
+    assert "Traceback" not in out.stderr.split("ajug: [finished]")[-1]
+    got = values(jugfile, ["oks", "retried"], AJUG_TEST_MARKS=str(tmp_path))
+    assert got == {"oks": list(range(1, 11)), "retried": 40}
+
+
+@pytest.mark.timeout(150)
+def test_coordinator_killed_and_restarted(procs: Procs, tmp_path: Path, free_tcp_port: int) -> None:
+    jugfile = copy_jugfile(tmp_path, "steps.py")
+    store = str(tmp_path / "steps.ajugdata")
+    e = env(AJUG_TEST_N="10", AJUG_TEST_STEP_S="3")  # tasks outlive the coordinator's downtime
+    coord, port = procs.serve(jugfile, port=free_tcp_port, env=e)
+    workers = [procs.work(port, "--connect-timeout", "60", "--prefetch", "0", env=e)
+               for _ in range(2)]
+    wait_for(lambda: status(port)["totals"]["done"] >= 2, 60, what="2 tasks done")
+    coord.kill()
+    coord.wait(10)
+    before = stamps(store)
+    assert len(before) >= 2
+    time.sleep(1.0)  # workers notice and start reconnecting
+    coord2, port2 = procs.serve(jugfile, port=free_tcp_port, env=e)
+    assert port2 == port
+    assert coord2.wait(90) == 0, read_log(coord2)
+    for w in workers:
+        assert w.wait(30) == 0, read_log(w)
+    after = stamps(store)
+    assert len(after) == 11
+    recomputed = [k for k, ts in before.items() if after[k] != ts]
+    assert recomputed == [], f"{len(recomputed)} stored tasks were computed again"
+    logs = "".join(read_log(w) for w in workers)
+    assert "lost the coordinator" in logs
+    assert "kept" in logs  # tasks in hand across the restart were kept, not handed out again
+    assert values(jugfile, ["total"], AJUG_TEST_N="10", AJUG_TEST_STEP_S="3")["total"] == 3 * sum(
+        range(10))
+
+
+@pytest.mark.timeout(90)
+def test_second_coordinator_on_a_store_is_refused(procs: Procs, tmp_path: Path) -> None:
+    jugfile = copy_jugfile(tmp_path, "steps.py")
+    first, _ = procs.serve(jugfile, "--stay")
+    second = subprocess.run(ajug_cmd("serve", str(jugfile), "--port", "0"), env=env(),
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2
+    msg = second.stderr.strip().splitlines()[-1]
+    assert "another coordinator" in msg and str(first.pid) in msg, msg
+    assert "Traceback" not in second.stderr
+    first.kill()
+    first.wait(10)
+    # the first one died: its lock goes (same host, dead pid), and a new one may start
+    third, _ = procs.serve(jugfile, "--stay")
+    assert third.poll() is None
+
+
+@pytest.mark.timeout(120)
+def test_frozen_worker_resumes_late_result_counted_once(procs: Procs, tmp_path: Path) -> None:
+    jugfile = copy_jugfile(tmp_path, "slow.py")
+    e = env(AJUG_TEST_SLOW_S="3")
+    coord, port = procs.serve(jugfile, "--lease-ttl", "1.5", env=e)
+    w1 = procs.work(port, "--prefetch", "0", env=e)
+    wait_for(lambda: status(port)["totals"]["running"] == 1, 30, what="a running task")
+    os.kill(w1.pid, signal.SIGSTOP)
+    try:
+        w2 = procs.work(port, "--prefetch", "0", env=e)
+        wait_for(lambda: status(port)["reclaimed"] >= 1, 30, what="the lease to be reclaimed")
+        time.sleep(1.0)
+    finally:
+        os.kill(w1.pid, signal.SIGCONT)
+    assert coord.wait(90) == 0, read_log(coord)
+    assert w1.wait(30) == 0, read_log(w1)
+    assert w2.wait(30) == 0, read_log(w2)
+    log = read_log(coord)
+    assert "4/4 done" in log, log[-2000:]
+    assert values(jugfile, ["total"], AJUG_TEST_SLOW_S="3")["total"] == 5
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.redis
+def test_redis_restarted_mid_run(procs: Procs, tmp_path: Path, make_redis_server: Any) -> None:
+    server = make_redis_server("--appendonly", "yes", "--appendfsync", "always")
+    jugfile = copy_jugfile(tmp_path, "steps.py")
+    coord, port = procs.serve(jugfile, "--store", server.url)
+    workers = [procs.work(port) for _ in range(2)]
+    wait_for(lambda: status(port)["totals"]["done"] >= 8, 60, what="8 tasks done")
+    server.restart(down_s=2.0)
+    assert coord.wait(120) == 0, read_log(coord)
+    for w in workers:
+        assert w.wait(30) == 0, read_log(w)
+    assert values(jugfile, ["total"], server.url)["total"] == 3 * sum(range(40))
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_full_disk_fails_tasks_cleanly_and_resumes(tmp_path: Path) -> None:
+    data = tmp_path / "disk"
+    if not _mount_tmpfs(data, "12m"):
+        pytest.skip("cannot mount a tmpfs here (needs root) to fill a disk")
+    try:
+        jugfile = tmp_path / "big.py"
+        jugfile.write_text(
+            "from ajug import TaskGenerator\n"
+            "@TaskGenerator\n"
+            "def blob(i):\n"
+            "    import os\n"
+            "    return os.urandom(1024 * 1024)\n"
+            "@TaskGenerator\n"
+            "def sizes(bs):\n"
+            "    return [len(b) for b in bs]\n"
+            "blobs = [blob(i) for i in range(8)]\n"
+            "total = sizes(blobs)\n"
+        )
+        store = str(data / "store")
+        filler = data / "filler"
+        filler.write_bytes(b"\0" * (8 * 1024 * 1024))  # leaves room for ~3 results of 8
+        out = subprocess.run(ajug_cmd("run", str(jugfile), "-j", "2", "--store", store),
+                             env=env(), capture_output=True, text=True, timeout=90)
+        assert out.returncode == 1, out.stderr
+        assert "store is full" in out.stderr
+        tmpdir = Path(store) / "tmp"
+        assert not tmpdir.exists() or list(tmpdir.iterdir()) == []
+        stored = stamps(store)
+        assert 0 < len(stored) < 9
+        filler.unlink()  # space is freed: the run resumes and completes
+        out = subprocess.run(ajug_cmd("run", str(jugfile), "-j", "2", "--store", store),
+                             env=env(), capture_output=True, text=True, timeout=90)
+        assert out.returncode == 0, out.stderr
+        after = stamps(store)
+        assert all(after[k] == ts for k, ts in stored.items())  # nothing stored was redone
+        assert values(jugfile, ["total"], store)["total"] == [1024 * 1024] * 8
+    finally:
+        subprocess.run(["umount", "-l", str(data)], capture_output=True)
