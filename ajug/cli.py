@@ -132,6 +132,27 @@ def coordinator_options(f: Any) -> Any:
     return f
 
 
+def dashboard_options(f: Any) -> Any:
+    f = click.option("--dashboard-host", default="127.0.0.1", show_default=True,
+                     help="Address for the dashboard (it has no authentication).")(f)
+    return click.option("--dashboard", type=int, default=None, metavar="PORT",
+                        help="Serve a live web dashboard and /metrics on this port (0: a free one).")(f)
+
+
+async def _start_dashboard(coord: Any, port: int | None, host: str) -> None:
+    """Start the dashboard beside the coordinator; it closes with the coordinator's loop."""
+    if port is None:
+        return
+    from .dashboard import dashboard_url, start_dashboard
+
+    try:
+        server = await start_dashboard(coord, host, port)
+    except OSError as e:
+        await coord.close()
+        raise UsageError(f"cannot serve the dashboard on {host}:{port}: {e.strerror}") from None
+    print(f"ajug: dashboard on {dashboard_url(server, host)}", flush=True)
+
+
 def _settings(jugfile: str, store_url: str | None, host: str, port: int, **kw: Any) -> Any:
     from .coordinator import Settings
     from .jugfile import check_jugfile, default_store_url
@@ -178,9 +199,10 @@ def cli(verbose: int, quiet: int) -> None:
 @click.option("--stay", is_flag=True, help="Keep serving after everything is done.")
 @click.option("--handshake-timeout", type=float, default=None, hidden=True,
               help="Seconds a new connection has to complete the handshake (default 10).")
+@dashboard_options
 @coordinator_options
 def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: float | None,
-          store_url: str | None, **kw: Any) -> int:
+          store_url: str | None, dashboard: int | None, dashboard_host: str, **kw: Any) -> int:
     """Coordinate a jugfile's tasks: workers connect with `ajug work HOST:PORT`."""
     from .coordinator import Coordinator
 
@@ -196,6 +218,7 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
         await coord.open()
         print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host}:{coord.port} "
               f"(store {coord.store.url})", flush=True)
+        await _start_dashboard(coord, dashboard, dashboard_host)
         _install_stop(coord)
         from .progress import RunProgress
 
@@ -321,9 +344,10 @@ def supervise(arg_lists: list[list[str]], env: dict[str, str], should_stop: Any 
 @click.option("--prefetch", type=int, default=None, help="Tasks leased ahead per worker.")
 @click.option("--port", type=int, default=0, help="Loopback port for the workers (default: a free one).")
 @click.option("--no-progress", is_flag=True, help="No progress display.")
+@dashboard_options
 @coordinator_options
 def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_progress: bool,
-        store_url: str | None, **kw: Any) -> int:
+        store_url: str | None, dashboard: int | None, dashboard_host: str, **kw: Any) -> int:
     """Run a jugfile on this machine: a coordinator and JOBS worker processes over loopback."""
     from .coordinator import Coordinator
     from .progress import RunProgress
@@ -339,8 +363,9 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         coord = Coordinator(settings)
         await coord.open()
         _install_stop(coord)
+        await _start_dashboard(coord, dashboard, dashboard_host)
         env = dict(os.environ, AJUG_TOKEN=settings.token.decode())
-        args = ["work", f"127.0.0.1:{coord.port}", "--connect-timeout", "30"]
+        args = ["work", f"127.0.0.1:{coord.port}", "-j", "1", "--connect-timeout", "30"]
         if prefetch is not None:
             args += ["--prefetch", str(prefetch)]
         if settings.ssl is not None:
@@ -464,7 +489,9 @@ async def query_status(host: str, port: int, token: bytes, ctx: ssl.SSLContext |
 
 def main() -> None:
     try:
-        rv = cli.main(standalone_mode=False)
+        from .config import default_map_for
+
+        rv = cli.main(standalone_mode=False, default_map=default_map_for(sys.argv[1:]))
     except click.exceptions.Abort:
         click.echo("ajug: interrupted", err=True)
         sys.exit(130)
@@ -483,3 +510,8 @@ def main() -> None:
         click.echo("ajug: interrupted", err=True)
         sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+from .commands import register  # noqa: E402
+
+register(cli)

@@ -23,6 +23,10 @@ def compound_task_execute(x: Any, h: Any) -> Any:
     return x
 
 
+# jug's name, so that status shows what jug shows (the identity is the compound's own anyway)
+compound_task_execute.__jug_name__ = "jug.compound.compound_task_execute"  # type: ignore[attr-defined]
+
+
 def _forget(task: Task) -> None:
     """Remove ``task`` from ``alltasks`` (it is the last one created, unless ``f`` is odd)."""
     if alltasks and alltasks[-1] is task:

@@ -12,6 +12,7 @@ import io
 import os
 import pickle
 import sys
+import types
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,13 +50,31 @@ class Graph:
         return self.dep_idx[self.dep_start[i] : self.dep_start[i + 1]]
 
 
+#: modules pickled by value (the jugfile and modules beside it): workers cannot import them
+_BY_VALUE: set[str] = set()
+
+
+class _NeedsCloudpickle(Exception):
+    pass
+
+
 class _ArgPickler(pickle.Pickler):
-    """Pickles arguments with every Task replaced by a reference to its identity."""
+    """Pickles arguments with every Task replaced by a reference to its identity.
+
+    Plain pickle is fast but pickles functions and classes by reference; one from the jugfile
+    (a mapper passed to ``mapreduce.map``) would not import on a worker, so those send the
+    arguments through cloudpickle instead.
+    """
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, Task):
             return obj.key
         return None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (types.FunctionType, type)) and obj.__module__ in _BY_VALUE:
+            raise _NeedsCloudpickle
+        return NotImplemented
 
 
 class _CloudArgPickler(cloudpickle.Pickler):
@@ -75,7 +94,7 @@ def encode_args(t: Task) -> bytes:
     buf = io.BytesIO()
     try:
         _ArgPickler(buf, protocol=5).dump(payload)
-    except Exception:
+    except Exception:  # _NeedsCloudpickle, or something plain pickle cannot do
         buf = io.BytesIO()
         try:
             _CloudArgPickler(buf, protocol=5).dump(payload)
@@ -110,6 +129,7 @@ def _local_modules(jugdir: Path) -> list[Any]:
 
 def register_by_value(jugdir: Path) -> None:
     for mod in _local_modules(jugdir):
+        _BY_VALUE.add(mod.__name__)
         try:
             cloudpickle.register_pickle_by_value(mod)
         except ValueError:

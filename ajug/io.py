@@ -88,6 +88,10 @@ def _do_write_task_out(
             pickle.dump(result_value, out)
 
 
+# jug's name, so that the task's identity (and a jug project's stored result) is jug's
+_do_write_task_out.f.__jug_name__ = "jug.io._do_write_task_out"  # type: ignore[attr-defined]
+
+
 def write_task_out(
     result: Task, oname: str, metadata_fname: str | None = None, metadata_format: str = "yaml"
 ) -> Task:

@@ -11,14 +11,17 @@ keeps its results under ajug:
   (the order of the inputs is kept; commutativity is not needed).
 
 The helper tasks carry jug's names (``jug.mapreduce._jug_map`` ...), because a task's name is
-part of its identity. A mapper or reducer given as a ``TaskGenerator`` is passed to the tasks as
-its plain function, hashed exactly as jug hashes it (jug pickles its own ``TaskGenerator``
-class there): see ``_jug_generator_pickle``.
+part of its identity; so do ``map``, ``mapreduce``... themselves, for
+``CompoundTask(mapreduce, ...)`` (see ``__jug_name__`` in ``ajug.task.Task``). A mapper or
+reducer given as a ``TaskGenerator`` is passed to the tasks as its plain function, hashed
+exactly as jug hashes it (jug pickles its own ``TaskGenerator`` class there): see
+``_jug_generator_pickle``.
+
+Unlike jug, a step that would never end (``map_step < 1``, ``reduce_step < 2``) is refused.
 """
 
 from __future__ import annotations
 
-import builtins
 import copyreg
 import functools
 import hashlib
@@ -145,10 +148,13 @@ def _jug_map_curry(mapper: Any, es: Sequence[Any]) -> list[Any]:
     return [mapper(*e) for e in es]
 
 
-def _task(f: Callable[..., Any], *args: Any) -> Task:
-    t = Task(f, *args)
-    t.name = f"{JUG_MODULE}.{f.__name__}"  # before the key is computed: the name is hashed
-    return t
+def _jug_named(*fs: Callable[..., Any]) -> None:
+    """Tasks of these functions take jug's name for them (it is part of their identity)."""
+    for f in fs:
+        f.__jug_name__ = f"{JUG_MODULE}.{f.__name__}"  # type: ignore[attr-defined]
+
+
+_jug_named(_jug_map_reduce, _jug_reduce, _jug_map, _jug_map_curry)
 
 
 def _break_up(seq: Any, step: int) -> Iterator[Any]:
@@ -159,7 +165,12 @@ def _break_up(seq: Any, step: int) -> Iterator[Any]:
 
 
 def _check_step(name: str, step: int, minimum: int) -> None:
-    if not isinstance(step, int) or step < minimum:
+    """jug loops forever on these; the value itself is used (and hashed) as given."""
+    try:
+        ok = operator.index(step) >= minimum
+    except TypeError:
+        ok = False
+    if not ok:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {step!r}")
 
 
@@ -266,7 +277,7 @@ class block_access(TaskletMixin):
         return all(b.can_load() for b in self.blocks)
 
     def __repr__(self) -> str:
-        return f"block_access(<{builtins.len(self.blocks)} blocks of {self.block_size}>, len={self.len})"
+        return f"block_access(<{len(self.blocks)} blocks of {self.block_size}>, len={self.len})"
 
 
 # -- the public functions ----------------------------------------------------------------------
@@ -286,9 +297,9 @@ def mapreduce(
     _check_step("reduce_step", reduce_step, 2)
     r = _as_argument(reducer)
     m = _as_argument(mapper)
-    level = [_task(_jug_map_reduce, r, m, chunk) for chunk in _break_up(inputs, map_step)]
-    while builtins.len(level) > 1:
-        level = [_task(_jug_reduce, r, group) for group in _break_up(level, reduce_step)]
+    level = [Task(_jug_map_reduce, r, m, chunk) for chunk in _break_up(inputs, map_step)]
+    while len(level) > 1:
+        level = [Task(_jug_reduce, r, group) for group in _break_up(level, reduce_step)]
     if not level:
         return identity([])
     return level[0]
@@ -310,8 +321,8 @@ def map(
     blocks: list[Task] = []
     n = 0
     for chunk in _break_up(sequence, map_step):
-        blocks.append(_task(_jug_map, f, chunk))
-        n += builtins.len(chunk)
+        blocks.append(Task(_jug_map, f, chunk))
+        n += len(chunk)
     return block_access(blocks, map_step, n)
 
 
@@ -327,8 +338,8 @@ def currymap(mapper: Callable[..., Any], sequence: Sequence[Any], map_step: int 
     f = _as_function(mapper)
     out: list[Any] = []
     for chunk in _break_up(sequence, map_step):
-        t = _task(_jug_map_curry, f, chunk)
-        out.extend(t[i] for i in range(builtins.len(chunk)))
+        t = Task(_jug_map_curry, f, chunk)
+        out.extend(t[i] for i in range(len(chunk)))
     return out
 
 
@@ -338,3 +349,6 @@ def reduce(reducer: Callable[[Any, Any], Any], inputs: Sequence[Any], reduce_ste
     ``inputs`` may hold Tasks or values; ``reducer`` must be associative.
     """
     return mapreduce(reducer, None, inputs, reduce_step=reduce_step)
+
+
+_jug_named(mapreduce, map, currymap, reduce)

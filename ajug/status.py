@@ -43,6 +43,13 @@ def render(st: dict[str, Any], console: Console, failed_tracebacks: bool = False
         console.print(workers_table(st))
     if st.get("barrier"):
         console.print("more tasks follow a barrier once these are done")
+    for f in st.get("stale", []):
+        of = "" if f["exact"] else f" (of {f['checked']} checked)"
+        console.print(
+            f"[yellow]stale:[/yellow] {f['name']}: {f['stale']} of {f['stored']} stored "
+            f"result(s){of} came from different code; `ajug invalidate JUGFILE --stale` redoes them",
+            highlight=False,
+        )
     fails = st.get("failures", [])
     if fails:
         console.print(f"[b red]{len(fails)} failure(s)[/b red]")
@@ -68,9 +75,9 @@ def offline_status(jugfile: str, store_url: str) -> dict[str, Any]:
     import socket
     from pathlib import Path
 
-    from .coordinator import EXISTS_BATCH
     from .graph import build_graph
     from .jugfile import load_jugfile
+    from .offline import exists_all, stale_functions
     from .scheduler import Scheduler
     from .stores import open_store
 
@@ -78,9 +85,7 @@ def offline_status(jugfile: str, store_url: str) -> dict[str, Any]:
     try:
         loaded = load_jugfile(jugfile, store)
         graph = build_graph(loaded.tasks, Path(loaded.path).parent, encode=False)
-        done: list[bool] = []
-        for i in range(0, len(graph.keys), EXISTS_BATCH):
-            done.extend(store.exists(graph.keys[i : i + EXISTS_BATCH]))
+        done = exists_all(store, graph.keys)  # one call: the file store lists each dir once
         sched = Scheduler(graph)
         sched.start(done)
         tot = sched.totals()
@@ -100,6 +105,7 @@ def offline_status(jugfile: str, store_url: str) -> dict[str, Any]:
             "workers": [],
             "failures": [],
             "barrier": loaded.hit_barrier,
+            "stale": stale_functions(graph, store, done),
         }
     finally:
         store.close()

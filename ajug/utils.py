@@ -1,8 +1,8 @@
 """Helpers for jugfiles: identity, CustomHash, timed_path, jug_execute, cached_glob.
 
 As in ``jug.utils``. The tasks these make carry jug's names (``identity``,
-``jug.utils.jug_execute``, ``jug.utils.glob_sort``) because a task's name is part of its
-identity: a jug project that used them keeps its results under ajug.
+``jug.utils.jug_execute``, ``jug.utils.glob_sort``: ``__jug_name__``) because a task's name is
+part of its identity: a jug project that used them keeps its results under ajug.
 """
 
 from __future__ import annotations
@@ -38,22 +38,10 @@ def identity(x: Any) -> Any:
     """
     if isinstance(x, (Task, Tasklet)):
         return x
-    t = Task(_identity, x)
-    t.name = "identity"  # jug's name for it (hashed, so it must match jug's)
-    return t
+    return Task(_identity, x)
 
 
-class _NamedTaskGenerator(TaskGenerator):
-    """A TaskGenerator whose tasks carry a fixed name (jug's), whatever module defines ``f``."""
-
-    def __init__(self, f: Callable[..., Any], task_name: str) -> None:
-        super().__init__(f)
-        self.task_name = task_name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Task:
-        t = Task(self.f, *args, **kwargs)
-        t.name = self.task_name
-        return t
+_identity.__jug_name__ = "identity"  # type: ignore[attr-defined]  # jug's name (it is hashed)
 
 
 class CustomHash:
@@ -118,7 +106,8 @@ def _jug_execute(
 #: an external command. ``run_after`` only orders it after other tasks; ``return_value`` is
 #: its result, so that later tasks can depend on it (e.g. the name of the file it wrote). A
 #: non-zero exit raises ``SystemError`` unless ``check_exit`` is false.
-jug_execute = _NamedTaskGenerator(_jug_execute, "jug.utils.jug_execute")
+jug_execute = TaskGenerator(_jug_execute)
+_jug_execute.__jug_name__ = "jug.utils.jug_execute"  # type: ignore[attr-defined]
 
 
 def sync_move(src: str, dst: str) -> None:
@@ -140,11 +129,13 @@ def glob_sort(pattern: str) -> list[str]:
     return sorted(glob(pattern))
 
 
+glob_sort.__jug_name__ = "jug.utils.glob_sort"  # type: ignore[attr-defined]
+
+
 def cached_glob(pattern: str) -> list[str]:
     """``glob_sort(pattern)`` now, cached in the store: later runs see the same file list until
     the task is invalidated (new files are not picked up by themselves)."""
     t = Task(glob_sort, pattern)
-    t.name = "jug.utils.glob_sort"
     if not t.can_load():
         return t.run()
     return t.value()

@@ -6,6 +6,7 @@ be compared when they call the very same functions: these, in a module of their 
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 
@@ -43,3 +44,11 @@ def pairs(n: int) -> list[tuple[int, int]]:
 
 def plus1(x: Any) -> Any:
     return x + 1
+
+
+def scrub() -> None:
+    """Undo what jug's ``mapreduce`` does to a TaskGenerator's function: it sets a
+    ``__jug_hash__`` attribute on it, which would change every later identity it is part of."""
+    for obj in list(globals().values()):
+        if isinstance(obj, types.FunctionType):
+            obj.__dict__.pop("__jug_hash__", None)

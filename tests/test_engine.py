@@ -162,3 +162,20 @@ def test_sigstop_worker_lease_reclaimed_after_ttl(procs: Procs, tmp_path: Path) 
         os.kill(frozen, signal.SIGCONT)
     assert coord.wait(90) == 0, read_log(coord)
     assert values(jugfile, ["total"], AJUG_TEST_SLOW_S="4")["total"] == 5
+
+
+@pytest.mark.timeout(120)
+def test_barrier_example_with_jugfile_functions_as_arguments(tmp_path: Path) -> None:
+    """mapreduce with plain jugfile functions: they travel by value, the workers' cwd is elsewhere."""
+    ex = tmp_path / "wordcount_barrier.py"
+    shutil.copy(HERE.parent / "examples" / "wordcount_barrier.py", ex)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = subprocess.run(ajug_cmd("run", str(ex), "-j", "2", "--no-progress"), env=env(),
+                         capture_output=True, text=True, timeout=90, cwd=elsewhere)
+    assert out.returncode == 0, out.stderr
+    best = values(ex, ["best"])["best"]
+    assert [list(x) for x in best[:3]] == [["the", 1200], ["fox", 600], ["dog", 600]] or [
+        w for w, _ in best[:3]] == ["the", "dog", "fox"]
+    st = offline_status(ex)
+    assert st["barrier"] is False and st["totals"]["done"] == st["tasks"]

@@ -63,6 +63,7 @@ AJUG = SimpleNamespace(
 def clear_tasks() -> None:
     del jug_task.alltasks[:]
     ajug.task.reset()
+    F.scrub()
 
 
 @pytest.fixture(autouse=True)
@@ -540,5 +541,7 @@ def test_unidentifiable_argument_fails_the_jugfile_load(tmp_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    GOLDEN.write_text(json.dumps(compute_golden(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    GOLDEN.write_text(
+        json.dumps(compute_golden(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     print(f"wrote {GOLDEN}")

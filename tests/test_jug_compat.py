@@ -9,7 +9,6 @@ values ajug itself would compute.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -142,7 +141,10 @@ def test_ajug_finds_every_result_jug_computed(
     loaded = load_jugfile(J.write(tmp_path / "theirs", name), store)
     assert not loaded.hit_barrier  # every barrier is passed: jug computed what they wait for
     keys = [t.key for t in loaded.tasks]
-    assert keys == list(mine_values)
+    # the same tasks (fewer when a CompoundTask's result stands for its sub-graph)
+    assert set(keys) <= set(mine_values)
+    if "compound" not in name:
+        assert keys == list(mine_values)
     missing = [t.name for t, ok in zip(loaded.tasks, store.exists(keys), strict=True) if not ok]
     assert not missing, f"results jug computed that ajug does not find: {missing}"
     for t in loaded.tasks:
@@ -156,10 +158,12 @@ def test_ajug_finds_every_result_jug_computed(
 
 
 def test_jug_layout_is_read_in_place(jug_runs: dict[str, Path]) -> None:
-    """ajug reads jug's files where jug put them (``<jugdir>/<key[:2]>/<key[2:]>``)."""
+    """ajug reads jug's files where jug put them (``<jugdir>/<key[:2]>/<key[2:]>``), as they are."""
     jugdir = jug_runs["simple"]
-    files = [p for p in jugdir.rglob("*") if p.is_file() and len(p.parent.name) == 2]
+    files = sorted(p for p in jugdir.rglob("*") if p.is_file() and len(p.parent.name) == 2)
+    before = {p: p.read_bytes() for p in files}
     store = open_store(str(jugdir))
     keys = [p.parent.name + p.name for p in files]
-    assert keys and all(store.exists(keys))
-    assert {os.path.getsize(p) for p in files}  # jug's own encoding, untouched
+    assert len(keys) == 32 and all(store.exists(keys))
+    assert all(isinstance(store.load(k), int) for k in keys)
+    assert {p: p.read_bytes() for p in files} == before

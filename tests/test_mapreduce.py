@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import functools
 import operator
+import pickle
+import sys
+import types
 from collections.abc import Iterator
 from typing import Any
 
 import identity_funcs as F
+import jug.mapreduce
+import jug.task
 import numpy as np
 import pytest
 
@@ -237,23 +242,24 @@ def test_helper_tasks_carry_jugs_names() -> None:
     assert {b.name for b in ts.blocks} == {"jug.mapreduce._jug_map"}
     assert t.name == "jug.mapreduce._jug_reduce"
     assert cs[0].base.name == "jug.mapreduce._jug_map_curry"
+    # for CompoundTask(mapreduce.mapreduce, ...), whose identity is that of this task:
+    assert Task(mapreduce.mapreduce, F.add, F.square, [1]).name == "jug.mapreduce.mapreduce"
 
 
 # -- identities equal jug's -----------------------------------------------------------------
-jug = pytest.importorskip("jug")
-import jug.mapreduce  # noqa: E402
-import jug.task  # noqa: E402
 
 
 def _jug_and_ajug(build: Any) -> tuple[list[str], list[str]]:
     """Build with jug and with ajug; the keys of every task each created, in order."""
     del jug.task.alltasks[:]
     ajug.task.reset()
+    F.scrub()
     build(jug.mapreduce, jug.task.TaskGenerator, jug.task.Task)
     build(mapreduce, TaskGenerator, Task)
     j = [t.hash().decode() for t in jug.task.alltasks]
     a = [t.key for t in alltasks]
     del jug.task.alltasks[:]
+    F.scrub()
     return j, a
 
 
@@ -292,3 +298,30 @@ def test_identities_equal_jug(name: str) -> None:
     j, a = _jug_and_ajug(BUILDS[name])
     assert len(a) == len(j)
     assert a == j
+
+
+@pytest.mark.parametrize(
+    "modname, fname",
+    [
+        ("identity_funcs_like", "square"),
+        ("same", "same"),
+        ("pkg.sub.mod", "f" + "x" * 300),
+        ("m", "fünf"),
+    ],
+    ids=["plain", "module_named_like_function", "long_name", "unicode"],
+)
+def test_task_generator_pickles_as_jugs(
+    monkeypatch: pytest.MonkeyPatch, modname: str, fname: str
+) -> None:
+    """jug hashes a TaskGenerator mapper by pickling jug's own TaskGenerator: same bytes."""
+    from ajug.mapreduce import _jug_generator_pickle
+
+    def f(x: Any) -> Any:
+        return x
+
+    f.__name__ = f.__qualname__ = fname
+    f.__module__ = f.__name__ if modname == fname else modname  # the same str object: memoised
+    module = types.ModuleType(modname)
+    setattr(module, fname, f)
+    monkeypatch.setitem(sys.modules, modname, module)
+    assert _jug_generator_pickle(f) == pickle.dumps(jug.task.TaskGenerator(f), protocol=4)

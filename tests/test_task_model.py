@@ -23,8 +23,8 @@ import ajug.task
 from ajug import (
     CachedFunction,
     Task,
-    Tasklet,
     TaskGenerator,
+    Tasklet,
     iteratetask,
     return_tuple,
     value,
@@ -135,7 +135,15 @@ def test_tasklets(store: Any) -> None:
     run = execute(store=store)
     assert run.ok
     expected = F.pairs(4)
-    assert value(items) == [expected[0], expected[-1], expected[1:3], expected[2][1], 1, 20, expected[3]]
+    assert value(items) == [
+        expected[0],
+        expected[-1],
+        expected[1:3],
+        expected[2][1],
+        1,
+        20,
+        expected[3],
+    ]
     assert value(key_arg) == expected[0]
     assert value(dependent) == 2 + 10
     assert t[0].can_load()

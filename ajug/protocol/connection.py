@@ -242,8 +242,15 @@ async def open_connection(
             f"within {handshake_timeout_s:g} s"
         ) from None
     except ConnectionClosed:
+        # A TLS coordinator closes a plain-TCP client, and one that requires client
+        # certificates closes a client without an accepted one, with no reason on the wire.
+        hint = (
+            "if it serves TLS, connect with TLS (--tls-ca)"
+            if ssl is None
+            else "if it requires a client certificate, pass one it accepts (--tls-cert, --tls-key)"
+        )
         raise ConnectError(
-            f"the coordinator at {where} closed the connection during the handshake"
+            f"the coordinator at {where} closed the connection during the handshake; {hint}"
         ) from None
     finally:
         if not hs.done:
@@ -331,8 +338,8 @@ async def _server_handshake(conn: Connection, hs: ServerHandshake) -> None:
         try:
             out = hs.receive(msg)
         except AjugError as exc:
-            # Nobody answers an error with an error.
-            conn._abort(None if msg.get("op") == "error" else m.error_for(exc))
+            # Nobody answers an error with an error; a bad request's id goes back (SPEC 9).
+            conn._abort(None if msg.get("op") == "error" else m.error_for(exc, m.request_id(msg)))
             raise
         for reply in out:
             conn.send(reply)

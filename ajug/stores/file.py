@@ -85,6 +85,9 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+_TMP_STATE: list = [0, "", 0]  # pid, random prefix, counter
+SMALL_WRITE_BYTES = 256 * 1024
+
 class FileStore(Store):
     """Results as files under ``directory``.
 
@@ -158,7 +161,12 @@ class FileStore(Store):
         self._made.add(prefix)
 
     def _tmp_name(self) -> str:
-        name = f"{HOST}.{os.getpid()}.{secrets.token_hex(8)}{TMP_SUFFIX}"
+        # host.pid.<random per process><counter>: unique without a syscall per name
+        pid = os.getpid()
+        if _TMP_STATE[0] != pid:
+            _TMP_STATE[:] = [pid, secrets.token_hex(4), 0]
+        _TMP_STATE[2] += 1
+        name = f"{HOST}.{pid}.{_TMP_STATE[1]}{_TMP_STATE[2]}{TMP_SUFFIX}"
         return os.path.join(self.tmpdir, name)
 
     def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> int:
@@ -171,11 +179,23 @@ class FileStore(Store):
             try:
                 self._ensure_dirs(key[:2])
                 tmp = self._tmp_name()
-                with open(tmp, "xb") as out:
-                    encoding.write_to(enc, out)
-                    out.flush()
-                    if self.fsync:
-                        os.fsync(out.fileno())
+                if enc.size <= SMALL_WRITE_BYTES:
+                    # one write(2) for small results: most tasks return something small
+                    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    try:
+                        data = b"".join(enc.pieces)
+                        if os.write(fd, data) != len(data):
+                            raise OSError(errno.ENOSPC, "short write")
+                        if self.fsync:
+                            os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                else:
+                    with open(tmp, "xb") as out:
+                        encoding.write_to(enc, out)
+                        out.flush()
+                        if self.fsync:
+                            os.fsync(out.fileno())
                 os.rename(tmp, final)
                 tmp = ""
                 if self.fsync:

@@ -16,8 +16,8 @@ N = 40
 
 
 @TaskGenerator
-def step(x, seconds):
-    time.sleep(seconds)
+def step(x):
+    time.sleep(SECONDS)  # not an argument: the tasks' identity does not depend on it
     return x * x
 
 
@@ -31,5 +31,5 @@ def reduce_all(xs):
     return sum(xs)
 
 
-steps = [step(x, SECONDS) for x in range(N)]
+steps = [step(x) for x in range(N)]
 total = reduce_all(steps)

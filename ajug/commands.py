@@ -1,0 +1,500 @@
+"""Jug's other commands: invalidate, cleanup, check, sleep-until, shell, graph, and config.
+
+Each works offline on a jugfile and its store (``--store URL``, default: the file store beside
+the jugfile, as jug's ``--jugdir``); ``check`` and ``sleep-until`` also take ``HOST:PORT`` to
+ask a running coordinator, and ``invalidate --coordinator HOST:PORT`` tells one to run again
+what it removed. The graph logic lives in ``ajug.offline``; this module parses, prints, exits.
+
+Exit statuses: 0 success (``check``: all done), 1 "not yet" (``check``, ``sleep-until
+--timeout``), 2 a usage or ajug error (printed as one line by ``ajug.cli.main``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import AjugError, ConnectError, StoreLocked, UsageError
+from .offline import (
+    Offline,
+    count_by_function,
+    downstream,
+    open_offline,
+    orphans,
+    remove,
+    result_bytes,
+    select,
+    stale_tasks,
+)
+
+log = logging.getLogger("ajug")
+
+#: ``sleep-until``: seconds between two looks at the store or the coordinator.
+SLEEP_INTERVAL_S = 2.0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _is_jugfile(target: str) -> bool:
+    return target.endswith(".py") or Path(target).is_file()
+
+
+def store_option(f: Any) -> Any:
+    return click.option(
+        "--store", "store_url", default=None, metavar="URL",
+        help="Store URL (default: <jugfile stem>.ajugdata beside the jugfile, as jug's --jugdir).",
+    )(f)
+
+
+def client_options(f: Any) -> Any:
+    """How to reach a coordinator: the same token and TLS options as `ajug status`."""
+    opts = [
+        click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+                     help="File holding the shared token (or set AJUG_TOKEN)."),
+        click.option("--token", default=None, hidden=True),
+        click.option("--tls-ca", default=None, help="CA bundle to verify the coordinator (enables TLS)."),
+        click.option("--tls-cert", default=None),
+        click.option("--tls-key", default=None),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+class Remote:
+    """A coordinator at HOST:PORT, asked one question per call over a fresh connection."""
+
+    def __init__(self, address: str, kw: dict[str, Any], access: str = "read") -> None:
+        from .cli import parse_address, read_token, tls_context
+
+        self.host, self.port = parse_address(address)
+        tok = read_token(kw.get("token"), kw.get("token_file"))
+        read_tok = read_token(None, None, "AJUG_READ_TOKEN")
+        self.access = "full" if access == "full" or not read_tok or tok else "read"
+        self.token = tok if self.access == "full" else read_tok
+        self.ctx = tls_context(False, kw.get("tls_cert"), kw.get("tls_key"), kw.get("tls_ca"))
+
+    def status(self) -> dict[str, Any]:
+        from .cli import _new_loop_runner, query_status
+
+        return _new_loop_runner()(query_status(self.host, self.port, self.token, self.ctx,
+                                               access=self.access))
+
+    def invalidate(self, keys: list[str]) -> None:
+        from .cli import _new_loop_runner
+
+        _new_loop_runner()(self._invalidate(keys))
+
+    async def _invalidate(self, keys: list[str], timeout_s: float = 30.0) -> None:
+        import asyncio
+
+        from .protocol import connection as conn_mod
+
+        conn = await conn_mod.open_connection(self.host, self.port, token=self.token,
+                                              role="client", access="full", ssl=self.ctx,
+                                              name="invalidate")
+        try:
+            conn.send({"op": "invalidate", "id": 1, "keys": keys})
+            await conn.drain()
+            rep = await asyncio.wait_for(conn.recv(), timeout_s)
+            if rep["op"] == "error":
+                raise AjugError(f"the coordinator at {self.host}:{self.port} refused: {rep['msg']}")
+        finally:
+            conn.close()
+
+
+def _counts_table(counts: dict[str, int]) -> None:
+    width = max([len(str(n)) for n in counts.values()] + [7])
+    click.echo(f"{'results':>{width}}  function")
+    for name, n in sorted(counts.items()):
+        click.echo(f"{n:>{width}}  {name}")
+
+
+def _warn_if_served(off: Offline, what: str) -> None:
+    """A coordinator serving this store keeps its own idea of what is done: say so."""
+    lock = off.store.owner_lock(ttl_s=10.0)
+    try:
+        lock.acquire()
+    except StoreLocked as e:
+        log.warning("%s; it will not %s: pass --coordinator HOST:PORT to tell it", e, what)
+        return
+    lock.release()
+
+
+# -- invalidate ---------------------------------------------------------------------------------
+@click.command()
+@click.argument("jugfile")
+@store_option
+@click.option("--target", "targets", multiple=True, metavar="NAME",
+              help="A function (module.name, name, or a glob) or a task identity prefix; repeatable.")
+@click.option("--stale", is_flag=True, help="Results whose function's source changed since they were computed.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--keys", "list_keys", is_flag=True, help="Also list each result's identity.")
+@click.option("--coordinator", default=None, metavar="HOST:PORT",
+              help="A running coordinator to tell: it runs the tasks again.")
+@client_options
+def invalidate(jugfile: str, store_url: str | None, targets: tuple[str, ...], stale: bool,
+               dry_run: bool, list_keys: bool, coordinator: str | None, **kw: Any) -> int:
+    """Remove the results of some tasks and of everything downstream of them."""
+    if not targets and not stale:
+        raise UsageError("say what to invalidate: --target NAME (a function, or a task identity "
+                         "prefix) or --stale")
+    off = open_offline(jugfile, store_url)
+    try:
+        g = off.graph
+        seeds = select(g, targets)
+        if stale:
+            seeds.update(stale_tasks(g, off.store, off.done))
+        hit = downstream(g, seeds)
+        gone = [i for i in hit if off.done[i]]
+        keys = [g.keys[i] for i in gone]
+        if gone:
+            _counts_table(count_by_function(g, gone))
+        if list_keys:
+            for i in gone:
+                click.echo(f"{g.keys[i]}  {g.functions[g.fn[i]].name}")
+        if off.partial:
+            log.warning("%s stops at a barrier whose inputs are not all stored: tasks after it "
+                        "were not seen, and their results (if any) stay", Path(jugfile).name)
+        if dry_run:
+            click.echo(f"ajug: would remove {len(keys)} result(s) ({len(hit)} task(s) "
+                       "affected); nothing removed (--dry-run)")
+            return 0
+        if keys and coordinator is None:
+            _warn_if_served(off, "run them again")
+        n = remove(off.store, keys)
+        click.echo(f"ajug: removed {n} result(s) ({len(hit)} task(s) affected)")
+        if coordinator is not None:
+            Remote(coordinator, kw, access="full").invalidate([g.keys[i] for i in hit])
+            click.echo(f"ajug: the coordinator at {coordinator} runs them again")
+        return 0
+    finally:
+        off.close()
+
+
+# -- cleanup ------------------------------------------------------------------------------------
+@click.command()
+@click.argument("jugfile")
+@store_option
+@click.option("--dry-run", is_flag=True, help="Say what would be removed and freed; remove nothing.")
+@click.option("--partial", is_flag=True,
+              help="When the jugfile stops at a barrier, keep only the tasks before it (jug's behaviour).")
+def cleanup(jugfile: str, store_url: str | None, dry_run: bool, partial: bool) -> int:
+    """Remove results no task of the jugfile owns, stray temporary files and an expired lock."""
+    off = open_offline(jugfile, store_url)
+    lock = None
+    try:
+        if off.partial and not partial:
+            raise UsageError(
+                f"{Path(jugfile).name} stops at a barrier whose inputs are not all stored, so "
+                "the tasks after it are unknown and cleanup could remove results they need: "
+                "run it first (ajug run), or pass --partial to keep only the tasks before it"
+            )
+        if not dry_run:  # as a coordinator would: none may serve the store meanwhile
+            lock = off.store.owner_lock(ttl_s=60.0)
+            lock.acquire()  # takes over (and so removes) an expired lock of a dead coordinator
+        stray = orphans(off.store, off.graph)
+        result_b = result_bytes(off.store, stray)
+        tmp_b = off.store.cleanup(dry_run=dry_run)
+        if not dry_run:
+            remove(off.store, stray)
+        verb = "would remove" if dry_run else "removed"
+        if off.partial:
+            click.echo("ajug: counting only the tasks before the barrier (--partial)")
+        click.echo(f"ajug: {verb} {len(stray)} result(s) that no task owns ({_human(result_b)}) "
+                   f"and {_human(tmp_b)} of temporary files")
+        total = result_b + tmp_b
+        click.echo(f"ajug: {'would free' if dry_run else 'freed'} {total} bytes ({_human(total)})")
+        return 0
+    finally:
+        if lock is not None:
+            lock.release()
+        off.close()
+
+
+# -- check, sleep-until -------------------------------------------------------------------------
+def _remote_all_done(st: dict[str, Any]) -> bool:
+    return st["totals"].get("done", 0) == st["tasks"] and not st.get("barrier")
+
+
+@click.command()
+@click.argument("target")
+@store_option
+@client_options
+def check(target: str, store_url: str | None, **kw: Any) -> int:
+    """Exit 0 when every task of TARGET (a jugfile, or HOST:PORT) is done, 1 otherwise."""
+    if not _is_jugfile(target):
+        st = Remote(target, kw).status()
+        ok = _remote_all_done(st)
+        click.echo(f"ajug: {st['totals'].get('done', 0)}/{st['tasks']} tasks done"
+                   f"{' (more follow a barrier)' if st.get('barrier') else ''}")
+        return 0 if ok else 1
+    off = open_offline(target, store_url)
+    try:
+        n = sum(off.done)
+        click.echo(f"ajug: {n}/{len(off.graph)} tasks done"
+                   f"{' (more follow a barrier)' if off.partial else ''}")
+        return 0 if n == len(off.graph) and not off.partial else 1
+    finally:
+        off.close()
+
+
+@click.command("sleep-until")
+@click.argument("target")
+@store_option
+@click.option("--interval", type=float, default=SLEEP_INTERVAL_S, show_default=True,
+              help="Seconds between two looks.")
+@click.option("--timeout", type=float, default=None, help="Give up (exit 1) after this many seconds.")
+@client_options
+def sleep_until(target: str, store_url: str | None, interval: float, timeout: float | None,
+                **kw: Any) -> int:
+    """Wait until every task of TARGET (a jugfile, or HOST:PORT) is done."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def expired() -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
+    if not _is_jugfile(target):
+        return _sleep_remote(Remote(target, kw), interval, expired)
+    off = open_offline(target, store_url)
+    try:
+        while True:
+            g = off.graph
+            missing = [k for k, d in zip(g.keys, off.done) if not d]
+            while missing:
+                if expired():
+                    click.echo(f"ajug: timed out with {len(g) - len(missing)}/{len(g)} tasks done")
+                    return 1
+                time.sleep(interval)
+                present = off.store.exists(missing)
+                missing = [k for k, e in zip(missing, present) if not e]
+            if not off.partial:
+                click.echo(f"ajug: all {len(g)} tasks done")
+                return 0
+            off.close()  # past the barrier: the jugfile defines more tasks now
+            off = open_offline(target, store_url)
+            if off.partial and all(off.done) and not expired():
+                time.sleep(interval)
+    finally:
+        off.close()
+
+
+def _sleep_remote(remote: Remote, interval: float, expired: Callable[[], bool]) -> int:
+    last: dict[str, Any] | None = None
+    while True:
+        try:
+            st = remote.status()
+        except ConnectError:
+            if last is None:
+                raise
+            done = _remote_all_done(last)
+            click.echo(f"ajug: the coordinator stopped; last seen {last['totals'].get('done', 0)}"
+                       f"/{last['tasks']} tasks done")
+            return 0 if done else 1
+        last = st
+        if st["state"] == "finished" or _remote_all_done(st):
+            click.echo(f"ajug: {st['totals'].get('done', 0)}/{st['tasks']} tasks done")
+            return 0 if _remote_all_done(st) else 1
+        if expired():
+            click.echo(f"ajug: timed out with {st['totals'].get('done', 0)}/{st['tasks']} tasks done")
+            return 1
+        time.sleep(interval)
+
+
+# -- shell --------------------------------------------------------------------------------------
+def _shell_namespace(off: Offline) -> dict[str, Any]:
+    from .task import Task, Tasklet, value
+
+    g = off.graph
+    by_key = {t.key: t for t in off.loaded.tasks}
+
+    def invalidate_(what: Any) -> int:
+        """Remove the results of a task (or a function name / identity prefix) and downstream."""
+        if isinstance(what, Tasklet):
+            what = what.base
+        seeds = {g.index[what.key]} if isinstance(what, Task) else select(g, [str(what)])
+        hit = downstream(g, seeds)
+        for i in hit:
+            t = by_key.get(g.keys[i])
+            if t is not None:
+                t.unload()
+        return remove(off.store, [g.keys[i] for i in hit])
+
+    ns = dict(off.loaded.module.__dict__)
+    ns.update(value=value, store=off.store, tasks=off.loaded.tasks, invalidate=invalidate_,
+              graph=g)
+    return ns
+
+
+@click.command()
+@click.argument("jugfile")
+@store_option
+@click.option("--plain", is_flag=True, help="The standard Python console even if IPython is installed.")
+def shell(jugfile: str, store_url: str | None, plain: bool) -> int:
+    """An interactive Python with the jugfile's names, `value`, `store`, `tasks`, `invalidate`."""
+    import code
+
+    off = open_offline(jugfile, store_url)
+    try:
+        ns = _shell_namespace(off)
+        banner = (f"ajug shell: {Path(jugfile).name}: {len(off.graph)} tasks, {sum(off.done)} "
+                  f"done (store {off.store.url})\n"
+                  "names: the jugfile's, value(t), store, tasks, invalidate(t | name | prefix)")
+        if not plain:
+            try:
+                from IPython import start_ipython  # type: ignore[import-not-found]
+            except ImportError:
+                pass
+            else:
+                click.echo(banner, err=True)
+                start_ipython(argv=["--no-banner"], user_ns=ns)
+                return 0
+        code.interact(banner=banner, local=ns, exitmsg="")
+        return 0
+    finally:
+        off.close()
+
+
+# -- graph --------------------------------------------------------------------------------------
+def _dot_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def graph_json(off: Offline, by_function: bool) -> dict[str, Any]:
+    g = off.graph
+    funcs = [{"name": f.name, "src": f.src, "tasks": 0, "done": 0} for f in g.functions]
+    for i, f in enumerate(g.fn):
+        funcs[f]["tasks"] += 1
+        funcs[f]["done"] += bool(off.done[i])
+    edges: dict[tuple[int, int], int] = {}
+    for i in range(len(g)):
+        for j in g.deps(i):
+            e = (g.fn[j], g.fn[i])
+            edges[e] = edges.get(e, 0) + 1
+    out: dict[str, Any] = {
+        "jugfile": str(off.loaded.path),
+        "store": off.store.url,
+        "partial": off.partial,
+        "functions": funcs,
+        "edges": [{"from": g.functions[a].name, "to": g.functions[b].name, "count": n}
+                  for (a, b), n in edges.items()],
+    }
+    if not by_function:
+        out["tasks"] = [{"key": k, "function": g.functions[g.fn[i]].name, "done": off.done[i],
+                         "deps": [g.keys[j] for j in g.deps(i)]} for i, k in enumerate(g.keys)]
+    return out
+
+
+def graph_dot(off: Offline, by_function: bool) -> str:
+    """Graphviz: one cluster per function (``by_function``: one node per function)."""
+    g = off.graph
+    data = graph_json(off, by_function=True)
+    lines = ["digraph ajug {", "  rankdir=TB;",
+             '  node [shape=box, style="rounded,filled", fontname="monospace", fontsize=10];']
+    if by_function:
+        for f in data["functions"]:
+            color = "#c8e6c9" if f["done"] == f["tasks"] else "#ffffff"
+            label = f"{f['name']}\\n{f['done']}/{f['tasks']} done"
+            lines.append(f"  {_dot_str(f['name'])} [label=\"{label}\", fillcolor=\"{color}\"];")
+        for e in data["edges"]:
+            lines.append(f"  {_dot_str(e['from'])} -> {_dot_str(e['to'])} [label=\"{e['count']}\"];")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+    members: dict[int, list[int]] = {}
+    for i, f in enumerate(g.fn):
+        members.setdefault(f, []).append(i)
+    for fid, idxs in members.items():
+        f = g.functions[fid]
+        lines.append(f"  subgraph cluster_{fid} {{")
+        lines.append(f"    label={_dot_str(f'{f.name} ({len(idxs)})')};")
+        short = f.name.rpartition(".")[2]
+        for i in idxs:
+            color = "#c8e6c9" if off.done[i] else "#ffffff"
+            lines.append(f"    {_dot_str(g.keys[i])} [label=\"{short}\\n{g.keys[i][:10]}\", "
+                         f"fillcolor=\"{color}\"];")
+        lines.append("  }")
+    for i in range(len(g)):
+        for j in g.deps(i):
+            lines.append(f"  {_dot_str(g.keys[j])} -> {_dot_str(g.keys[i])};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.argument("jugfile")
+@store_option
+@click.option("--format", "fmt", type=click.Choice(["dot", "json"]), default="dot", show_default=True)
+@click.option("--by-function", is_flag=True, help="One node per function, edges counted (for large graphs).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file instead of standard output.")
+def graph(jugfile: str, store_url: str | None, fmt: str, by_function: bool, output: str | None) -> int:
+    """The dependency graph, tasks of one function grouped: Graphviz dot, or JSON."""
+    off = open_offline(jugfile, store_url)
+    try:
+        text = (graph_dot(off, by_function) if fmt == "dot"
+                else json.dumps(graph_json(off, by_function), indent=1) + "\n")
+    finally:
+        off.close()
+    if output:
+        Path(output).write_text(text)
+    else:
+        click.echo(text, nl=False)
+    return 0
+
+
+# -- config -------------------------------------------------------------------------------------
+@click.command("config", context_settings={"ignore_unknown_options": True,
+                                           "allow_interspersed_args": False})
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def config_cmd(as_json: bool, args: tuple[str, ...]) -> int:
+    """Print the settings a command would use and where each comes from: ajug config [JUGFILE]
+    [COMMAND [FLAGS...]]. Precedence: flags, AJUG_* variables, ajug.toml or [tool.ajug], defaults."""
+    from .cli import cli
+    from .config import config_file_for, effective
+
+    rest = list(args)
+    jugfile = rest.pop(0) if rest and _is_jugfile(rest[0]) else None
+    directory = Path(jugfile).resolve().parent if jugfile else Path.cwd()
+    if rest and rest[0] not in cli.commands:
+        raise UsageError(f"no command {rest[0]!r}: one of {', '.join(sorted(cli.commands))}")
+    names = [rest.pop(0)] if rest else sorted(c for c in cli.commands if c != "config")
+    out: dict[str, Any] = {}
+    for name in names:
+        cmd_args = list(rest)
+        takes_file = any(isinstance(p, click.Argument) and p.name in ("jugfile", "target")
+                         for p in cli.commands[name].params)
+        if jugfile and takes_file:
+            cmd_args.insert(0, jugfile)
+        out[name] = effective(cli, name, cmd_args, directory)
+    cfg = config_file_for(directory)
+    if as_json:
+        click.echo(json.dumps({"file": str(cfg) if cfg else None, "settings": out}, indent=2,
+                              sort_keys=True, default=str))
+        return 0
+    click.echo(f"# config file: {cfg if cfg else 'none (ajug.toml or [tool.ajug] in pyproject.toml)'}")
+    for name, settings in out.items():
+        click.echo(f"[{name}]")
+        for key, s in settings.items():
+            v = s["value"]
+            shown = json.dumps(v) if isinstance(v, (str, int, float, bool)) else "(unset)"
+            click.echo(f"{key} = {shown}  # {s['source']}")
+    return 0
+
+
+def register(cli: click.Group) -> None:
+    """Add this module's commands to the ``ajug`` group."""
+    for cmd in (invalidate, cleanup, check, sleep_until, shell, graph, config_cmd):
+        cli.add_command(cmd)

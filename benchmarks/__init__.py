@@ -1,0 +1,1 @@
+"""ajug's benchmark suite: ``python -m benchmarks`` (see benchmarks/README.md and run.py)."""
