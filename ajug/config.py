@@ -189,9 +189,13 @@ def env_layer(cli: click.Group, environ: Mapping[str, str]) -> dict[str, dict[st
     return layer
 
 
-def _check_types(cli: click.Group, merged: dict[str, dict[str, tuple[Any, str]]]) -> None:
-    """Refuse a bad value here, naming where it came from (click would not say)."""
+def _check_types(cli: click.Group, merged: dict[str, dict[str, tuple[Any, str]]],
+                 only: str | None) -> None:
+    """Refuse a bad value for the command about to run, naming where it came from (click would
+    not say); values for other commands wait until those run."""
     for cname, values in merged.items():
+        if only is not None and cname != only:
+            continue
         params = {p.name: p for p in cli.commands[cname].params}
         for pname, (value, source) in values.items():
             p = params[pname]
@@ -206,8 +210,8 @@ def _check_types(cli: click.Group, merged: dict[str, dict[str, tuple[Any, str]]]
                                  f"{msg}") from None
 
 
-def layered(cli: click.Group, directory: Path, environ: Mapping[str, str] | None = None
-            ) -> dict[str, dict[str, tuple[Any, str]]]:
+def layered(cli: click.Group, directory: Path, environ: Mapping[str, str] | None = None,
+            command: str | None = None) -> dict[str, dict[str, tuple[Any, str]]]:
     """command -> {param -> (value, source)} from the file and the environment (env wins)."""
     environ = os.environ if environ is None else environ
     merged: dict[str, dict[str, tuple[Any, str]]] = {}
@@ -218,7 +222,7 @@ def layered(cli: click.Group, directory: Path, environ: Mapping[str, str] | None
     for layer in layers:
         for cname, values in layer.items():
             merged.setdefault(cname, {}).update(values)
-    _check_types(cli, merged)
+    _check_types(cli, merged, command)
     return merged
 
 
@@ -253,8 +257,8 @@ def default_map_for(argv: list[str], environ: Mapping[str, str] | None = None) -
     """The click ``default_map`` for this command line (``cli.main(default_map=...)``)."""
     from .cli import cli
 
-    _cname, directory = jugfile_dir(cli, argv)
-    merged = layered(cli, directory, environ)
+    cname, directory = jugfile_dir(cli, argv)
+    merged = layered(cli, directory, environ, cname or "")
     return {c: {p: v for p, (v, _src) in values.items()} for c, values in merged.items()}
 
 
@@ -283,7 +287,7 @@ def effective(cli: click.Group, command: str, args: list[str], directory: Path,
     cmd = cli.commands.get(command)
     if cmd is None:
         raise UsageError(f"no command {command!r}: one of {', '.join(sorted(cli.commands))}")
-    merged = layered(cli, directory, environ)
+    merged = layered(cli, directory, environ, command)
     values = merged.get(command, {})
     dmap = {p: v for p, (v, _s) in values.items()}
     args = list(args)

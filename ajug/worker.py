@@ -66,6 +66,11 @@ class ResultCache:
         self.items.move_to_end(key)
         return True, hit[0]
 
+    def drop(self, key: str) -> None:
+        hit = self.items.pop(key, None)
+        if hit is not None:
+            self.bytes -= hit[1]
+
     def put(self, key: str, val: Any, size: int) -> None:
         if size > self.max_bytes // 4:
             return
@@ -103,6 +108,65 @@ def _approx_size(v: Any) -> int:
     if isinstance(n, int):
         return n
     return sys.getsizeof(v)
+
+
+class SaveBatch:
+    """Results of quick tasks saved together (one redis round trip for many), then reported
+    done together. A result is reported only after it is in the store; until then it is in
+    this worker's cache, so a dependent task run here meanwhile finds it."""
+
+    MAX_ITEMS = 64
+    MAX_BYTES = 8 * 1024 * 1024
+    MAX_DELAY_S = 0.02
+
+    def __init__(self, store: Any, cache: ResultCache, worker: Worker) -> None:
+        self.store, self.cache, self.worker = store, cache, worker
+        self.items: list[tuple[Lease, Any, dict[str, Any], float]] = []
+        self.bytes = 0
+        self.first = 0.0
+
+    def add(self, lease: Lease, result: Any, meta: dict[str, Any], rt: float) -> None:
+        if not self.items:
+            self.first = time.monotonic()
+        self.items.append((lease, result, meta, rt))
+        self.bytes += _approx_size(result)
+        self.cache.put(lease.key, result, _approx_size(result))
+        if rt > self.MAX_DELAY_S:  # a slow task: no point in waiting for company
+            self.flush()
+
+    def due(self) -> bool:
+        return bool(self.items) and (
+            len(self.items) >= self.MAX_ITEMS
+            or self.bytes >= self.MAX_BYTES
+            or time.monotonic() - self.first >= self.MAX_DELAY_S
+        )
+
+    def flush(self) -> None:
+        items, self.items, self.bytes = self.items, [], 0
+        if not items:
+            return
+        reports: list[tuple[str, list[Any]]] = []
+        try:
+            sizes = self.store.save_many([(lz.key, res, meta) for lz, res, meta, _ in items])
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            # one by one, so that each task gets its own outcome
+            for lz, res, meta, rt in items:
+                try:
+                    size = self.store.save(lz.key, res, meta)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as e:
+                    self.cache.drop(lz.key)
+                    self.worker._post_failure(lz, e)
+                    continue
+                reports.append(("done", [lz.key, lz.tok, {"rt": rt, "size": size}]))
+        else:
+            for (lz, _, _, rt), size in zip(items, sizes):
+                reports.append(("done", [lz.key, lz.tok, {"rt": rt, "size": size}]))
+        if reports:
+            self.worker._post(reports)
 
 
 @dataclass
@@ -160,14 +224,25 @@ class Worker:
             return self._fatal_status()
         cache = ResultCache()
         Task.store = CachingStore(store, cache)
+        batch = SaveBatch(store, cache, self)
         try:
             while True:
-                lease = self.leases.get()
+                if batch.items:
+                    try:
+                        lease = self.leases.get_nowait()
+                    except queue.Empty:
+                        batch.flush()  # nothing queued: report what we have now
+                        continue
+                else:
+                    lease = self.leases.get()
                 if lease is None:
                     break
-                self._execute(lease, store, cache)
+                self._execute(lease, batch)
+                if batch.due():
+                    batch.flush()
                 if self.o.max_tasks is not None and self.ran >= self.o.max_tasks:
                     break
+            batch.flush()
         except KeyboardInterrupt:
             log.info("interrupted")
             self._stop_net()
@@ -182,7 +257,7 @@ class Worker:
             return 0
         raise self.fatal
 
-    def _execute(self, lease: Lease, store: Any, cache: ResultCache) -> None:
+    def _execute(self, lease: Lease, batch: SaveBatch) -> None:
         lease.started = time.monotonic()
         t0 = time.perf_counter()
         try:
@@ -191,40 +266,39 @@ class Worker:
                 f = self._funcs[lease.func_blob] = cloudpickle.loads(lease.func_blob)
             args, kwargs = decode_args(lease.args)
             result = f(*[value(a) for a in args], **{k: value(v) for k, v in kwargs.items()})
-            rt = time.perf_counter() - t0
-            meta = {
-                "func": lease.func_name,
-                "src": lease.func_src,
-                "rt": rt,
-                "worker": self.ident,
-                "ts": time.time(),
-            }
-            size = store.save(lease.key, result, meta)
-            cache.put(lease.key, result, size)
-            report: tuple[str, list[Any]] = ("done", [lease.key, lease.tok, {"rt": rt, "size": size}])
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:
-            kind = "store" if isinstance(e, StoreError) else "exception"
-            tb = traceback.format_exc()
-            msg = str(e)
-            if isinstance(e, StoreFull):
-                msg = f"store is full: {e}"
-            log.warning("task %s (%s) failed: %s: %s", lease.func_name, lease.key[:12],
-                        type(e).__name__, msg)
-            err = {"type": type(e).__name__, "msg": msg[:2000], "tb": tb[-20000:], "kind": kind}
-            report = ("failed", [lease.key, lease.tok, err])
-        dt = time.perf_counter() - t0
+            self._post_failure(lease, e)
+            self._count(time.perf_counter() - t0)
+            return
+        rt = time.perf_counter() - t0
+        meta = {"func": lease.func_name, "src": lease.func_src, "rt": rt, "worker": self.ident,
+                "ts": time.time()}
+        batch.add(lease, result, meta, rt)
+        self._count(time.perf_counter() - t0)
+
+    def _count(self, dt: float) -> None:
         self.ran += 1
         self.avg_task_s = dt if self.ran == 1 else 0.8 * self.avg_task_s + 0.2 * dt
-        self._post(report)
 
-    def _post(self, report: tuple[str, list[Any]]) -> None:
+    def _post_failure(self, lease: Lease, e: BaseException) -> None:
+        kind = "store" if isinstance(e, StoreError) else "exception"
+        tb = traceback.format_exc() if e.__traceback__ is not None else ""
+        msg = str(e)
+        if isinstance(e, StoreFull):
+            msg = f"store is full: {e}"
+        log.warning("task %s (%s) failed: %s: %s", lease.func_name, lease.key[:12],
+                    type(e).__name__, msg)
+        err = {"type": type(e).__name__, "msg": msg[:2000], "tb": tb[-20000:], "kind": kind}
+        self._post([("failed", [lease.key, lease.tok, err])])
+
+    def _post(self, reports: list[tuple[str, list[Any]]]) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         try:
-            loop.call_soon_threadsafe(self._on_report, report)
+            loop.call_soon_threadsafe(self._on_reports, reports)
         except RuntimeError:
             pass
 
@@ -253,10 +327,10 @@ class Worker:
         finally:
             self.leases.put(None)
 
-    def _on_report(self, report: tuple[str, list[Any]]) -> None:
-        kind, item = report
-        self.queued.pop(item[0], None)
-        (self.reports_done if kind == "done" else self.reports_failed).append(item)
+    def _on_reports(self, reports: list[tuple[str, list[Any]]]) -> None:
+        for kind, item in reports:
+            self.queued.pop(item[0], None)
+            (self.reports_done if kind == "done" else self.reports_failed).append(item)
         assert self._kick is not None
         self._kick.set()
 

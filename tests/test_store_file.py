@@ -163,7 +163,7 @@ def test_sigkill_mid_save_leaves_no_partial_result(tmp_path: Path) -> None:
             seen = 0
             while time.monotonic() < deadline and proc.poll() is None:
                 sizes = (
-                    [p.stat().st_size for p in (root / TMP_DIR).glob("*.tmp")]
+                    [p.stat().st_size for p in (root / TMP_DIR).rglob("*.tmp")]
                     if (root / TMP_DIR).exists()
                     else []
                 )
@@ -208,7 +208,7 @@ def test_cleanup_keeps_live_writers_and_removes_old_or_dead(tmp_path: Path) -> N
     past = time.time() - TMP_MAX_AGE_S - 60
     os.utime(old, (past, past))
     assert store.cleanup() == 200
-    assert sorted(p.name for p in tmp.iterdir()) == sorted([live.name, other_host.name])
+    assert sorted(p.name for p in tmp.iterdir() if p.is_file()) == sorted([live.name, other_host.name])
 
 
 # ----------------------------------------------------------------------------- big arrays

@@ -98,6 +98,11 @@ class Store(abc.ABC):
     def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> int:
         """Store ``value`` under ``key`` atomically with ``meta``; return the encoded size."""
 
+    def save_many(self, items: Sequence[tuple[str, Any, dict[str, Any] | None]]) -> list[int]:
+        """Save several results; the sizes, in order. Backends batch round trips where they can
+        (a worker running many tiny tasks saves them together before reporting them done)."""
+        return [self.save(k, v, m) for k, v, m in items]
+
     @abc.abstractmethod
     def load(self, key: str) -> Any:
         """Return the value, or raise ``ResultMissing`` (missing or damaged)."""

@@ -276,6 +276,9 @@ class RedisStore(Store):
     ) -> None:
         rkey = self.keys.result(key)
         chunks = [self.keys.chunk(key, upload, i) for i in range(n)] if upload else []
+        if not chunks:
+            self._commit_small(key, rkey, value, meta_bytes)
+            return
 
         def txn(pipe: redis.client.Pipeline) -> None:
             old = _manifest(pipe.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1))
@@ -294,6 +297,52 @@ class RedisStore(Store):
                     pipe.unlink(*[self.keys.chunk(key, old["u"], j) for j in olds])
 
         self._call(lambda: self.r.transaction(txn, rkey, *chunks))
+
+    def save_many(self, items: Sequence[tuple[str, Any, dict[str, Any] | None]]) -> list[int]:
+        """Small values in one MULTI/EXEC round trip; chunked ones one by one."""
+        sizes: list[int] = [0] * len(items)
+        small: list[tuple[int, str, bytes, bytes]] = []
+        for n, (key, value, meta) in enumerate(items):
+            check_key(key)
+            enc = encoding.encode(value, meta, self.compress)
+            if enc.size > self.chunk_bytes:
+                sizes[n] = self.save(key, value, meta)
+                continue
+            sizes[n] = enc.size
+            small.append((n, key, b"".join(enc.pieces), msgpack.packb(enc.meta, use_bin_type=True)))
+        if not small:
+            return sizes
+
+        def txn() -> list[Any]:
+            pipe = self.r.pipeline(transaction=True)
+            for _, key, blob, meta_bytes in small:
+                rkey = self.keys.result(key)
+                pipe.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1)
+                pipe.set(rkey, blob)
+                pipe.set(self.keys.meta(key), meta_bytes)
+            return pipe.execute()
+
+        res = self._call(txn)
+        for j, (_, key, _, _) in enumerate(small):
+            old = _manifest(res[3 * j])
+            if old and old["n"]:
+                self._discard(key, old["u"], old["n"])
+        return sizes
+
+    def _commit_small(self, key: str, rkey: str, value: bytes, meta_bytes: bytes) -> None:
+        """One round trip for the common case: MULTI, peek at the old value, set value and
+        metadata, EXEC. If the old value was a chunked one, its chunks go afterwards."""
+
+        def txn() -> bytes | None:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1)
+            pipe.set(rkey, value)
+            pipe.set(self.keys.meta(key), meta_bytes)
+            return pipe.execute()[0]
+
+        old = _manifest(self._call(txn))
+        if old and old["n"]:
+            self._discard(key, old["u"], old["n"])
 
     def remove(self, keys: Sequence[str]) -> int:
         removed = 0

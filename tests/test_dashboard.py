@@ -1,0 +1,222 @@
+"""The dashboard of a real `ajug serve --dashboard` (and `ajug run --dashboard`): its JSON and
+Prometheus metrics against `ajug status --json`, and the page itself in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from procs import Procs, env, read_log, status, wait_for
+
+HERE = Path(__file__).parent
+STATES = ("waiting", "ready", "running", "done", "failed", "blocked")
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    yield p
+    p.stop_all()
+
+
+def fetch(port: int, path: str, timeout: float = 10) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+
+
+def fetch_json(port: int, path: str) -> dict[str, Any]:
+    code, ctype, body = fetch(port, path)
+    assert code == 200 and ctype == "application/json", (code, body)
+    return json.loads(body)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value; checks every sample line is well formed."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            assert re.match(r"# (HELP|TYPE) ajug_\w+ ", line) or not line, line
+            continue
+        m = re.fullmatch(r'(ajug_\w+(?:\{[^}]*\})?) (\S+)', line)
+        assert m, line
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def stable(st: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a status that do not change while nothing runs."""
+    return {k: st[k] for k in ("tasks", "totals", "functions", "state", "reclaimed",
+                               "barrier", "failures", "jugfile", "store")}
+
+
+def check_metrics_match(metrics: dict[str, float], st: dict[str, Any]) -> None:
+    for f in st["functions"]:
+        for s in STATES:
+            assert metrics[f'ajug_tasks{{function="{f["name"]}",state="{s}"}}'] == f[s]
+    assert metrics["ajug_tasks_total"] == st["tasks"]
+    assert metrics["ajug_workers_connected"] == len(st["workers"])
+    assert metrics["ajug_reclaimed_total"] == st["reclaimed"]
+    assert metrics["ajug_leases_active"] == st["totals"]["running"]
+
+
+class IdText(HTMLParser):
+    """The text inside every element that has an id (the page's numbers have stable ids)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str | None] = []
+        self.text: dict[str, str] = {}
+        self.ids: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("meta", "link", "br", "img", "input", "line", "polyline"):
+            return
+        i = dict(attrs).get("id")
+        self.stack.append(i)
+        if i:
+            self.ids.append(i)
+            self.text.setdefault(i, "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("meta", "link", "br", "img", "input", "line", "polyline"):
+            return
+        if self.stack:
+            self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        for i in self.stack:
+            if i:
+                self.text[i] += data
+
+
+def chromium() -> str:
+    for c in CHROMIUM_CANDIDATES:
+        path = shutil.which(c)
+        if path:
+            return path
+    reason = "chromium not installed (Debian: apt-get install chromium)"
+    if os.environ.get("AJUG_REQUIRE_CHROMIUM") == "1":
+        pytest.fail(f"{reason}; AJUG_REQUIRE_CHROMIUM=1")
+    pytest.skip(reason)
+
+
+def dump_dom(browser: str, url: str, tmp_path: Path) -> str:
+    out = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.mark.timeout(90)
+def test_dashboard_json_metrics_and_page_match_status(procs: Procs, tmp_path: Path,
+                                                      free_tcp_port: int) -> None:
+    jug = tmp_path / "dashboard.py"
+    shutil.copy(HERE / "jugfiles" / "dashboard.py", jug)
+    e = env(AJUG_TEST_SLOW_S="1.5")
+    dash = free_tcp_port
+    coord, port = procs.serve(jug, "--stay", "--dashboard", str(dash), env=e)
+    wait_for(lambda: f"dashboard on http://127.0.0.1:{dash}/" in read_log(coord), 10,
+             what="the dashboard line")
+    code, ctype, page = fetch(dash, "/")
+    assert code == 200 and ctype.startswith("text/html")
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # no CDN: all inline
+    for i in ("total-done", "total-tasks", "functions", "workers", "failures", "chart"):
+        assert f'id="{i}"' in page
+    assert fetch(dash, "/nope")[0] == 404
+
+    procs.work(port, env=e)
+    # while it runs: the same graph, a worker, a lease
+    live = wait_for(lambda: (s := fetch_json(dash, "/api/status"))["totals"]["running"] and s,
+                    20, what="a running task on the dashboard")
+    assert live["tasks"] == status(port)["tasks"] == 6
+    assert len(live["workers"]) == 1 and live["workers"][0]["n_running"] >= 1
+    assert live["workers"][0]["running"]  # its current task is listed
+    m = parse_metrics(fetch(dash, "/metrics")[2])
+    assert m["ajug_workers_connected"] == 1 and m["ajug_tasks_total"] == 6
+    assert sum(v for k, v in m.items() if k.startswith("ajug_tasks{")) == 6
+
+    # finished (--stay keeps it serving): nothing changes any more, so everything must match
+    wait_for(lambda: status(port)["state"] == "finished", 40, what="the run to finish")
+    st = status(port, "--failed")
+    assert st["totals"] == {"waiting": 0, "ready": 0, "running": 0, "done": 4, "failed": 1,
+                            "blocked": 1}
+    api = fetch_json(dash, "/api/status")
+    assert stable(api) == stable(st)
+    assert [w["pid"] for w in api["workers"]] == [w["pid"] for w in st["workers"]]
+    metrics_text = fetch(dash, "/metrics")
+    assert metrics_text[1].startswith("text/plain; version=0.0.4")
+    metrics = parse_metrics(metrics_text[2])
+    check_metrics_match(metrics, st)
+    assert metrics["ajug_completed_total"] == 4
+    if "ajug_task_duration_seconds_count" in metrics:  # the coordinator's duration hook
+        assert metrics["ajug_task_duration_seconds_count"] >= 4
+        assert metrics['ajug_task_duration_seconds_bucket{le="+Inf"}'] >= 4
+    hist = fetch_json(dash, "/api/history")["history"]
+    assert hist and hist[-1][1] == 4
+
+    browser = chromium()
+    dom = dump_dom(browser, f"http://127.0.0.1:{dash}/", tmp_path)
+    p = IdText()
+    p.feed(dom)
+    t = {k: v.strip() for k, v in p.text.items()}
+    assert t["loaded"] == "yes", "the page's script did not fetch /api/status"
+    assert t["state"] == "finished"
+    assert int(t["total-tasks"]) == st["tasks"]
+    for s in STATES:
+        assert int(t[f"total-{s}"]) == st["totals"][s], s
+    assert int(t["total-reclaimed"]) == st["reclaimed"]
+    assert int(t["workers-count"]) == len(st["workers"])
+    for f in st["functions"]:
+        for s in STATES:
+            assert int(t[f"fn-{f['name']}-{s}"]) == f[s], (f["name"], s)
+        assert int(t[f"fn-{f['name']}-total"]) == sum(f[s] for s in STATES)
+    assert int(t["worker-0-done"]) == st["workers"][0]["done"]
+    assert int(t["failures-count"]) == len(st["failures"]) == 1
+    (f,) = st["failures"]
+    assert f["func"] == "dashboard.boom" and f["type"] == "ValueError"
+    assert "Traceback" in f["tb"] and "ValueError: bad input 1" in f["tb"]
+    assert "dashboard.boom" in t["failures"] and "bad input 1" in t["failures"]
+    assert "ValueError: bad input 1" in t["failures"].split("Traceback", 1)[1]  # the <pre>
+    assert stable(fetch_json(dash, "/api/status")) == stable(st)  # still the same moment
+
+
+@pytest.mark.timeout(60)
+def test_run_dashboard_serves_while_the_run_lasts(procs: Procs, tmp_path: Path,
+                                                  free_tcp_port: int) -> None:
+    slow = tmp_path / "slow.py"
+    shutil.copy(HERE / "jugfiles" / "slow.py", slow)
+    dash = free_tcp_port
+    run = procs.start(["run", str(slow), "-j", "1", "--no-progress", "--dashboard", str(dash)],
+                      "run", env=env(AJUG_TEST_SLOW_S="0.5"))
+    st = wait_for(lambda: _try_json(dash), 20, what="the dashboard of `ajug run`")
+    assert st["tasks"] == 4 and st["jugfile"] == str(slow)
+    assert "ajug_tasks_total 4" in fetch(dash, "/metrics")[2]
+    assert run.wait(30) == 0, read_log(run)
+    assert f"dashboard on http://127.0.0.1:{dash}/" in read_log(run)
+
+
+def _try_json(port: int) -> dict[str, Any] | None:
+    try:
+        code, _, body = fetch(port, "/api/status", timeout=2)
+    except OSError:
+        return None
+    return json.loads(body) if code == 200 else None

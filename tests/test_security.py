@@ -1,0 +1,426 @@
+"""Security of a run: tokens, mutual authentication, TLS, read-only access (issue 4).
+
+Real `ajug serve` / `ajug work` / `ajug run` / `ajug status` processes on 127.0.0.1 (a
+coordinator may *bind* 0.0.0.0, but nothing here connects anywhere but 127.0.0.1), plus a fake
+coordinator in this process that does not hold the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import re
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from procs import Procs, ajug_cmd, env, read_log, values, wait_for
+
+from ajug.errors import AuthError, ProtocolError
+from ajug.protocol import messages as m
+from ajug.protocol.auth import ServerHandshake
+from ajug.protocol.connection import open_connection
+from ajug.protocol.framing import HANDSHAKE_MAX_FRAME_BYTES, FrameDecoder, encode_frame
+
+HERE = Path(__file__).parent
+N_STEPS = 40
+EXPECTED_TOTAL = sum(x * x for x in range(N_STEPS))
+KEY = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    yield p
+    p.stop_all()
+
+
+def steady(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of steady.py and its gate file (the run stays in progress until it exists)."""
+    jugfile = tmp_path / "steady.py"
+    shutil.copy(HERE / "jugfiles" / "steady.py", jugfile)
+    return jugfile, tmp_path / "gate"
+
+
+def run_env(token: str | None, gate: Path | None = None, **extra: str) -> dict[str, str]:
+    e = env(AJUG_TEST_STEADY_S="0.01", **extra)
+    e.pop("AJUG_TOKEN", None)
+    e.pop("AJUG_READ_TOKEN", None)
+    if token is not None:
+        e["AJUG_TOKEN"] = token
+    if gate is not None:
+        e["AJUG_TEST_GATE"] = str(gate)
+    e.update(extra)
+    return e
+
+
+def start_serve(procs: Procs, jugfile: Path, *args: str, env: dict[str, str],
+                verbose: str = "-v") -> tuple[subprocess.Popen[str], int]:
+    """`ajug serve` on a free port; its whole output goes to its log file."""
+    p = procs.start([verbose, "serve", str(jugfile), "--port", "0", *args], "serve", env=env)
+
+    def port() -> int | None:
+        found = re.search(r"serving \S+ on \S+:(\d+)", read_log(p))
+        assert found or p.poll() is None, read_log(p)
+        return int(found.group(1)) if found else None
+
+    return p, wait_for(port, 60, what="ajug serve to listen")
+
+
+def ajug(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(ajug_cmd(*args), env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_line_error(out: subprocess.CompletedProcess[str]) -> str:
+    """A failed command printed exactly one line, `ajug: error: ...`, and no traceback."""
+    assert out.returncode != 0, out
+    text = out.stdout + out.stderr
+    assert "Traceback" not in text, text
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ajug: error: "), text
+    return lines[0]
+
+
+def live_status(port: int, env: dict[str, str], *extra: str) -> dict[str, Any]:
+    out = ajug("status", f"127.0.0.1:{port}", "--json", *extra, env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def children(pid: int) -> list[int]:
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(d.name))
+    return kids
+
+
+# --- binding ---------------------------------------------------------------------------------
+
+
+def test_non_loopback_bind_needs_a_token(procs: Procs, tmp_path: Path) -> None:
+    jugfile, _ = steady(tmp_path)
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    for extra in ([], ["--token-file", str(empty)]):
+        out = ajug("serve", str(jugfile), "--host", "0.0.0.0", "--port", "0", *extra,
+                   env=run_env(None))
+        line = one_line_error(out)
+        assert "token" in line and "0.0.0.0" in line
+        assert "AJUG_TOKEN" in line
+    assert not (tmp_path / "steady.ajugdata").exists()  # refused before touching anything
+    # with a token it listens on every address; we only ever connect to 127.0.0.1
+    token = "bind-" + secrets.token_hex(8)
+    coord, port = start_serve(procs, jugfile, "--host", "0.0.0.0", env=run_env(token))
+    assert f"on 0.0.0.0:{port}" in read_log(coord)
+    assert live_status(port, run_env(token))["tasks"] == N_STEPS + 1
+
+
+# --- mutual authentication -------------------------------------------------------------------
+
+
+class Evil:
+    """Unpickling this creates ``path``: proof that a worker ran what a fake coordinator sent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> Any:
+        return (open, (self.path, "w"))
+
+
+async def fake_coordinator(scenario: str, tmp_path: Path) -> SimpleNamespace:
+    """A coordinator that does not have the worker's token (and cheats as told)."""
+    seen = SimpleNamespace(connections=0, received=[], server=None, port=0)
+    evil = pickle.dumps(Evil(tmp_path / "pwned"))
+    info = {"store": str(tmp_path / "fake.ajugdata"), "lease_ttl_ms": 30000, "max_frame": 1 << 20}
+    payload = [
+        m.welcome(session="fake", access="full", info=info),
+        m.leases(1, state="run", leases=[m.lease_item(KEY, 1, 0, evil)],
+                 funcs=[m.func_item(0, "evil.run", "0" * 40, evil)]),
+    ]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.connections += 1
+        dec = FrameDecoder(HANDSHAKE_MAX_FRAME_BYTES)
+        hs = ServerHandshake(b"the fake coordinator's token", welcome_info=info)
+        try:
+            while data := await reader.read(1 << 16):
+                for msg in dec.feed(data):
+                    seen.received.append(msg)
+                    if msg["op"] != "hello":
+                        continue
+                    out = [] if scenario == "welcome-first" else hs.receive(msg)
+                    if scenario != "challenge":
+                        out += payload  # never asked for: a worker must not touch it
+                    writer.write(b"".join(encode_frame(o) for o in out))
+        except (ProtocolError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    seen.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    seen.port = seen.server.sockets[0].getsockname()[1]
+    return seen
+
+
+@pytest.mark.parametrize("scenario", ["challenge", "challenge-then-code", "welcome-first"])
+async def test_worker_refuses_a_coordinator_without_the_token(tmp_path: Path, scenario: str) -> None:
+    token = "real-" + secrets.token_hex(8)
+    fake = await fake_coordinator(scenario, tmp_path)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *ajug_cmd("work", f"127.0.0.1:{fake.port}", "--connect-timeout", "3"),
+            env=run_env(token), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    finally:
+        fake.server.close()
+        await fake.server.wait_closed()
+    text = out.decode()
+    fake_ops = [msg["op"] for msg in fake.received]
+    assert proc.returncode != 0, text
+    assert "Traceback" not in text and token not in text
+    assert "auth" not in fake_ops, "the worker proved its token to a coordinator that did not"
+    assert not (tmp_path / "pwned").exists(), "the worker unpickled what the fake sent"
+    assert not (tmp_path / "fake.ajugdata").exists()
+    if scenario == "welcome-first":
+        assert "challenge" in text  # "expected challenge, got welcome"
+        return
+    assert "did not prove it has the token" in text
+    assert fake.connections == 1, "a worker must not retry after an auth failure"
+    assert fake_ops == ["hello", "error"], fake.received
+    assert fake.received[1]["code"] == "auth"
+
+
+# --- the token stays secret ------------------------------------------------------------------
+
+
+def test_token_is_never_in_process_list_or_logs(procs: Procs, tmp_path: Path) -> None:
+    jugfile, gate = steady(tmp_path)
+    token = "secret-" + secrets.token_hex(12)
+    e = run_env(token, gate)
+    coord, port = start_serve(procs, jugfile, env=e, verbose="-vv")
+    sup = procs.start(["-vv", "work", f"127.0.0.1:{port}", "-j", "2"], "work", env=e)
+    st = wait_for(lambda: (s := live_status(port, e))["totals"]["done"] == N_STEPS and s, 60,
+                  what="the steps to be done")
+    kids = children(sup.pid)
+    assert len(kids) == 2 and {w["pid"] for w in st["workers"]} == set(kids), st["workers"]
+    for pid in (coord.pid, sup.pid, *kids):
+        assert token not in cmdline(pid)
+    # wrong tokens are refused; neither token shows in what anyone sees
+    wrong = "wrong-" + secrets.token_hex(12)
+    for args in (["status", f"127.0.0.1:{port}"],
+                 ["work", f"127.0.0.1:{port}", "--connect-timeout", "5"]):
+        line = one_line_error(ajug(*args, env=run_env(wrong)))
+        assert "did not prove it has the token" in line
+        assert token not in line and wrong not in line
+    gate.touch()
+    assert coord.wait(60) == 0, read_log(coord)
+    assert sup.wait(30) == 0, read_log(sup)
+    logs = read_log(coord) + read_log(sup)
+    assert " D ajug" in logs  # -vv: debug lines are there, and still no token
+    assert token not in logs and wrong not in logs
+    assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
+
+
+def test_ajug_run_passes_its_token_by_environment_only(procs: Procs, tmp_path: Path) -> None:
+    jugfile, gate = steady(tmp_path)
+    run = procs.start(["-vv", "run", str(jugfile), "-j", "2", "--no-progress"], "run",
+                      env=run_env(None, gate))
+    kids = wait_for(lambda: len(k := children(run.pid)) == 2 and k, 60, what="two workers")
+    # the token ajug run made up for this run: in the workers' environment, nowhere else
+    environ = Path(f"/proc/{kids[0]}/environ").read_bytes().split(b"\0")
+    token = next(v.split(b"=", 1)[1] for v in environ if v.startswith(b"AJUG_TOKEN=")).decode()
+    assert len(token) >= 16
+    for pid in (run.pid, *kids):
+        assert token not in cmdline(pid)
+    gate.touch()
+    assert run.wait(60) == 0, read_log(run)
+    assert token not in read_log(run)
+    assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    out = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def _ca(d: Path, name: str) -> None:
+    _openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
+             "-subj", f"/CN=ajug test {name}", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+
+
+def _leaf(d: Path, name: str, ca: str, usage: str, san: str) -> None:
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=ajug test {name}",
+             cwd=d)
+    (d / f"{name}.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        f"extendedKeyUsage={usage}\nsubjectAltName={san}\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+    )
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
+             cwd=d)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A CA, a server and a client certificate signed by it, and an unrelated CA."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+    d = tmp_path_factory.mktemp("certs")
+    _ca(d, "ca")
+    _ca(d, "other-ca")
+    _leaf(d, "server", "ca", "serverAuth", "IP:127.0.0.1,DNS:localhost")
+    _leaf(d, "client", "ca", "clientAuth", "DNS:ajug-worker")
+    return SimpleNamespace(**{
+        f"{n.replace('-', '_')}_{k}": str(d / f"{n}.{k}")
+        for n in ("ca", "other-ca", "server", "client") for k in ("pem", "key")
+    })
+
+
+def test_tls_run_to_completion(procs: Procs, tmp_path: Path, certs: SimpleNamespace) -> None:
+    jugfile, gate = steady(tmp_path)
+    token = "tls-" + secrets.token_hex(8)
+    e = run_env(token, gate)
+    coord, port = start_serve(procs, jugfile, "--tls-cert", certs.server_pem, "--tls-key",
+                              certs.server_key, env=e)
+    w = procs.work(port, "--tls-ca", certs.ca_pem, env=e)
+    st = wait_for(lambda: (s := live_status(port, e, "--tls-ca", certs.ca_pem))["totals"]["done"]
+                  == N_STEPS and s, 60, what="the steps to be done")
+    assert [x["pid"] for x in st["workers"]] == [w.pid]
+    # plain TCP against the TLS coordinator: refused, and the message says what to do
+    plain = one_line_error(ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "2", env=e))
+    assert "TLS" in plain and "--tls-ca" in plain
+    one_line_error(ajug("status", f"127.0.0.1:{port}", env=e))
+    # a coordinator whose certificate the worker's CA did not sign is not trusted
+    other = one_line_error(ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "2",
+                                "--tls-ca", certs.other_ca_pem, env=e))
+    assert "CERTIFICATE_VERIFY_FAILED" in other
+    gate.touch()
+    assert coord.wait(60) == 0, read_log(coord)
+    assert w.wait(30) == 0, read_log(w)
+    assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
+    assert token not in read_log(coord) + read_log(w)
+
+
+def test_tls_client_certificates(procs: Procs, tmp_path: Path, certs: SimpleNamespace) -> None:
+    jugfile, gate = steady(tmp_path)
+    e = run_env("tls-" + secrets.token_hex(8), gate)
+    coord, port = start_serve(procs, jugfile, "--tls-cert", certs.server_pem, "--tls-key",
+                              certs.server_key, "--tls-ca", certs.ca_pem, env=e)
+    mine = ["--tls-ca", certs.ca_pem, "--tls-cert", certs.client_pem, "--tls-key",
+            certs.client_key]
+    w = procs.work(port, *mine, env=e)
+    wait_for(lambda: live_status(port, e, *mine)["totals"]["done"] == N_STEPS, 60,
+             what="the steps to be done")
+    # without a client certificate the coordinator will not talk
+    line = one_line_error(ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "2",
+                               "--tls-ca", certs.ca_pem, env=e))
+    assert "certificate" in line
+    gate.touch()
+    assert coord.wait(60) == 0, read_log(coord)
+    assert w.wait(30) == 0, read_log(w)
+    assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
+
+
+# --- read-only access ------------------------------------------------------------------------
+
+
+async def read_only_checks(port: int, full: bytes, ro: bytes) -> dict[str, Any]:
+    conn = await open_connection("127.0.0.1", port, token=ro, role="client", access="read",
+                                 name="ro-test")
+    try:
+        assert conn.peer is not None and conn.peer.access == "read"
+        refused = [m.lease(1, want=1), m.renew(2, [[KEY, 1]]), m.resume(3, [KEY]),
+                   m.shutdown(4), m.invalidate(5, [KEY])]
+        for msg in refused:  # each is refused on its own; the connection stays open
+            conn.send(msg)
+            await conn.drain()
+            reply = await asyncio.wait_for(conn.recv(), 10)
+            assert (reply["op"], reply["code"], reply["re"]) == ("error", "access", msg["id"])
+            assert ro.decode() not in reply["msg"] and full.decode() not in reply["msg"]
+        conn.send(m.status(6, True))
+        await conn.drain()
+        reply = await asyncio.wait_for(conn.recv(), 10)
+        assert (reply["op"], reply["re"]) == ("status", 6)
+    finally:
+        await conn.aclose()
+    # the read token cannot pass for the full one, and the full token is not the read one
+    for token, access in ((ro, "full"), (full, "read")):
+        with pytest.raises(AuthError):
+            await open_connection("127.0.0.1", port, token=token, role="client", access=access)
+    # a worker must hold the full token: asking to work with read access fails at hello
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(encode_frame(m.hello(role="worker", access="read", nonce=os.urandom(16),
+                                          host="h", pid=1, name="ro-worker")))
+        dec = FrameDecoder(HANDSHAKE_MAX_FRAME_BYTES)
+        frames: list[dict[str, Any]] = []
+        while data := await asyncio.wait_for(reader.read(1 << 16), 10):
+            frames += dec.feed(data)
+        assert [(f["op"], f["code"]) for f in frames] == [("error", "access")], frames
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return reply["status"]
+
+
+def test_read_only_token(procs: Procs, tmp_path: Path) -> None:
+    jugfile, gate = steady(tmp_path)
+    full = "full-" + secrets.token_hex(8)
+    ro = "read-" + secrets.token_hex(8)
+    ro_file = tmp_path / "read.token"
+    ro_file.write_text(ro + "\n")
+    e = run_env(full, gate)
+    coord, port = start_serve(procs, jugfile, "--read-token-file", str(ro_file), env=e)
+    w = procs.work(port, env=e)
+    wait_for(lambda: live_status(port, e)["totals"]["done"] == N_STEPS, 60,
+             what="the steps to be done")
+    # `ajug status` with only the read-only token, and with the full token
+    ro_env = run_env(None, AJUG_READ_TOKEN=ro)
+    assert live_status(port, ro_env)["totals"]["done"] == N_STEPS
+    assert live_status(port, e)["totals"]["done"] == N_STEPS
+    st = asyncio.run(read_only_checks(port, full.encode(), ro.encode()))
+    assert st["totals"]["done"] == N_STEPS and st["totals"]["running"] == 1  # nothing changed
+    assert coord.poll() is None
+    # nor can a worker run on the read-only token
+    line = one_line_error(ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "3",
+                               env=run_env(ro)))
+    assert "did not prove it has the token" in line and ro not in line
+    gate.touch()
+    assert coord.wait(60) == 0, read_log(coord)
+    assert w.wait(30) == 0, read_log(w)
+    assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
+    log = read_log(coord)
+    assert full not in log and ro not in log
