@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,8 @@ log = logging.getLogger("ajug")
 
 #: ``sleep-until``: seconds between two looks at the store or the coordinator.
 SLEEP_INTERVAL_S = 2.0
+#: Keys per ``invalidate`` message to a coordinator (about 45 bytes each on the wire).
+INVALIDATE_BATCH = 100_000
 
 
 def _human(n: float) -> str:
@@ -106,11 +109,18 @@ class Remote:
                                               role="client", access="full", ssl=self.ctx,
                                               name="invalidate")
         try:
-            conn.send({"op": "invalidate", "id": 1, "keys": keys})
-            await conn.drain()
-            rep = await asyncio.wait_for(conn.recv(), timeout_s)
-            if rep["op"] == "error":
-                raise AjugError(f"the coordinator at {self.host}:{self.port} refused: {rep['msg']}")
+            for n, b in enumerate(range(0, max(len(keys), 1), INVALIDATE_BATCH), start=1):
+                conn.send({"op": "invalidate", "id": n, "keys": keys[b : b + INVALIDATE_BATCH]})
+                await conn.drain()
+                try:
+                    rep = await asyncio.wait_for(conn.recv(), timeout_s)
+                except asyncio.TimeoutError:
+                    raise ConnectError(f"the coordinator at {self.host}:{self.port} did not answer "
+                                       f"within {timeout_s:g} s; the results are removed, so a "
+                                       "restarted coordinator runs them again") from None
+                if rep["op"] == "error":
+                    raise AjugError(f"the coordinator at {self.host}:{self.port} refused: "
+                                    f"{rep['msg']}")
         finally:
             conn.close()
 
@@ -361,6 +371,8 @@ def shell(jugfile: str, store_url: str | None, plain: bool) -> int:
                 click.echo(banner, err=True)
                 start_ipython(argv=["--no-banner"], user_ns=ns)
                 return 0
+        if not sys.stdin.isatty():  # a piped script: its output without prompts
+            sys.ps1 = sys.ps2 = ""
         code.interact(banner=banner, local=ns, exitmsg="")
         return 0
     finally:
@@ -471,6 +483,10 @@ def config_cmd(as_json: bool, args: tuple[str, ...]) -> int:
     if rest and rest[0] not in cli.commands:
         raise UsageError(f"no command {rest[0]!r}: one of {', '.join(sorted(cli.commands))}")
     names = [rest.pop(0)] if rest else sorted(c for c in cli.commands if c != "config")
+    if "--json" in rest and not any("--json" in getattr(p, "opts", ())
+                                    for n in names for p in cli.commands[n].params):
+        rest.remove("--json")  # `ajug config J serve --json` means config's own --json
+        as_json = True
     out: dict[str, Any] = {}
     for name in names:
         cmd_args = list(rest)

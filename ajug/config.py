@@ -1,9 +1,9 @@
 """Layered settings: command-line flags > ``AJUG_*`` environment > a config file > defaults.
 
-The config file is the first of, beside the jugfile (or in the current directory for commands
-without one): ``ajug.toml`` (keys at the top level), then ``pyproject.toml`` with a
-``[tool.ajug]`` table; failing both, the nearest ``pyproject.toml`` with ``[tool.ajug]`` in a
-parent directory, as ruff and pytest look for theirs. A key is an option's long name
+The config file is ``ajug.toml`` beside the jugfile (or in the current directory for commands
+without one), keys at the top level; else the ``[tool.ajug]`` table of the nearest
+``pyproject.toml``, beside the jugfile or in a parent directory (the nearest one marks the
+project, as for ruff: ajug looks no further up even if it has no such table). A key is an option's long name
 (``lease-ttl``, ``store``, ``jobs``; ``lease_ttl`` works too) and applies to every command that
 has that option; a table named after a command (``[tool.ajug.work]``, ``[work]`` in ajug.toml)
 applies to that command only and wins. Relative paths in a file (``store``, ``token-file``,
@@ -80,12 +80,13 @@ def find_config(directory: Path) -> tuple[Path, dict[str, Any]] | None:
         return own, _load_toml(own)
     for d in (directory, *directory.parents):
         py = d / "pyproject.toml"
-        if py.is_file():
+        if py.is_file():  # the nearest one marks the project: look no further up
             table = _load_toml(py).get("tool", {}).get("ajug")
-            if table is not None:
-                if not isinstance(table, dict):
-                    raise UsageError(f"{py}: [tool.ajug] must be a table")
-                return py, table
+            if table is None:
+                return None
+            if not isinstance(table, dict):
+                raise UsageError(f"{py}: [tool.ajug] must be a table")
+            return py, table
     return None
 
 

@@ -56,7 +56,10 @@ SIZES = {"independent": 20_000, "chain": 2_000, "mapreduce": 10_000, "bulk": 1_0
 QUICK_SIZES = {"independent": 2_000, "chain": 500, "mapreduce": 1_000, "bulk": 100,
                "scale": 100_000, "connections": 256}
 FANIN = 10
-RUN_TIMEOUT_S = 900.0
+#: A run is stopped after max(MIN_TIMEOUT_S, tasks / MIN_RATE) seconds unless --timeout says.
+MIN_TIMEOUT_S = 60.0
+MIN_RATE = 50.0
+CHECK_TIMEOUT_S = 600.0
 SERVE_TIMEOUT_S = 600.0
 JUG_WAIT_CYCLE_S = 0.05
 STATUS_SAMPLES = 10
@@ -173,6 +176,23 @@ def stop_process(p: subprocess.Popen[Any], grace_s: float = 10.0) -> None:
             p.wait()
 
 
+def stop_tree(p: subprocess.Popen[Any], grace_s: float = 30.0) -> None:
+    """SIGTERM a process and then its children (``ajug run``'s workers), by pid."""
+    if p.poll() is not None:
+        return
+    try:
+        kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    p.send_signal(signal.SIGTERM)
+    for k in kids:
+        try:
+            os.kill(int(k), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    stop_process(p, grace_s)
+
+
 class Bench:
     """Temp directory, redis-server, environment and the subprocesses of one runner call."""
 
@@ -182,6 +202,8 @@ class Bench:
         self.redis: subprocess.Popen[bytes] | None = None
         self.redis_port = 0
         self.notes: list[str] = []
+        self._baseline: int | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AJUG_", "BENCH_", "JUG_"))}
         pp = env.get("PYTHONPATH")
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + pp if pp else "")
@@ -220,6 +242,8 @@ class Bench:
         r.close()
 
     def close(self) -> None:
+        for p in self.procs:  # whatever an interruption left running
+            stop_tree(p, 10)
         if self.redis is not None:
             stop_process(self.redis)
         if not self.o.keep:
@@ -243,7 +267,7 @@ class Bench:
             shutil.rmtree(url, ignore_errors=True)
 
     def jugfile(self, workload: str) -> Path:
-        src = "independent" if workload in ("scale", "connections") else workload
+        src = "independent" if workload in ("scale", "connections", "baseline") else workload
         dst = self.tmp / f"{workload}.py"
         if not dst.exists():
             shutil.copyfile(WORKLOAD_DIR / f"{src}.py", dst)
@@ -257,9 +281,29 @@ class Bench:
             env["BENCH_FANIN"] = str(FANIN)
         return env
 
+    def baseline_rss(self) -> int:
+        """VmRSS of ``ajug serve`` on a one-task jugfile: the bytes that are not per task."""
+        if self._baseline is None:
+            self._baseline = 0
+            try:
+                p, *_ = _serve(self, "baseline", "file", 1, "baseline")
+            except RuntimeError:
+                return 0
+            try:
+                time.sleep(0.5)
+                self._baseline = _proc_mem(p.pid)["VmRSS"]
+            finally:
+                stop_process(p, 10)
+        return self._baseline
+
+    def timeout(self, wl: str, n: int) -> float:
+        return self.o.timeout or max(MIN_TIMEOUT_S, tasks_of(wl, n) / MIN_RATE)
+
     def spawn(self, cmd: list[str], env: dict[str, str], tag: str) -> subprocess.Popen[bytes]:
         with open(self.tmp / f"{tag}.out", "wb") as out, open(self.tmp / f"{tag}.err", "wb") as err:
-            return subprocess.Popen(cmd, env=env, cwd=self.tmp, stdout=out, stderr=err)
+            p = subprocess.Popen(cmd, env=env, cwd=self.tmp, stdout=out, stderr=err)
+        self.procs = [q for q in self.procs if q.poll() is None] + [p]
+        return p
 
     def log_tail(self, tag: str, lines: int = 5) -> str:
         text = (self.tmp / f"{tag}.err").read_text(errors="replace").strip().splitlines()
@@ -270,7 +314,7 @@ class Bench:
         code = "import sys; from benchmarks.run import check_main; sys.exit(check_main(sys.argv[1:]))"
         cmd = [sys.executable, "-c", code, workload, engine, str(self.jugfile(workload)), store]
         p = subprocess.run(cmd, env=self.wl_env(workload, engine, n), cwd=self.tmp,
-                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+                           capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
         if p.returncode == 0:
             return None
         lines = f"{p.stdout}\n{p.stderr}".strip().splitlines()
@@ -286,6 +330,10 @@ def _rusage(path: Path) -> dict[str, float]:
             "main_cpu_s": ru["self_cpu_s"], "worker_cpu_s": ru["children_cpu_s"]}
 
 
+class TimedOut(Exception):
+    """A command ran past --timeout; it was stopped (SIGTERM, so ajug prints its summary)."""
+
+
 def _wait(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
     codes = []
@@ -294,8 +342,8 @@ def _wait(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> list[int]:
             codes.append(p.wait(max(0.1, deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
             for q in procs:
-                stop_process(q, 5)
-            raise
+                stop_tree(q)
+            raise TimedOut(f"timed out after {timeout_s:g} s") from None
     return codes
 
 
@@ -308,7 +356,14 @@ def run_ajug(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dict
            "-j", str(b.o.jobs), "--no-progress", "--store", store]
     t0 = time.perf_counter()
     p = b.spawn(cmd, b.wl_env(wl, "ajug", n), tag)
-    (rc,) = _wait([p], b.o.timeout)
+    try:
+        (rc,) = _wait([p], b.timeout(wl, n))
+    except TimedOut as e:
+        summary = SUMMARY_RE.findall((b.tmp / f"{tag}.err").read_text(errors="replace"))
+        done = int(summary[-1][0]) if summary else 0
+        b.drop_store(kind, store)
+        return {"error": f"{e} with {done}/{tasks_of(wl, n)} done (~{done / b.timeout(wl, n):.1f} tasks/s)",
+                "timed_out": True, "done": done, "partial_rate": done / b.timeout(wl, n)}
     wall = time.perf_counter() - t0
     out: dict[str, Any] = {"wall_s": wall, **_rusage(rus)}
     summary = SUMMARY_RE.findall((b.tmp / f"{tag}.err").read_text(errors="replace"))
@@ -330,7 +385,7 @@ def run_floor(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dic
     cmd = [sys.executable, "-c", WRAP, str(rus), "floor", str(b.jugfile(wl)), store, str(res)]
     t0 = time.perf_counter()
     p = b.spawn(cmd, b.wl_env(wl, "ajug", n), tag)
-    (rc,) = _wait([p], b.o.timeout)
+    (rc,) = _wait([p], b.timeout(wl, n))
     out: dict[str, Any] = {"wall_s": time.perf_counter() - t0, **_rusage(rus)}
     if rc != 0:
         out["error"] = f"exit {rc}: {b.log_tail(tag)}"
@@ -354,7 +409,7 @@ def run_jug(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dict[
                "--jugdir", store, "--wait-cycle-time", str(JUG_WAIT_CYCLE_S),
                "--nr-wait-cycles", str(int(1800 / JUG_WAIT_CYCLE_S)), "--will-cite"]
         procs.append(b.spawn(cmd, env, f"{tag}-{i}"))
-    codes = _wait(procs, b.o.timeout)
+    codes = _wait(procs, b.timeout(wl, n))
     out: dict[str, Any] = {"wall_s": time.perf_counter() - t0}
     rss = [_rusage(r) for r in rus]
     if all(rss):
@@ -377,6 +432,12 @@ def _proc_mem(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             mem[key] = int(rest.split()[0]) * 1024
     return mem
+
+
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _serve(b: Bench, wl: str, kind: str, n: int, tag: str
@@ -425,8 +486,12 @@ def run_scale(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dic
                    "--name", f"bench{i}"]
             workers.append(b.spawn(cmd, env, f"{tag}-w{i}"))
         time.sleep(SCALE_WARMUP_S)
+        pids = [coord.pid] + [w.pid for w in workers]
+        cpu0, c0 = [_proc_cpu(pid) for pid in pids], time.perf_counter()
         lat, sts = asyncio.run(_status_samples(host, port, token, STATUS_SAMPLES))
+        cpu1, c1 = [_proc_cpu(pid) for pid in pids], time.perf_counter()
         serving = _proc_mem(coord.pid)
+        busy = [(b1 - b0) / (c1 - c0) * 100 for b0, b1 in zip(cpu0, cpu1)]
         d0, d1 = sts[0]["totals"]["done"], sts[-1]["totals"]["done"]
         span = sts[-1]["uptime_s"] - sts[0]["uptime_s"]
         out: dict[str, Any] = {
@@ -440,9 +505,16 @@ def run_scale(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dic
             "status_ms_max": max(lat) * 1000,
             "serving_rate": (d1 - d0) / span if span > 0 else 0.0,
             "workers_seen": len(sts[-1]["workers"]),
+            "worker_rss_mib": max(_proc_mem(w.pid)["VmHWM"] for w in workers) / 2**20,
+            "coord_cpu_pct": busy[0],
+            "workers_cpu_pct": sum(busy[1:]),
         }
+        base = b.baseline_rss()
+        if base:
+            out["net_peak_b_per_task"] = (serving["VmHWM"] - base) / n
+            out["net_steady_b_per_task"] = (serving["VmRSS"] - base) / n
         if b.o.full:
-            (rc,) = _wait([coord], b.o.timeout)
+            (rc,) = _wait([coord], b.timeout(wl, n))
             out["wall_s"] = time.perf_counter() - t0  # from the first worker's start
             if rc != 0:
                 out["error"] = f"exit {rc}: {b.log_tail(tag)}"
@@ -545,6 +617,9 @@ def summarize(wl: str, system: str, n: int, runs: list[dict[str, Any]]) -> dict[
     if problems:
         row["error"] = problems[0]
     good = [r for r in runs if "error" not in r]
+    partial = [r["partial_rate"] for r in runs if "partial_rate" in r]
+    if partial and not good:
+        row["partial_rate"] = statistics.median(partial)
     med = _median_of(good)
     row["median"] = med
     if wl == "scale":
@@ -586,7 +661,9 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if row is None:
             return
         if "error" in row or value is None:
-            out.append({"target": what, "value": None, "goal": goal, "unit": unit, "pass": False})
+            shown = row.get("partial_rate") if unit == "/s" else None  # what a timed-out run did
+            out.append({"target": what, "value": shown, "goal": goal, "unit": unit,
+                        "at_most": at_most, "pass": False})
             return
         ok = value <= goal if at_most else value >= goal
         out.append({"target": what, "value": value, "goal": goal, "unit": unit,
@@ -631,8 +708,11 @@ def notes(r: dict[str, Any]) -> str:
         return (f"serving after {_f(m.get('load_s'), '.1f')} s; RSS loaded "
                 f"{_f(m.get('rss_loaded_mib'), '.0f')} MiB, serving {_f(m.get('rss_serving_mib'), '.0f')}"
                 f" MiB; {_f(m.get('peak_b_per_task'), '.0f')} B/task peak, "
-                f"{_f(m.get('steady_b_per_task'), '.0f')} steady; status {_f(m.get('status_ms'), '.1f')}"
-                f" ms (max {_f(m.get('status_ms_max'), '.1f')})")
+                f"{_f(m.get('steady_b_per_task'), '.0f')} steady (above an empty coordinator: "
+                f"{_f(m.get('net_peak_b_per_task'), '.0f')}, {_f(m.get('net_steady_b_per_task'), '.0f')}"
+                f"); status {_f(m.get('status_ms'), '.1f')} ms (max {_f(m.get('status_ms_max'), '.1f')});"
+                f" CPU while serving: coordinator {_f(m.get('coord_cpu_pct'), '.0f')}%, workers "
+                f"{_f(m.get('workers_cpu_pct'), '.0f')}%")
     if r["workload"] == "connections":
         return (f"{r['n']} conns, {_f(m.get('errors'), '.0f')} errors, {_f(m.get('workers_seen'), '.0f')}"
                 f" seen; handshakes {_f(m.get('connect_s'))} s; {_f(m.get('leases'), '.0f')} leases "
@@ -650,7 +730,8 @@ def print_table(rows: list[dict[str, Any]], tgts: list[dict[str, Any]], meta: di
 
     console = Console(width=max(160, shutil.get_terminal_size().columns))
     t = Table(title=f"ajug benchmarks — {meta['host']}, {meta['cpus']} cores, {meta['jobs']} "
-                    f"worker processes, median of {meta['repeat']}", title_justify="left")
+                    f"worker processes, median of {meta['repeat']}; load average "
+                    f"{meta['loadavg'][0]} before, {meta['loadavg'][1]} after", title_justify="left")
     for c in ("workload", "system", "tasks", "tasks/s", "wall s", "min–max s", "RSS MiB",
               "wkr MiB", "CPU s", "× jug", "× floor", "notes"):
         t.add_column(c, justify="left" if c in ("workload", "system", "notes") else "right",
@@ -663,7 +744,8 @@ def print_table(rows: list[dict[str, Any]], tgts: list[dict[str, Any]], meta: di
                                          if "worker_cpu_s" in m else f"{cpu:.1f}")
         t.add_row(
             r["workload"] if r["workload"] != last else "", r["system"], f"{r['tasks']:,}",
-            _f(r.get("tasks_per_s"), ",.0f"), _f(r.get("wall_s")),
+            _f(r.get("tasks_per_s"), ",.0f") if "partial_rate" not in r else f"~{r['partial_rate']:.1f}",
+            _f(r.get("wall_s")),
             f"{r['wall_min_s']:.2f}–{r['wall_max_s']:.2f}" if "wall_min_s" in r else "—",
             _f(m.get("main_rss_mib"), ".0f"), _f(m.get("worker_rss_mib"), ".0f"), cpu_s,
             _f(r.get("vs_jug"), ".2f"), _f(r.get("vs_floor"), ".2f"), notes(r),
@@ -731,7 +813,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", help="write the results here (default benchmarks/results/<time>.json)")
     p.add_argument("--quick", action="store_true", help="small sizes, one repeat: a smoke run")
     p.add_argument("--full", action="store_true", help="scale: serve all tasks to the end")
-    p.add_argument("--timeout", type=float, default=RUN_TIMEOUT_S, help="seconds per command")
+    p.add_argument("--timeout", type=float, help="seconds per command (default: max(60, tasks/50))")
     p.add_argument("--keep", action="store_true", help="keep the temp directory (logs, stores)")
     o = p.parse_args(argv)
     sizes = QUICK_SIZES if o.quick else SIZES
@@ -787,10 +869,14 @@ def run_all(o: argparse.Namespace, b: Bench) -> list[dict[str, Any]]:
         runs: dict[str, list[dict[str, Any]]] = {s: [] for s in mine}
         for rep in range(repeat):
             for s in mine:
+                if any(r.get("timed_out") for r in runs[s]):
+                    continue  # no point in timing out again
                 engine, _, kind = s.partition("-")
                 fn = {"scale": run_scale, "connections": run_connections}.get(wl, RUNNERS[engine])
                 try:
                     r = fn(b, wl, kind, n, rep, rep == repeat - 1)
+                except TimedOut as e:
+                    r = {"error": str(e), "timed_out": True}
                 except Exception as e:  # noqa: BLE001 - one failed run is a row, not the end
                     r = {"error": f"{type(e).__name__}: {e}"}
                 runs[s].append(r)
@@ -803,8 +889,14 @@ def run_all(o: argparse.Namespace, b: Bench) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     o = parse_args(argv)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # so that the finally blocks stop what this run started
+
+    signal.signal(signal.SIGTERM, interrupted)
     b = Bench(o)
     started = time.time()
+    load_before = os.getloadavg()
     try:
         rows = run_all(o, b)
     finally:
@@ -818,6 +910,8 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(), "ajug": _version("ajug"), "jug": _version("jug"),
         **_git(), "jobs": o.jobs, "repeat": o.repeat, "quick": o.quick, "sizes": o.sizes,
         "systems": o.systems, "workloads": o.workloads, "argv": sys.argv[1:], "notes": b.notes,
+        # other work on the machine skews every number: the 1-minute load before and after
+        "loadavg": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
     }
     path = Path(o.json) if o.json else RESULTS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -131,7 +131,7 @@ def test_dashboard_json_metrics_and_page_match_status(procs: Procs, tmp_path: Pa
                                                       free_tcp_port: int) -> None:
     jug = tmp_path / "dashboard.py"
     shutil.copy(HERE / "jugfiles" / "dashboard.py", jug)
-    e = env(AJUG_TEST_SLOW_S="1.5")
+    e = env(AJUG_TEST_SLOW_S="1")
     dash = free_tcp_port
     coord, port = procs.serve(jug, "--stay", "--dashboard", str(dash), env=e)
     wait_for(lambda: f"dashboard on http://127.0.0.1:{dash}/" in read_log(coord), 10,
@@ -170,8 +170,9 @@ def test_dashboard_json_metrics_and_page_match_status(procs: Procs, tmp_path: Pa
     if "ajug_task_duration_seconds_count" in metrics:  # the coordinator's duration hook
         assert metrics["ajug_task_duration_seconds_count"] >= 4
         assert metrics['ajug_task_duration_seconds_bucket{le="+Inf"}'] >= 4
-    hist = fetch_json(dash, "/api/history")["history"]
-    assert hist and hist[-1][1] == 4
+    # one sample per coordinator tick: the last one catches up within a second
+    wait_for(lambda: (h := fetch_json(dash, "/api/history")["history"]) and h[-1][1] == 4, 5,
+             what="the history to reach 4 done")
 
     browser = chromium()
     dom = dump_dom(browser, f"http://127.0.0.1:{dash}/", tmp_path)
@@ -220,3 +221,27 @@ def _try_json(port: int) -> dict[str, Any] | None:
     except OSError:
         return None
     return json.loads(body) if code == 200 else None
+
+
+def test_metrics_histogram_and_label_escaping_from_the_coordinator_hooks() -> None:
+    """The exposition format of the duration histogram, against a stand-in coordinator (the real
+    one fills ``durations`` from the run times that workers report)."""
+    from types import SimpleNamespace
+
+    from ajug.dashboard import metrics_text
+
+    st = {"tasks": 3, "functions": [{"name": 'odd"name\\x', "done": 3}], "workers": [],
+          "reclaimed": 0, "duplicates": 0, "barrier": False, "uptime_s": 1.0,
+          "totals": {"done": 3}}
+    coord = SimpleNamespace(status=lambda detail=False: st,
+                            sched=SimpleNamespace(leases={}, completed=3),
+                            DURATION_BUCKETS_S=(0.1, 1.0), durations=[1, 0, 2], duration_sum_s=9.5)
+    m = parse_metrics(metrics_text(coord))
+    assert m['ajug_tasks{function="odd\\"name\\\\x",state="done"}'] == 3
+    assert m['ajug_task_duration_seconds_bucket{le="0.1"}'] == 1
+    assert m['ajug_task_duration_seconds_bucket{le="1.0"}'] == 1
+    assert m['ajug_task_duration_seconds_bucket{le="+Inf"}'] == 3
+    assert m["ajug_task_duration_seconds_sum"] == 9.5
+    assert m["ajug_task_duration_seconds_count"] == 3
+    coord.durations = None
+    assert "ajug_task_duration_seconds" not in metrics_text(coord)

@@ -61,8 +61,9 @@ def run_env(token: str | None, gate: Path | None = None, **extra: str) -> dict[s
     return e
 
 
-def start_serve(procs: Procs, jugfile: Path, *args: str, env: dict[str, str],
-                verbose: str = "-v") -> tuple[subprocess.Popen[str], int]:
+def start_serve(
+    procs: Procs, jugfile: Path, *args: str, env: dict[str, str], verbose: str = "-v"
+) -> tuple[subprocess.Popen[str], int]:
     """`ajug serve` on a free port; its whole output goes to its log file."""
     p = procs.start([verbose, "serve", str(jugfile), "--port", "0", *args], "serve", env=env)
 
@@ -75,8 +76,7 @@ def start_serve(procs: Procs, jugfile: Path, *args: str, env: dict[str, str],
 
 
 def ajug(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(ajug_cmd(*args), env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(ajug_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def one_line_error(out: subprocess.CompletedProcess[str]) -> str:
@@ -120,8 +120,9 @@ def test_non_loopback_bind_needs_a_token(procs: Procs, tmp_path: Path) -> None:
     empty = tmp_path / "empty.token"
     empty.write_text("\n")
     for extra in ([], ["--token-file", str(empty)]):
-        out = ajug("serve", str(jugfile), "--host", "0.0.0.0", "--port", "0", *extra,
-                   env=run_env(None))
+        out = ajug(
+            "serve", str(jugfile), "--host", "0.0.0.0", "--port", "0", *extra, env=run_env(None)
+        )
         line = one_line_error(out)
         assert "token" in line and "0.0.0.0" in line
         assert "AJUG_TOKEN" in line
@@ -153,8 +154,12 @@ async def fake_coordinator(scenario: str, tmp_path: Path) -> SimpleNamespace:
     info = {"store": str(tmp_path / "fake.ajugdata"), "lease_ttl_ms": 30000, "max_frame": 1 << 20}
     payload = [
         m.welcome(session="fake", access="full", info=info),
-        m.leases(1, state="run", leases=[m.lease_item(KEY, 1, 0, evil)],
-                 funcs=[m.func_item(0, "evil.run", "0" * 40, evil)]),
+        m.leases(
+            1,
+            state="run",
+            leases=[m.lease_item(KEY, 1, 0, evil)],
+            funcs=[m.func_item(0, "evil.run", "0" * 40, evil)],
+        ),
     ]
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -182,13 +187,17 @@ async def fake_coordinator(scenario: str, tmp_path: Path) -> SimpleNamespace:
 
 
 @pytest.mark.parametrize("scenario", ["challenge", "challenge-then-code", "welcome-first"])
-async def test_worker_refuses_a_coordinator_without_the_token(tmp_path: Path, scenario: str) -> None:
+async def test_worker_refuses_a_coordinator_without_the_token(
+    tmp_path: Path, scenario: str
+) -> None:
     token = "real-" + secrets.token_hex(8)
     fake = await fake_coordinator(scenario, tmp_path)
     try:
         proc = await asyncio.create_subprocess_exec(
             *ajug_cmd("work", f"127.0.0.1:{fake.port}", "--connect-timeout", "3"),
-            env=run_env(token), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env=run_env(token),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
             cwd=tmp_path,
         )
         try:
@@ -225,16 +234,25 @@ def test_token_is_never_in_process_list_or_logs(procs: Procs, tmp_path: Path) ->
     e = run_env(token, gate)
     coord, port = start_serve(procs, jugfile, env=e, verbose="-vv")
     sup = procs.start(["-vv", "work", f"127.0.0.1:{port}", "-j", "2"], "work", env=e)
-    st = wait_for(lambda: (s := live_status(port, e))["totals"]["done"] == N_STEPS and s, 60,
-                  what="the steps to be done")
+    st = wait_for(
+        lambda: (
+            (s := live_status(port, e))["totals"]["done"] == N_STEPS
+            and len(s["workers"]) == 2
+            and s
+        ),
+        60,
+        what="both workers, the steps done",
+    )
     kids = children(sup.pid)
     assert len(kids) == 2 and {w["pid"] for w in st["workers"]} == set(kids), st["workers"]
     for pid in (coord.pid, sup.pid, *kids):
         assert token not in cmdline(pid)
     # wrong tokens are refused; neither token shows in what anyone sees
     wrong = "wrong-" + secrets.token_hex(12)
-    for args in (["status", f"127.0.0.1:{port}"],
-                 ["work", f"127.0.0.1:{port}", "--connect-timeout", "5"]):
+    for args in (
+        ["status", f"127.0.0.1:{port}"],
+        ["work", f"127.0.0.1:{port}", "--connect-timeout", "5"],
+    ):
         line = one_line_error(ajug(*args, env=run_env(wrong)))
         assert "did not prove it has the token" in line
         assert token not in line and wrong not in line
@@ -249,8 +267,9 @@ def test_token_is_never_in_process_list_or_logs(procs: Procs, tmp_path: Path) ->
 
 def test_ajug_run_passes_its_token_by_environment_only(procs: Procs, tmp_path: Path) -> None:
     jugfile, gate = steady(tmp_path)
-    run = procs.start(["-vv", "run", str(jugfile), "-j", "2", "--no-progress"], "run",
-                      env=run_env(None, gate))
+    run = procs.start(
+        ["-vv", "run", str(jugfile), "-j", "2", "--no-progress"], "run", env=run_env(None, gate)
+    )
     kids = wait_for(lambda: len(k := children(run.pid)) == 2 and k, 60, what="two workers")
     # the token ajug run made up for this run: in the workers' environment, nowhere else
     environ = Path(f"/proc/{kids[0]}/environ").read_bytes().split(b"\0")
@@ -273,24 +292,71 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _ca(d: Path, name: str) -> None:
-    _openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-             "-subj", f"/CN=ajug test {name}", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=ajug test {name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=d,
+    )
 
 
 def _leaf(d: Path, name: str, ca: str, usage: str, san: str) -> None:
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=ajug test {name}",
-             cwd=d)
+    _openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN=ajug test {name}",
+        cwd=d,
+    )
     (d / f"{name}.ext").write_text(
         "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
         f"extendedKeyUsage={usage}\nsubjectAltName={san}\n"
         "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
     )
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
-             cwd=d)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        cwd=d,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -303,29 +369,47 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     _ca(d, "other-ca")
     _leaf(d, "server", "ca", "serverAuth", "IP:127.0.0.1,DNS:localhost")
     _leaf(d, "client", "ca", "clientAuth", "DNS:ajug-worker")
-    return SimpleNamespace(**{
-        f"{n.replace('-', '_')}_{k}": str(d / f"{n}.{k}")
-        for n in ("ca", "other-ca", "server", "client") for k in ("pem", "key")
-    })
+    return SimpleNamespace(
+        **{
+            f"{n.replace('-', '_')}_{k}": str(d / f"{n}.{k}")
+            for n in ("ca", "other-ca", "server", "client")
+            for k in ("pem", "key")
+        }
+    )
 
 
 def test_tls_run_to_completion(procs: Procs, tmp_path: Path, certs: SimpleNamespace) -> None:
     jugfile, gate = steady(tmp_path)
     token = "tls-" + secrets.token_hex(8)
     e = run_env(token, gate)
-    coord, port = start_serve(procs, jugfile, "--tls-cert", certs.server_pem, "--tls-key",
-                              certs.server_key, env=e)
+    coord, port = start_serve(
+        procs, jugfile, "--tls-cert", certs.server_pem, "--tls-key", certs.server_key, env=e
+    )
     w = procs.work(port, "--tls-ca", certs.ca_pem, env=e)
-    st = wait_for(lambda: (s := live_status(port, e, "--tls-ca", certs.ca_pem))["totals"]["done"]
-                  == N_STEPS and s, 60, what="the steps to be done")
+    st = wait_for(
+        lambda: (
+            (s := live_status(port, e, "--tls-ca", certs.ca_pem))["totals"]["done"] == N_STEPS and s
+        ),
+        60,
+        what="the steps to be done",
+    )
     assert [x["pid"] for x in st["workers"]] == [w.pid]
     # plain TCP against the TLS coordinator: refused, and the message says what to do
     plain = one_line_error(ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "2", env=e))
     assert "TLS" in plain and "--tls-ca" in plain
     one_line_error(ajug("status", f"127.0.0.1:{port}", env=e))
     # a coordinator whose certificate the worker's CA did not sign is not trusted
-    other = one_line_error(ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "2",
-                                "--tls-ca", certs.other_ca_pem, env=e))
+    other = one_line_error(
+        ajug(
+            "work",
+            f"127.0.0.1:{port}",
+            "--connect-timeout",
+            "2",
+            "--tls-ca",
+            certs.other_ca_pem,
+            env=e,
+        )
+    )
     assert "CERTIFICATE_VERIFY_FAILED" in other
     gate.touch()
     assert coord.wait(60) == 0, read_log(coord)
@@ -337,16 +421,28 @@ def test_tls_run_to_completion(procs: Procs, tmp_path: Path, certs: SimpleNamesp
 def test_tls_client_certificates(procs: Procs, tmp_path: Path, certs: SimpleNamespace) -> None:
     jugfile, gate = steady(tmp_path)
     e = run_env("tls-" + secrets.token_hex(8), gate)
-    coord, port = start_serve(procs, jugfile, "--tls-cert", certs.server_pem, "--tls-key",
-                              certs.server_key, "--tls-ca", certs.ca_pem, env=e)
-    mine = ["--tls-ca", certs.ca_pem, "--tls-cert", certs.client_pem, "--tls-key",
-            certs.client_key]
+    coord, port = start_serve(
+        procs,
+        jugfile,
+        "--tls-cert",
+        certs.server_pem,
+        "--tls-key",
+        certs.server_key,
+        "--tls-ca",
+        certs.ca_pem,
+        env=e,
+    )
+    mine = ["--tls-ca", certs.ca_pem, "--tls-cert", certs.client_pem, "--tls-key", certs.client_key]
     w = procs.work(port, *mine, env=e)
-    wait_for(lambda: live_status(port, e, *mine)["totals"]["done"] == N_STEPS, 60,
-             what="the steps to be done")
+    wait_for(
+        lambda: live_status(port, e, *mine)["totals"]["done"] == N_STEPS,
+        60,
+        what="the steps to be done",
+    )
     # without a client certificate the coordinator will not talk
-    line = one_line_error(ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "2",
-                               "--tls-ca", certs.ca_pem, env=e))
+    line = one_line_error(
+        ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "2", "--tls-ca", certs.ca_pem, env=e)
+    )
     assert "certificate" in line
     gate.touch()
     assert coord.wait(60) == 0, read_log(coord)
@@ -358,12 +454,18 @@ def test_tls_client_certificates(procs: Procs, tmp_path: Path, certs: SimpleName
 
 
 async def read_only_checks(port: int, full: bytes, ro: bytes) -> dict[str, Any]:
-    conn = await open_connection("127.0.0.1", port, token=ro, role="client", access="read",
-                                 name="ro-test")
+    conn = await open_connection(
+        "127.0.0.1", port, token=ro, role="client", access="read", name="ro-test"
+    )
     try:
         assert conn.peer is not None and conn.peer.access == "read"
-        refused = [m.lease(1, want=1), m.renew(2, [[KEY, 1]]), m.resume(3, [KEY]),
-                   m.shutdown(4), m.invalidate(5, [KEY])]
+        refused = [
+            m.lease(1, want=1),
+            m.renew(2, [[KEY, 1]]),
+            m.resume(3, [KEY]),
+            m.shutdown(4),
+            m.invalidate(5, [KEY]),
+        ]
         for msg in refused:  # each is refused on its own; the connection stays open
             conn.send(msg)
             await conn.drain()
@@ -383,8 +485,18 @@ async def read_only_checks(port: int, full: bytes, ro: bytes) -> dict[str, Any]:
     # a worker must hold the full token: asking to work with read access fails at hello
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(encode_frame(m.hello(role="worker", access="read", nonce=os.urandom(16),
-                                          host="h", pid=1, name="ro-worker")))
+        writer.write(
+            encode_frame(
+                m.hello(
+                    role="worker",
+                    access="read",
+                    nonce=os.urandom(16),
+                    host="h",
+                    pid=1,
+                    name="ro-worker",
+                )
+            )
+        )
         dec = FrameDecoder(HANDSHAKE_MAX_FRAME_BYTES)
         frames: list[dict[str, Any]] = []
         while data := await asyncio.wait_for(reader.read(1 << 16), 10):
@@ -405,8 +517,9 @@ def test_read_only_token(procs: Procs, tmp_path: Path) -> None:
     e = run_env(full, gate)
     coord, port = start_serve(procs, jugfile, "--read-token-file", str(ro_file), env=e)
     w = procs.work(port, env=e)
-    wait_for(lambda: live_status(port, e)["totals"]["done"] == N_STEPS, 60,
-             what="the steps to be done")
+    wait_for(
+        lambda: live_status(port, e)["totals"]["done"] == N_STEPS, 60, what="the steps to be done"
+    )
     # `ajug status` with only the read-only token, and with the full token
     ro_env = run_env(None, AJUG_READ_TOKEN=ro)
     assert live_status(port, ro_env)["totals"]["done"] == N_STEPS
@@ -415,8 +528,9 @@ def test_read_only_token(procs: Procs, tmp_path: Path) -> None:
     assert st["totals"]["done"] == N_STEPS and st["totals"]["running"] == 1  # nothing changed
     assert coord.poll() is None
     # nor can a worker run on the read-only token
-    line = one_line_error(ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "3",
-                               env=run_env(ro)))
+    line = one_line_error(
+        ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "3", env=run_env(ro))
+    )
     assert "did not prove it has the token" in line and ro not in line
     gate.touch()
     assert coord.wait(60) == 0, read_log(coord)

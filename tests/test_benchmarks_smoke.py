@@ -1,0 +1,55 @@
+"""The benchmark runner still runs: a tiny run end to end, and its JSON has sane rows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import run as bench  # noqa: E402
+
+
+@pytest.mark.timeout(90)
+def test_quick_run_writes_sane_rows(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--n", "300", "--chain-n", "10",
+           "--repeat", "1", "--workloads", "independent,chain", "--systems", "ajug-file,floor",
+           "--json", str(out)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=75)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {(r["workload"], r["system"]): r for r in data["rows"]}
+    assert set(rows) == {("independent", "ajug-file"), ("independent", "floor-file"),
+                         ("chain", "ajug-file"), ("chain", "floor-file")}
+    for (wl, system), r in rows.items():
+        assert "error" not in r, (wl, system, r["error"])
+        assert r["tasks"] == (300 if wl == "independent" else 10)
+        assert 0 < r["wall_s"] < 60 and r["tasks_per_s"] > 0
+        m = r["median"]
+        assert 5 < m["main_rss_mib"] < 2000  # the coordinator / floor process, not its children
+        assert all(run.get("check") is None for run in r["runs"])  # results verified
+    ajug = rows[("independent", "ajug-file")]
+    assert ajug["median"]["done"] == 300 and ajug["median"]["worker_rss_mib"] > 5
+    assert ajug["vs_floor"] > 0
+    assert rows[("independent", "floor-file")]["median"]["tasks"] == 300
+    assert data["meta"]["sizes"]["independent"] == 300
+    assert {t["target"] for t in data["targets"]} >= {"independent, ajug-file: tasks/s"}
+    assert "independent" in p.stdout and "floor-file" in p.stdout  # the table was printed
+
+
+def test_sizes_and_system_names() -> None:
+    assert bench.tasks_of("mapreduce", 10_000) == 11_111
+    assert bench.tasks_of("chain", 2_000) == 2_000
+    p = argparse.ArgumentParser()
+    assert bench.expand_systems("ajug-file,floor,jug", p) == ["ajug-file", "floor-file", "jug-file"]
+    assert bench.expand_systems("floor", p) == ["floor-file", "floor-redis"]
+    assert bench.expand_systems(bench.DEFAULT_SYSTEMS, p) == list(bench.SYSTEMS)
+    o = bench.parse_args(["--quick", "--workloads", "scale"])
+    assert o.scale_n == 100_000 and o.repeat == 1 and o.workloads == ["scale"]
