@@ -479,7 +479,11 @@ async def query_status(host: str, port: int, token: bytes, ctx: ssl.SSLContext |
     try:
         conn.send({"op": "status", "id": 1, "detail": detail})
         await conn.drain()
-        rep = await asyncio.wait_for(conn.recv(), timeout_s)
+        try:
+            rep = await asyncio.wait_for(conn.recv(), timeout_s)
+        except asyncio.TimeoutError:
+            raise AjugError(f"the coordinator at {host}:{port} did not answer a status request "
+                            f"within {timeout_s:g}s") from None
         if rep["op"] == "error":
             raise AjugError(f"the coordinator refused: {rep['msg']}")
         return rep["status"]

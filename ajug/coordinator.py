@@ -9,6 +9,7 @@ timer, renews the store's owner lock, and reloads the jugfile past a barrier.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 import socket
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 5555
 EXISTS_BATCH = 5000
+#: upper bounds of the task duration histogram (Prometheus buckets, seconds)
+DURATION_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+#: a lease request waits at most this long for work, whatever it asks
+MAX_WAIT_MS = 60_000
 MAX_LEASES_PER_REQUEST = 1024
 
 
@@ -76,6 +81,11 @@ class Coordinator:
         self._reloading = False
         self.loads = 0
         self.resume_until = 0.0
+        self.DURATION_BUCKETS_S = DURATION_BUCKETS_S
+        #: tasks done per duration bucket (one more for longer ones), and their total time
+        self.durations = [0] * (len(DURATION_BUCKETS_S) + 1)
+        self.duration_sum_s = 0.0
+        self._late_pending: set[int] = set()
         self.history: list[tuple[float, int]] = []  # (unix time, tasks done) for rates
 
     # -- startup ---------------------------------------------------------------------------
@@ -147,11 +157,10 @@ class Coordinator:
         )
 
     def _exists_all(self, keys: list[str]) -> list[bool]:
+        """One call for the whole graph: the store batches it its own way (a listing per
+        fan-out directory, pipelines of a thousand keys on redis)."""
         assert self.store is not None
-        out: list[bool] = []
-        for i in range(0, len(keys), EXISTS_BATCH):
-            out.extend(self.store.exists(keys[i : i + EXISTS_BATCH]))
-        return out
+        return self.store.exists(keys)
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self, on_tick: Callable[[Coordinator], None] | None = None) -> int:
@@ -466,7 +475,7 @@ class ConnSession:
             c._notify()
             await c._check_finished()
         want = min(int(msg["want"]), MAX_LEASES_PER_REQUEST)
-        deadline = time.monotonic() + msg["wait_ms"] / 1000.0
+        deadline = time.monotonic() + min(msg["wait_ms"], MAX_WAIT_MS) / 1000.0
         leases: list[tuple[int, int]] = []
         while True:
             sched = c.sched
@@ -491,14 +500,19 @@ class ConnSession:
         sched, graph = c.sched, c.graph
         assert sched is not None and graph is not None
         changed = False
-        for key, tok, _meta in msg["done"]:
+        for key, tok, meta in msg["done"]:
             i = graph.index.get(key)
             if i is None:
                 continue
             if sched.complete(self.wid, i, tok):
                 changed = True
-            elif sched.state[i] != DONE:
+                rt = meta.get("rt")
+                if isinstance(rt, (int, float)) and rt >= 0:
+                    c.durations[bisect.bisect_left(DURATION_BUCKETS_S, rt)] += 1
+                    c.duration_sum_s += rt
+            elif sched.state[i] != DONE and i not in c._late_pending:
                 # the lease was reclaimed: the result counts if it reached the store
+                c._late_pending.add(i)
                 asyncio.ensure_future(self._late_done(i))
         for key, tok, err in msg["failed"]:
             i = graph.index.get(key)
@@ -524,6 +538,8 @@ class ConnSession:
             ok = await asyncio.get_running_loop().run_in_executor(None, store.contains, key)
         except StoreError:
             return
+        finally:
+            c._late_pending.discard(i)
         if ok and c.graph is graph and c.sched is not None and c.sched.accept_late(self.wid, i):
             c._notify()
             await c._check_finished()

@@ -190,8 +190,8 @@ class Worker:
         self.queued: dict[str, Lease] = {}  # leased, not finished (queued or running)
         self.reports_done: list[list[Any]] = []
         self.reports_failed: list[list[Any]] = []
-        # reports sent in a lease request not yet answered: re-sent if the connection drops
-        self.inflight: tuple[list[list[Any]], list[list[Any]]] = ([], [])
+        # reports sent in lease requests not yet answered: re-sent if the connection drops
+        self.inflight: dict[int, tuple[list[list[Any]], list[list[Any]]]] = {}
         self.finished = threading.Event()
         self.fatal: BaseException | None = None
         self.store_url: str | None = opts.store_url
@@ -436,8 +436,10 @@ class Worker:
         rtask = asyncio.ensure_future(reader())
         try:
             # reports that never got an answer go again, with the next request
-            self.reports_done[:0], self.reports_failed[:0] = self.inflight
-            self.inflight = ([], [])
+            for done, failed in self.inflight.values():
+                self.reports_done[:0] = done
+                self.reports_failed[:0] = failed
+            self.inflight = {}
             unreported = [r[0] for r in self.reports_done + self.reports_failed]
             if resume and (self.queued or unreported):
                 running = list(self.queued) + unreported
@@ -457,9 +459,36 @@ class Worker:
                 if kept:
                     log.info("kept %d task(s) across the reconnection", len(kept))
             last_renew = time.monotonic()
-            lease_fut: asyncio.Future[dict[str, Any]] | None = None
+            # two request slots: a long poll asking for work (it may wait on the coordinator),
+            # and reports sent at once beside it, so a finished task's dependent is not held up
+            # behind the poll (on a chain, the poll is what the dependent will come back on)
+            poll_fut: asyncio.Future[dict[str, Any]] | None = None
+            report_fut: asyncio.Future[dict[str, Any]] | None = None
             renew_fut: asyncio.Future[dict[str, Any]] | None = None
             assert self._kick is not None
+
+            def send_lease(want: int) -> asyncio.Future[dict[str, Any]]:
+                done, failed = self.reports_done, self.reports_failed
+                self.reports_done, self.reports_failed = [], []
+                fut = request({"op": "lease", "want": want, "wait_ms": 1000 if want else 0,
+                               "done": done, "failed": failed})
+                self.inflight[id(fut)] = (done, failed)
+                return fut
+
+            def on_leases(fut: asyncio.Future[dict[str, Any]]) -> None:
+                rep = fut.result()
+                self.inflight.pop(id(fut), None)
+                for fn in rep["funcs"]:
+                    funcs[fn["fn"]] = (fn["code"], fn["name"], fn["src"])
+                for lz in rep["leases"]:
+                    blob, name, src = funcs[lz["fn"]]
+                    lease = Lease(lz["key"], lz["tok"], lz["fn"], lz["args"], blob, name, src)
+                    self.queued[lease.key] = lease
+                    self.leases.put(lease)
+                if rep["state"] == "finished" and not self.queued:
+                    self.finished.set()
+                    self.leases.put(None)
+
             while True:
                 if rtask.done():
                     rtask.result()
@@ -475,39 +504,28 @@ class Worker:
                     if lost:
                         log.info("%d lease(s) were reclaimed by the coordinator", len(lost))
                     renew_fut = None
-                if self.finished.is_set() and lease_fut is None and not (
-                    self.reports_done or self.reports_failed
-                ):
+                if poll_fut is not None and poll_fut.done():
+                    on_leases(poll_fut)
+                    poll_fut = None
+                if report_fut is not None and report_fut.done():
+                    on_leases(report_fut)
+                    report_fut = None
+                reports = bool(self.reports_done or self.reports_failed)
+                if self.finished.is_set() and poll_fut is None and report_fut is None and not reports:
                     conn.send({"op": "bye"})
                     await conn.drain()
                     return True
-                if lease_fut is None:
+                if poll_fut is None:
                     want = self._want()
-                    if want or self.reports_done or self.reports_failed:
-                        done, failed = self.reports_done, self.reports_failed
-                        self.reports_done, self.reports_failed = [], []
-                        self.inflight = (done, failed)
-                        lease_fut = request(
-                            {"op": "lease", "want": want, "wait_ms": 1000 if want else 0,
-                             "done": done, "failed": failed}
-                        )
+                    if want or reports:
+                        poll_fut = send_lease(want)
+                        reports = False
+                if reports and report_fut is None:
+                    report_fut = send_lease(0)
                 await conn.drain()
-                if lease_fut is not None and lease_fut.done():
-                    rep = lease_fut.result()
-                    lease_fut = None
-                    self.inflight = ([], [])
-                    for fn in rep["funcs"]:
-                        funcs[fn["fn"]] = (fn["code"], fn["name"], fn["src"])
-                    for lz in rep["leases"]:
-                        blob, name, src = funcs[lz["fn"]]
-                        lease = Lease(lz["key"], lz["tok"], lz["fn"], lz["args"], blob, name, src)
-                        self.queued[lease.key] = lease
-                        self.leases.put(lease)
-                    if rep["state"] == "finished" and not self.queued:
-                        self.finished.set()
-                        self.leases.put(None)
+                waits = [w for w in (poll_fut, report_fut, renew_fut, rtask) if w is not None]
+                if any(w.done() for w in waits):
                     continue
-                waits = [w for w in (lease_fut, renew_fut, rtask) if w is not None]
                 kick = asyncio.ensure_future(self._kick.wait())
                 timeout = max(0.01, self.lease_ttl_s / 3 - (time.monotonic() - last_renew))
                 await asyncio.wait([kick, *waits], timeout=timeout,
