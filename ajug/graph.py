@@ -22,7 +22,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import JugfileError
-from .task import ResultRef, Task, source_hash
+from .task import ResultRef, Task, TaskGenerator, source_hash
 
 
 @dataclass
@@ -74,6 +74,8 @@ class _ArgPickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, (types.FunctionType, type)) and obj.__module__ in _BY_VALUE:
             raise _NeedsCloudpickle
+        if isinstance(obj, TaskGenerator):  # its function never pickles by reference
+            raise _NeedsCloudpickle
         return NotImplemented
 
 
@@ -90,7 +92,7 @@ class _ArgUnpickler(pickle.Unpickler):
 
 
 def encode_args(t: Task) -> bytes:
-    payload = (t.args, t.kwargs) if t.kwargs else t.args
+    payload = (t.args, t.kwargs)
     buf = io.BytesIO()
     try:
         _ArgPickler(buf, protocol=5).dump(payload)
@@ -106,12 +108,8 @@ def encode_args(t: Task) -> bytes:
 
 
 def decode_args(blob: bytes) -> tuple[tuple, dict]:
-    payload = _ArgUnpickler(io.BytesIO(blob)).load()
-    if type(payload) is tuple and len(payload) == 2 and type(payload[1]) is dict and (
-        type(payload[0]) is tuple
-    ):
-        return payload[0], payload[1]
-    return payload, {}
+    args, kwargs = _ArgUnpickler(io.BytesIO(blob)).load()
+    return args, kwargs
 
 
 def _local_modules(jugdir: Path) -> list[Any]:

@@ -354,6 +354,16 @@ class TaskGenerator:
     def __call__(self, *args: Any, **kwargs: Any) -> Task:
         return Task(self.f, *args, **kwargs)
 
+    def __jug_hash__(self) -> bytes:
+        """As an argument, it hashes as jug's TaskGenerator does (by its pickle), so that tasks
+        that take one keep jug's identities."""
+        from .mapreduce import _jug_generator_pickle
+
+        return _jug_generator_pickle(self.f)
+
+    def __reduce__(self) -> Any:
+        return (TaskGenerator, (self.f,))
+
     def __repr__(self) -> str:
         return f"TaskGenerator({self.f!r})"
 

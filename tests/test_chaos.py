@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from procs import Procs, env, read_log, status
 
 HERE = Path(__file__).parent

@@ -167,3 +167,12 @@ def test_jug_layout_is_read_in_place(jug_runs: dict[str, Path]) -> None:
     assert len(keys) == 32 and all(store.exists(keys))
     assert all(isinstance(store.load(k), int) for k in keys)
     assert {p: p.read_bytes() for p in files} == before
+
+
+def test_taskgenerator_as_an_argument_has_jugs_identity() -> None:
+    import identity_funcs as F
+
+    jug_tg = jug.task.TaskGenerator(F.double)
+    ajug_tg = ajug.task.TaskGenerator(F.double)
+    jug_key = jug.task.Task(F.f2, jug_tg, 3).hash().decode()
+    assert ajug.task.Task(F.f2, ajug_tg, 3).key == jug_key

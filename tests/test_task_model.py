@@ -498,3 +498,20 @@ def test_unpicklable_result_is_a_failure(store: Any) -> None:
     run = execute(store=store)
     assert list(run.failures) == [lock.key] and run.blocked == [t.key]
     assert "lock" in str(run.failures[lock.key].error)
+
+
+def test_arguments_round_trip_for_workers() -> None:
+    """What a lease carries: a 2-tuple of a tuple and a dict as arguments stays that."""
+    from ajug.graph import decode_args, encode_args
+    from ajug.task import ResultRef
+
+    def f(*a, **k):  # noqa: ANN
+        return a, k
+
+    dep = Task(f, 1)
+    t = Task(f, (1, 2), {"a": 1})
+    assert decode_args(encode_args(t)) == (((1, 2), {"a": 1}), {})
+    t2 = Task(f, dep, x=[dep, 3])
+    args, kwargs = decode_args(encode_args(t2))
+    assert isinstance(args[0], ResultRef) and args[0].key == dep.key
+    assert isinstance(kwargs["x"][0], ResultRef) and kwargs["x"][1] == 3
