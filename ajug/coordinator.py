@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import ctypes
+import gc
 import logging
 import os
 import socket
@@ -60,6 +62,14 @@ class Settings:
     finish_grace_s: float = 3.0
     resume_grace_s: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _trim_heap() -> None:
+    """Give freed memory back to the OS (glibc keeps it otherwise); a no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class Coordinator:
@@ -121,7 +131,7 @@ class Coordinator:
         loaded = await loop.run_in_executor(None, load_jugfile, self.s.jugfile, self.store)
         jugdir = Path(loaded.path).parent
         graph = await loop.run_in_executor(None, build_graph, loaded.tasks, jugdir)
-        loaded.tasks = []  # the graph has all we need: let the Task objects go
+        self._release_tasks(loaded)
         done = await loop.run_in_executor(None, self._exists_all, graph.keys)
         sched = Scheduler(
             graph,
@@ -155,6 +165,19 @@ class Coordinator:
             "jugfile loaded (%d): %d tasks, %d already done%s", self.loads, len(graph),
             t[DONE], ", stopped at a barrier" if loaded.hit_barrier else "",
         )
+
+    @staticmethod
+    def _release_tasks(loaded: LoadedJugfile) -> None:
+        """The compact graph has all the coordinator needs: let the Task objects go (they cost
+        most of a big graph's memory). They live in the jugfile's namespace too, which the
+        coordinator does not use once the graph is built; a barrier reload runs it afresh."""
+        from . import task as _task
+
+        loaded.tasks = []
+        _task.reset()
+        loaded.module.__dict__.clear()
+        gc.collect()
+        _trim_heap()
 
     def _exists_all(self, keys: list[str]) -> list[bool]:
         """One call for the whole graph: the store batches it its own way (a listing per

@@ -123,18 +123,30 @@ def floor_main(args: list[str]) -> int:
 
 
 def check_main(args: list[str]) -> int:
-    """Load a sample of results with the engine's own ``init``/``value`` and compare."""
-    workload, engine, jugfile, store = args
+    """Compare a sample of results, loaded with the engine's own ``init``/``value``, with what
+    they must be (when ``verify``); for ajug's stores also read every result's metadata and
+    derive the serving timeline from the times the results were written. Prints one JSON line."""
+    workload, engine, jugfile, store_url, verify = args
     if engine == "jug":
         import jug
 
-        _, ns = jug.init(jugfile, store)
+        store, ns = jug.init(jugfile, store_url)
         value = jug.value
     else:
         import ajug
 
-        _, ns = ajug.init(jugfile, store)
+        store, ns = ajug.init(jugfile, store_url)
         value = ajug.value
+    out: dict[str, Any] = {"problem": None}
+    if verify == "1":
+        out["problem"] = _verify(workload, ns, value)
+    if engine != "jug":
+        out.update(_timeline(store))
+    print(json.dumps(out))
+    return 0
+
+
+def _verify(workload: str, ns: dict[str, Any], value: Any) -> str | None:
     n = int(os.environ["BENCH_N"])
     picks = sorted({round(i * (n - 1) / max(1, CHECK_SAMPLES - 1)) for i in range(CHECK_SAMPLES)})
     bad: list[str] = []
@@ -151,11 +163,25 @@ def check_main(args: list[str]) -> int:
             a = value(ns["arrays"][i])
             if a.shape != (ns["ITEMS"],) or a[0] != i or a[-1] != i:
                 bad.append(f"arrays[{i}]")
-    if bad:
-        print(f"wrong or missing results: {', '.join(bad[:5])}")
-        return 1
-    print(f"ok ({len(picks)} sampled)")
-    return 0
+    return f"wrong or missing results: {', '.join(bad[:5])}" if bad else None
+
+
+def _timeline(store: Any) -> dict[str, Any]:
+    """From the write times of all results: first to last (the serving span) and the rate
+    between the 25th and the 75th percentile (steady state, without start-up and the tail)."""
+    from ajug import task as _task
+    from ajug.jugfile import unique_tasks
+
+    keys = [t.key for t in unique_tasks(_task.alltasks)]
+    ts: list[float] = []
+    for i in range(0, len(keys), 5000):
+        ts += [m["ts"] for m in store.metadata(keys[i : i + 5000]) if m and m.get("ts")]
+    if len(ts) < 8:
+        return {}
+    ts.sort()
+    lo, hi = len(ts) // 4, 3 * len(ts) // 4
+    dt = ts[hi] - ts[lo]
+    return {"span_s": ts[-1] - ts[0], "steady_rate": (hi - lo) / dt if dt > 0 else None}
 
 
 # -- the environment of one benchmark run -------------------------------------------------------
@@ -309,16 +335,25 @@ class Bench:
         text = (self.tmp / f"{tag}.err").read_text(errors="replace").strip().splitlines()
         return " | ".join(text[-lines:])
 
-    def check(self, workload: str, engine: str, store: str, n: int) -> str | None:
-        """None when the sampled results are right, else what is wrong."""
+    def check(self, workload: str, engine: str, store: str, n: int, verify: bool) -> dict[str, Any]:
+        """``{"check": problem}`` when sampled results are wrong (``verify``), plus the serving
+        timeline from the results' metadata on ajug's stores (``span_s``, ``steady_rate``)."""
+        if not verify and engine == "jug":
+            return {}
         code = "import sys; from benchmarks.run import check_main; sys.exit(check_main(sys.argv[1:]))"
-        cmd = [sys.executable, "-c", code, workload, engine, str(self.jugfile(workload)), store]
+        cmd = [sys.executable, "-c", code, workload, engine, str(self.jugfile(workload)), store,
+               "1" if verify else "0"]
         p = subprocess.run(cmd, env=self.wl_env(workload, engine, n), cwd=self.tmp,
                            capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
-        if p.returncode == 0:
-            return None
-        lines = f"{p.stdout}\n{p.stderr}".strip().splitlines()
-        return " | ".join(lines[-3:]) or f"check failed ({p.returncode})"
+        try:
+            res = json.loads(p.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            lines = f"{p.stdout}\n{p.stderr}".strip().splitlines()
+            return {"check": " | ".join(lines[-3:]) or f"check failed ({p.returncode})"}
+        out = {k: v for k, v in res.items() if k != "problem" and v is not None}
+        if res.get("problem"):
+            out["check"] = res["problem"]
+        return out
 
 
 def _rusage(path: Path) -> dict[str, float]:
@@ -372,8 +407,8 @@ def run_ajug(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dict
         out.update(done=int(done), total=int(total), reported_rate=float(rate or 0))
     if rc != 0 or not summary or summary[-1][0] != summary[-1][1]:
         out["error"] = f"exit {rc}: {b.log_tail(tag)}"
-    elif last:
-        out["check"] = b.check(wl, "ajug", store, n)
+    else:
+        out.update(b.check(wl, "ajug", store, n, last))
     b.drop_store(kind, store)
     return out
 
@@ -391,8 +426,7 @@ def run_floor(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dic
         out["error"] = f"exit {rc}: {b.log_tail(tag)}"
     else:
         out.update(json.loads(res.read_text()))
-        if last:
-            out["check"] = b.check(wl, "ajug", store, n)
+        out.update(b.check(wl, "ajug", store, n, last))
     b.drop_store(kind, store)
     return out
 
@@ -418,8 +452,8 @@ def run_jug(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dict[
     if any(codes):
         bad = codes.index(next(c for c in codes if c))
         out["error"] = f"exit {codes[bad]}: {b.log_tail(f'{tag}-{bad}')}"
-    elif last:
-        out["check"] = b.check(wl, "jug", store, n)
+    else:
+        out.update(b.check(wl, "jug", store, n, last))
     b.drop_store(kind, store)
     return out
 
@@ -518,8 +552,8 @@ def run_scale(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dic
             out["wall_s"] = time.perf_counter() - t0  # from the first worker's start
             if rc != 0:
                 out["error"] = f"exit {rc}: {b.log_tail(tag)}"
-            elif last:
-                out["check"] = b.check(wl, "ajug", store, n)
+            else:
+                out.update(b.check(wl, "ajug", store, n, last))
     finally:
         for w in workers:
             stop_process(w, 10)
@@ -677,6 +711,10 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r and ("independent", f"floor-{kind}") in by:
             add(f"independent, ajug-{kind}: × floor-{kind} (time)", r, r.get("vs_floor"), 2,
                 at_most=True, unit="×")
+    for kind, rate in (("redis", 20_000), ("file", 10_000)):
+        r = by.get(("independent", f"ajug-{kind}"))
+        add(f"independent, ajug-{kind}: steady tasks/s (not the issue's measure)", r,
+            r and r["median"].get("steady_rate"), rate, unit="/s")
     for kind in ("file", "redis"):
         r = by.get(("chain", f"ajug-{kind}"))
         add(f"chain, ajug-{kind}: tasks/s", r, r and r.get("tasks_per_s"), 2_000, unit="/s")
@@ -720,7 +758,7 @@ def notes(r: dict[str, Any]) -> str:
     if r["system"].startswith("floor"):
         return f"load {_f(m.get('load_s'))} s + tasks {_f(m.get('exec_s'))} s"
     if r["system"].startswith("ajug") and m.get("reported_rate"):
-        return f"coordinator reports {m['reported_rate']:.0f}/s"
+        return f"coord. says {m['reported_rate']:.0f}/s"
     return ""
 
 
@@ -728,12 +766,12 @@ def print_table(rows: list[dict[str, Any]], tgts: list[dict[str, Any]], meta: di
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(160, shutil.get_terminal_size().columns))
+    console = Console(width=max(180, shutil.get_terminal_size().columns))
     t = Table(title=f"ajug benchmarks — {meta['host']}, {meta['cpus']} cores, {meta['jobs']} "
                     f"worker processes, median of {meta['repeat']}; load average "
                     f"{meta['loadavg'][0]} before, {meta['loadavg'][1]} after", title_justify="left")
-    for c in ("workload", "system", "tasks", "tasks/s", "wall s", "min–max s", "RSS MiB",
-              "wkr MiB", "CPU s", "× jug", "× floor", "notes"):
+    for c in ("workload", "system", "tasks", "tasks/s", "wall s (min–max)", "steady/s",
+              "span s", "RSS MiB", "wkr MiB", "CPU s", "× jug", "× floor", "notes"):
         t.add_column(c, justify="left" if c in ("workload", "system", "notes") else "right",
                      overflow="fold")
     last = None
@@ -745,17 +783,20 @@ def print_table(rows: list[dict[str, Any]], tgts: list[dict[str, Any]], meta: di
         t.add_row(
             r["workload"] if r["workload"] != last else "", r["system"], f"{r['tasks']:,}",
             _f(r.get("tasks_per_s"), ",.0f") if "partial_rate" not in r else f"~{r['partial_rate']:.1f}",
-            _f(r.get("wall_s")),
-            f"{r['wall_min_s']:.2f}–{r['wall_max_s']:.2f}" if "wall_min_s" in r else "—",
-            _f(m.get("main_rss_mib"), ".0f"), _f(m.get("worker_rss_mib"), ".0f"), cpu_s,
+            f"{r['wall_s']:.2f} ({r['wall_min_s']:.2f}–{r['wall_max_s']:.2f})" if "wall_s" in r
+            else "—",
+            _f(m.get("steady_rate"), ",.0f"), _f(m.get("span_s")), _f(m.get("main_rss_mib"), ".0f"), _f(m.get("worker_rss_mib"), ".0f"), cpu_s,
             _f(r.get("vs_jug"), ".2f"), _f(r.get("vs_floor"), ".2f"), notes(r),
             end_section=False,
         )
         last = r["workload"]
     console.print(t)
-    console.print("× jug: ajug tasks/s ÷ jug tasks/s (higher is better); × floor: ajug wall ÷ floor "
-                  "wall (lower is better); RSS: coordinator / jug process / floor process peak; "
-                  "wkr: workers' peak; CPU: main+workers.", style="dim")
+    console.print("tasks/s: tasks ÷ wall of the whole command. steady/s: rate between the 25th and "
+                  "75th percentile of the results' write times; span: first to last result written "
+                  "(wall − span = start-up and shut-down). × jug: ajug tasks/s ÷ jug tasks/s (higher "
+                  "is better); × floor: ajug wall ÷ floor wall (lower is better). RSS: peak of the "
+                  "coordinator / jug process / floor process; wkr: workers' peak; CPU s: main + "
+                  "workers.", style="dim")
     if tgts:
         tt = Table(title="targets (issue 5)", title_justify="left")
         for c in ("target", "measured", "goal", ""):
