@@ -84,8 +84,9 @@ class Coordinator:
         self.started_at = time.time()
         self.port: int | None = None
         self._server: asyncio.base_events.Server | None = None
-        self._wake = asyncio.Event()
+        self._waiters: set[Waiter] = set()
         self._stop = asyncio.Event()
+        self._changed = asyncio.Event()  # wakes the main loop early: finished, a hang-up
         self._conns: dict[str, Any] = {}
         self._lock = None
         self._reloading = False
@@ -196,9 +197,10 @@ class Coordinator:
         first = True
         try:
             while not self._stop.is_set():
+                self._changed.clear()
                 if not first:
                     try:
-                        await asyncio.wait_for(self._stop.wait(), tick)
+                        await asyncio.wait_for(self._changed.wait(), tick)
                     except asyncio.TimeoutError:
                         pass
                 first = False
@@ -248,6 +250,7 @@ class Coordinator:
             self._notify()
             return
         self.state = "finished"
+        self._changed.set()
         self._notify()
 
     def exit_status(self) -> int:
@@ -260,6 +263,7 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stop.set()
+        self._changed.set()
         self._notify()
 
     async def close(self) -> None:
@@ -286,8 +290,21 @@ class Coordinator:
 
     def _notify(self) -> None:
         """Wake every lease request waiting for work."""
-        self._wake.set()
-        self._wake = asyncio.Event()
+        for w in list(self._waiters):
+            w.event.set()
+
+    def _notify_from(self, session: ConnSession) -> None:
+        """A report from ``session`` made work ready: its own waiting request is served first,
+        here and now (the new tasks' inputs are in that worker's cache: chains stay on one
+        worker), then the others are woken for whatever is left."""
+        sched = self.sched
+        if sched is not None and self.state == "running" and time.monotonic() >= self.resume_until:
+            for w in list(self._waiters):
+                if w.session is session and not w.leases:
+                    w.leases = sched.lease(session.wid, w.want)
+                    if w.leases:
+                        w.event.set()
+        self._notify()
 
     # -- connections -----------------------------------------------------------------------
     def welcome_info(self) -> dict[str, Any]:
@@ -328,6 +345,7 @@ class Coordinator:
             await session.serve()
         finally:
             self._conns.pop(session.wid, None)
+            self._changed.set()
             session.closed()
             conn.close()
 
@@ -393,6 +411,18 @@ class Coordinator:
             "duplicates": sched.duplicates,
             "rate": round(rate, 2),
         }
+
+
+class Waiter:
+    """A lease request waiting for work (hashable by identity, kept in a set)."""
+
+    __slots__ = ("session", "want", "event", "leases")
+
+    def __init__(self, session: ConnSession, want: int) -> None:
+        self.session = session
+        self.want = want
+        self.event = asyncio.Event()
+        self.leases: list[tuple[int, int]] = []
 
 
 class ConnSession:
@@ -495,7 +525,7 @@ class ConnSession:
         sched.touch(self.wid)
         changed = self._report(msg)
         if changed:
-            c._notify()
+            c._notify_from(self)
             await c._check_finished()
         want = min(int(msg["want"]), MAX_LEASES_PER_REQUEST)
         deadline = time.monotonic() + min(msg["wait_ms"], MAX_WAIT_MS) / 1000.0
@@ -510,10 +540,18 @@ class ConnSession:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            wake = c._wake
+            waiter = Waiter(self, want)
+            c._waiters.add(waiter)
             try:
-                await asyncio.wait_for(wake.wait(), remaining)
+                await asyncio.wait_for(waiter.event.wait(), remaining)
             except asyncio.TimeoutError:
+                pass
+            finally:
+                c._waiters.discard(waiter)
+            if waiter.leases:  # served directly by _notify_from
+                leases = waiter.leases
+                break
+            if time.monotonic() >= deadline:
                 break
         self._reply_leases(msg["id"], leases)
         await self.conn.drain()
