@@ -474,14 +474,15 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _serve(b: Bench, wl: str, kind: str, n: int, tag: str
+def _serve(b: Bench, wl: str, kind: str, n: int, tag: str, stay: bool = False
            ) -> tuple[subprocess.Popen[bytes], str, int, bytes, str, float]:
-    """``ajug serve`` on a free port; returns once it prints its address."""
+    """``ajug serve`` on a free port; returns once it prints its address. ``stay``: keep
+    serving once everything is done (to be asked about it afterwards)."""
     token = secrets.token_hex(16)
     store = b.store("ajug", kind, tag)
     env = dict(b.wl_env(wl, "ajug", n), AJUG_TOKEN=token)
     cmd = [sys.executable, "-m", "ajug", "serve", str(b.jugfile(wl)), "--port", "0",
-           "--store", store]
+           "--store", store, *(["--stay"] if stay else [])]
     t0 = time.perf_counter()
     p = b.spawn(cmd, env, tag)
     deadline = time.monotonic() + SERVE_TIMEOUT_S
@@ -609,7 +610,7 @@ async def _simulate(host: str, port: int, token: bytes, conns: int, rounds: int)
 def run_connections(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dict[str, Any]:
     tag = f"conns-{kind}-{rep}"
     tasks = n * b.o.rounds
-    coord, host, port, token, store, _ = _serve(b, wl, kind, tasks, tag)
+    coord, host, port, token, store, _ = _serve(b, wl, kind, tasks, tag, stay=True)
     try:
         out = asyncio.run(_simulate(host, port, token, n, b.o.rounds))
         out["main_rss_mib"] = _proc_mem(coord.pid)["VmHWM"] / 2**20

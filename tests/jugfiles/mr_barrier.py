@@ -1,5 +1,7 @@
 """Map-reduce with a barrier: the inputs are known only after the first task has run."""
 
+import time
+
 from ajug import TaskGenerator, barrier, bvalue
 
 
@@ -10,6 +12,7 @@ def make_inputs(n):
 
 @TaskGenerator
 def square(x):
+    time.sleep(0.05)  # long enough for a worker started after the coordinator to join in
     return x * x
 
 
