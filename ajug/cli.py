@@ -361,20 +361,21 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
 
     async def main() -> int:
         coord = Coordinator(settings)
+        # (starting the workers while the jugfile loads was tried: on 2 cores their start-up
+        # competes with the loading for CPU and the whole run got slower)
         await coord.open()
+        if settings.ssl is not None:
+            raise UsageError("ajug run uses loopback only; TLS options are for serve/work")
         _install_stop(coord)
         await _start_dashboard(coord, dashboard, dashboard_host)
         env = dict(os.environ, AJUG_TOKEN=settings.token.decode())
         args = ["work", f"127.0.0.1:{coord.port}", "-j", "1", "--connect-timeout", "30"]
         if prefetch is not None:
             args += ["--prefetch", str(prefetch)]
-        if settings.ssl is not None:
-            raise UsageError("ajug run uses loopback only; TLS options are for serve/work")
-        procs: list[subprocess.Popen[bytes]] = []
         arg_lists = [[*args, "--name", f"local{i}"] for i in range(n)]
+        procs: list[subprocess.Popen[bytes]] = []
         st0 = coord.status()
-        remaining = st0["tasks"] - st0["totals"]["done"]
-        if remaining or st0["barrier"]:
+        if st0["tasks"] > st0["totals"]["done"] or st0["barrier"]:
             procs = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
         prog = RunProgress(enabled=not no_progress)
         restarts = [0]

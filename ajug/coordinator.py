@@ -87,6 +87,7 @@ class Coordinator:
         self._waiters: set[Waiter] = set()
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()  # wakes the main loop early: finished, a hang-up
+        self._loaded = asyncio.Event()
         self._conns: dict[str, Any] = {}
         self._lock = None
         self._reloading = False
@@ -101,7 +102,14 @@ class Coordinator:
 
     # -- startup ---------------------------------------------------------------------------
     async def open(self) -> None:
-        """Open the store, take its owner lock, load the jugfile and start listening."""
+        """Open the store, take its owner lock, start listening, load the jugfile."""
+        await self.listen()
+        await self.load()
+
+    async def listen(self) -> None:
+        """Open the store, take its owner lock and start listening. Workers may connect at
+        once (``ajug run`` starts its workers here, so that they start up while the jugfile
+        loads); their requests wait until ``load`` is done."""
         loop = asyncio.get_running_loop()
         self.store = await loop.run_in_executor(None, open_store, self.s.store_url)
         self._lock = self.store.owner_lock(ttl_s=max(self.s.lease_ttl_s, 10.0))
@@ -113,7 +121,6 @@ class Coordinator:
             log.info("restarted on a store whose coordinator died: waiting %gs for workers to "
                      "resume their tasks", self.s.resume_grace_s)
         try:
-            await self._load()
             self._server = await asyncio.start_server(
                 self._on_connect, self.s.host, self.s.port, ssl=self.s.ssl, limit=2**20,
                 backlog=1024,
@@ -123,8 +130,18 @@ class Coordinator:
             raise
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+
+    async def load(self) -> None:
+        try:
+            await self._load()
+        except BaseException:
+            await self.close()
+            raise
+        if self.resume_until:  # the grace counts from when workers can be answered
+            self.resume_until = time.monotonic() + self.s.resume_grace_s
+        self._loaded.set()
         log.info("serving %s on %s:%d (store %s)", self.s.jugfile, self.s.host, self.port,
-                 self.store.url)
+                 self.store.url if self.store else "")
 
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
@@ -438,9 +455,12 @@ class ConnSession:
         self.sent_funcs: set[int] = set()
         self.graph_epoch = -1
         self.waiting = 0
+        self.peer = peer
+
+    def register(self) -> None:
         if self.role == "worker" and self.access == "full":
-            assert coord.sched is not None
-            coord.sched.add_worker(self.wid, peer.host, peer.pid, peer.name)
+            assert self.c.sched is not None
+            self.c.sched.add_worker(self.wid, self.peer.host, self.peer.pid, self.peer.name)
             log.info("worker %s connected", self.wid)
 
     def closed(self) -> None:
@@ -462,6 +482,8 @@ class ConnSession:
 
     async def serve(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
+        await self.c._loaded.wait()  # connected while the jugfile was loading
+        self.register()
         try:
             while not self.conn.closed:
                 if len(tasks) >= self.MAX_PENDING_LEASE_REQUESTS:

@@ -35,6 +35,7 @@ from .task import Task, value
 log = logging.getLogger(__name__)
 
 CACHE_BYTES = 256 * 1024 * 1024
+SWITCH_INTERVAL_S = 0.0005
 CACHE_ITEMS = 4096
 
 
@@ -208,6 +209,9 @@ class Worker:
     # -- main thread ------------------------------------------------------------------------
     def run(self) -> int:
         """Work until the coordinator says all is done. Returns the process exit status."""
+        # The network thread must get the GIL promptly while task code runs in this one: a lease
+        # reply waiting 5 ms (the default switch interval) for it starves the worker of work.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         net = threading.Thread(target=self._net_thread, name="ajug-net", daemon=True)
         net.start()
         while not self.store_ready.is_set():
@@ -343,11 +347,15 @@ class Worker:
                 return 0
         if self.o.prefetch is not None:
             hold = 1 + self.o.prefetch
+            want = hold - len(self.queued)
         elif self.ran < 3 or self.avg_task_s > 0.05:
             hold = 2 if self.ran >= 3 else 1
+            want = hold - len(self.queued)
         else:
+            # tiny tasks: keep up to ~50 ms of work queued, counting only tasks not yet
+            # started, so the next batch arrives while the worker still has work to do
             hold = int(min(64, max(2, 0.05 / max(self.avg_task_s, 1e-5))))
-        want = hold - len(self.queued)
+            want = hold - self.leases.qsize() if len(self.queued) < 4 * hold else 0
         if self.o.max_tasks is not None:
             want = min(want, self.o.max_tasks - self.ran - len(self.queued))
         return max(0, want)
