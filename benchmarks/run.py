@@ -66,6 +66,9 @@ STATUS_SAMPLES = 10
 STATUS_SPACING_S = 0.2
 SCALE_WARMUP_S = 2.0
 CHECK_SAMPLES = 50
+#: The floor writes results in batches as a worker does (ajug.worker.SaveBatch's limits).
+FLOOR_BATCH = 64
+FLOOR_BATCH_BYTES = 8 << 20
 SUMMARY_RE = re.compile(r"(\d+)/(\d+) done.*?(?:, ([\d.]+) tasks/s)?$", re.M)
 SERVING_RE = re.compile(r"serving \S+ on (\S+):(\d+)")
 
@@ -97,8 +100,10 @@ else:
 
 # -- helpers run in subprocesses -----------------------------------------------------------------
 def floor_main(args: list[str]) -> int:
-    """The store floor: every task of the jugfile run in order in this process, inputs loaded
-    from and results saved to the store exactly as a worker does, with no coordinator."""
+    """The store floor: every task of the jugfile run in order in this process, with no
+    coordinator. Results are written as a worker writes them (``save_many`` in batches of
+    FLOOR_BATCH items or FLOOR_BATCH_BYTES, with the same metadata) and every input is loaded
+    from the store (a batch holding one is written first)."""
     jugfile, store_url, out = args
     t0 = time.perf_counter()
     from ajug.jugfile import load_jugfile
@@ -109,12 +114,28 @@ def floor_main(args: list[str]) -> int:
     loaded = load_jugfile(jugfile, store)
     t1 = time.perf_counter()
     ident = f"{socket.gethostname()}:{os.getpid()}"
+    save_many = getattr(store, "save_many", None) or (lambda items: [store.save(*i) for i in items])
+    pending: list[tuple[str, Any, dict[str, Any]]] = []
+    pending_keys: set[str] = set()
+    size = 0
     for t in loaded.tasks:
+        if pending_keys and any(d.key in pending_keys for d in t.dependencies()):
+            save_many(pending)
+            pending, size = [], 0
+            pending_keys.clear()
         s = time.perf_counter()
         result = t.f(*[value(a) for a in t.args], **{k: value(v) for k, v in t.kwargs.items()})
         meta = {"func": t.name, "src": source_hash(t.f), "rt": time.perf_counter() - s,
                 "worker": ident, "ts": time.time()}
-        store.save(t.key, result, meta)
+        pending.append((t.key, result, meta))
+        pending_keys.add(t.key)
+        size += getattr(result, "nbytes", 64)
+        if len(pending) >= FLOOR_BATCH or size >= FLOOR_BATCH_BYTES:
+            save_many(pending)
+            pending, size = [], 0
+            pending_keys.clear()
+    if pending:
+        save_many(pending)
     t2 = time.perf_counter()
     store.close()
     Path(out).write_text(json.dumps({"tasks": len(loaded.tasks), "load_s": t1 - t0,
@@ -939,6 +960,7 @@ def main(argv: list[str] | None = None) -> int:
     b = Bench(o)
     started = time.time()
     load_before = os.getloadavg()
+    git = _git()  # the code measured is the code at the start
     try:
         rows = run_all(o, b)
     finally:
@@ -950,7 +972,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": round(time.time() - started, 1),
         "host": socket.gethostname(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "platform": platform.platform(), "ajug": _version("ajug"), "jug": _version("jug"),
-        **_git(), "jobs": o.jobs, "repeat": o.repeat, "quick": o.quick, "sizes": o.sizes,
+        **git, "jobs": o.jobs, "repeat": o.repeat, "quick": o.quick, "sizes": o.sizes,
         "systems": o.systems, "workloads": o.workloads, "argv": sys.argv[1:], "notes": b.notes,
         # other work on the machine skews every number: the 1-minute load before and after
         "loadavg": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
