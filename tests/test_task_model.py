@@ -505,7 +505,7 @@ def test_arguments_round_trip_for_workers() -> None:
     from ajug.graph import decode_args, encode_args
     from ajug.task import ResultRef
 
-    def f(*a, **k):  # noqa: ANN
+    def f(*a, **k):
         return a, k
 
     dep = Task(f, 1)
