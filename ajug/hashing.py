@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import sys
 from typing import Any
 
 PICKLE_PROTOCOL = 4
@@ -29,13 +30,11 @@ PICKLE_PROTOCOL = 4
 _LIST_TAG = repr(list).encode()
 _TUPLE_TAG = repr(tuple).encode()
 
-try:  # numpy is optional; arrays are hashed by content when it is there
-    import numpy as _np
 
-    _ndarray: type | None = _np.ndarray
-except ImportError:  # pragma: no cover - numpy is in the test extra
-    _np = None
-    _ndarray = None
+def _numpy() -> Any:
+    """numpy if something already imported it (no value can be an array otherwise): importing
+    it here would cost every worker a tenth of a second at start-up for nothing."""
+    return sys.modules.get("numpy")
 
 # pickle.dumps of small ints and names is the hot path of hashing a big graph: memoise the
 # handful that recur (argument indices and the three field names).
@@ -73,7 +72,7 @@ def hash_update(m: Any, elems: Any, where: str = "") -> Any:
             m.update(b"dict")
             pairs = sorted(((hash_one(k, where), v) for k, v in e.items()), key=_first)
             hash_update(m, pairs, where)
-        elif _ndarray is not None and te is _ndarray:
+        elif te.__name__ == "ndarray" and (_np := _numpy()) is not None and te is _np.ndarray:
             m.update(b"np.ndarray")
             m.update(pickle.dumps(e.dtype, protocol=PICKLE_PROTOCOL))
             m.update(pickle.dumps(e.shape, protocol=PICKLE_PROTOCOL))
