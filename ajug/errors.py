@@ -15,6 +15,7 @@
     │   └── VersionMismatch         no protocol version in common
     ├── AuthError                   wrong token, or the peer failed to prove it has it
     ├── ConnectError                the coordinator cannot be reached (after retries)
+    │   └── TLSError                TLS failed: not retried
     ├── LeaseLost                   the coordinator reclaimed a lease
     └── TaskFailed                  a task raised; carries the remote traceback
 
@@ -84,6 +85,10 @@ class AuthError(AjugError):
 
 class ConnectError(AjugError):
     pass
+
+
+class TLSError(ConnectError):
+    """TLS failed (a certificate not trusted, TLS against plain TCP): retrying will not help."""
 
 
 class LeaseLost(AjugError):

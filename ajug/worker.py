@@ -26,7 +26,15 @@ from typing import Any
 
 import cloudpickle
 
-from .errors import AjugError, AuthError, ConnectError, ProtocolError, StoreError, StoreFull
+from .errors import (
+    AjugError,
+    AuthError,
+    ConnectError,
+    ProtocolError,
+    StoreError,
+    StoreFull,
+    TLSError,
+)
 from .graph import decode_args
 from .protocol import connection as conn_mod
 from .stores import open_store
@@ -375,8 +383,8 @@ class Worker:
                     ssl=self.o.ssl,
                     name=self.o.name or socket.gethostname(),
                 )
-            except AuthError:
-                raise
+            except (AuthError, TLSError):
+                raise  # retrying cannot fix a wrong token or an untrusted certificate
             except (ConnectError, ProtocolError, OSError) as e:
                 if time.monotonic() + delay > deadline:
                     what = "reach" if first else "reconnect to"

@@ -73,7 +73,8 @@ def test_client_with_wrong_token_refuses_the_server_first() -> None:
     with pytest.raises(AuthError) as info:
         c.receive(challenge)
     assert str(info.value) == (
-        "the coordinator at coord:5555 did not prove it has the token; refusing to run its code"
+        "the coordinator at coord:5555 did not prove it has the token; refusing to run its code "
+        "(if it is yours, the tokens differ: check AJUG_TOKEN or --token-file on both sides)"
     )
     assert m.error_for(info.value)["code"] == "auth"
 

@@ -153,7 +153,8 @@ class ClientHandshake:
         if not hmac.compare_digest(expected, msg["proof"]):
             raise AuthError(
                 f"the coordinator at {self.server} did not prove it has the token; "
-                "refusing to run its code"
+                "refusing to run its code (if it is yours, the tokens differ: check AJUG_TOKEN "
+                "or --token-file on both sides)"
             )
         self.version = msg["version"]
         self._state = "welcome"

@@ -23,7 +23,7 @@ import ssl as _ssl
 from dataclasses import dataclass
 from typing import Any
 
-from ajug.errors import AjugError, ConnectError, ProtocolError
+from ajug.errors import AjugError, ConnectError, ProtocolError, TLSError
 from ajug.protocol import messages as m
 from ajug.protocol.auth import ClientHandshake, ServerHandshake
 from ajug.protocol.framing import (
@@ -225,7 +225,7 @@ async def open_connection(
             f"cannot reach the coordinator at {where}: no answer within {handshake_timeout_s:g} s"
         ) from None
     except _ssl.SSLError as exc:
-        raise ConnectError(
+        raise TLSError(
             f"TLS with the coordinator at {where} failed: {exc.reason or exc}"
         ) from None
     except OSError as exc:
