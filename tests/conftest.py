@@ -198,3 +198,13 @@ def store(request: pytest.FixtureRequest, make_store: Callable[..., Any]) -> Any
     if request.param == "redis":
         return make_store("redis", chunk_bytes=256 << 10)
     return make_store(request.param)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Any]:
+    """Starts real `ajug serve` / `ajug work` processes; stops what is left of them by PID."""
+    from procs import Procs
+
+    p = Procs(tmp_path)
+    yield p
+    p.stop_all()

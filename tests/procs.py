@@ -141,3 +141,15 @@ def values(jugfile: Path, names: list[str], store: str | None = None, **extra_en
 
 def read_log(p: subprocess.Popen[str]) -> str:
     return Path(p.logfile).read_text()  # type: ignore[attr-defined]
+
+
+JUGFILES = Path(__file__).parent / "jugfiles"
+
+
+def copy_jugfile(tmp_path: Path, name: str) -> Path:
+    """A test jugfile copied into the test's own directory (its store goes beside it)."""
+    import shutil
+
+    dst = tmp_path / name
+    shutil.copy(JUGFILES / name, dst)
+    return dst

@@ -8,7 +8,6 @@ import re
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +62,6 @@ def proj(computed: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "p"
     shutil.copytree(computed, dst)
     return dst / "pipeline.py"
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    yield p
-    p.stop_all()
 
 
 @pytest.mark.timeout(60)

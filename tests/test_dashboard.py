@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,6 @@ from procs import Procs, env, read_log, status, wait_for
 HERE = Path(__file__).parent
 STATES = ("waiting", "ready", "running", "done", "failed", "blocked")
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    yield p
-    p.stop_all()
 
 
 def fetch(port: int, path: str, timeout: float = 10) -> tuple[int, str, str]:

@@ -8,27 +8,23 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procs import Procs, ajug_cmd, env, offline_status, read_log, status, values, wait_for
+from procs import (
+    Procs,
+    ajug_cmd,
+    copy_jugfile,
+    env,
+    offline_status,
+    read_log,
+    status,
+    values,
+    wait_for,
+)
 
 HERE = Path(__file__).parent
 EXPECTED_TOTAL = sum(x * x for x in range(60))
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    yield p
-    p.stop_all()
-
-
-def copy_jugfile(tmp_path: Path, name: str) -> Path:
-    dst = tmp_path / name
-    shutil.copy(HERE / "jugfiles" / name, dst)
-    return dst
 
 
 def result_stamps(jugfile: Path, store: str | None) -> dict[str, float]:

@@ -5,32 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Procs, ajug_cmd, env, read_log, status, values, wait_for
+from procs import Procs, ajug_cmd, copy_jugfile, env, read_log, status, values, wait_for
 
 HERE = Path(__file__).parent
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    yield p
-    p.stop_all()
-
-
-def copy_jugfile(tmp_path: Path, name: str) -> Path:
-    dst = tmp_path / name
-    shutil.copy(HERE / "jugfiles" / name, dst)
-    return dst
 
 
 def stamps(store_url: str) -> dict[str, float]:

@@ -15,7 +15,6 @@ import re
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -33,13 +32,6 @@ HERE = Path(__file__).parent
 N_STEPS = 40
 EXPECTED_TOTAL = sum(x * x for x in range(N_STEPS))
 KEY = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    yield p
-    p.stop_all()
 
 
 def steady(tmp_path: Path) -> tuple[Path, Path]:
