@@ -426,9 +426,8 @@ def status(target: str, store_url: str | None, as_json: bool, watch: bool, inter
            tls_cert: str | None, tls_key: str | None) -> int:
     """Progress of a run: TARGET is HOST:PORT (live) or a jugfile (offline, from the store)."""
     from rich.console import Console
-    from rich.live import Live
 
-    from .status import render, status_table
+    from .status import render
 
     offline = target.endswith(".py") or Path(target).is_file()
     console = Console()
@@ -461,12 +460,30 @@ def status(target: str, store_url: str | None, as_json: bool, watch: bool, inter
         while True:
             click.echo(json.dumps(fetch(), sort_keys=True), nl=True)
             time.sleep(interval)
+    from .progress import RunProgress
+
+    # a bar per function with its rate and ETA on a terminal; plain lines in a log
+    prog = RunProgress(console=Console(stderr=True), interval_s=max(interval, 5.0))
+    st: dict[str, Any] | None = None
     try:
-        with Live(status_table(fetch()), console=console, refresh_per_second=4) as live:
-            while True:
-                time.sleep(interval)
-                live.update(status_table(fetch()))
+        while True:
+            try:
+                st = fetch()
+            except AjugError as e:
+                if st is None:
+                    raise
+                prog.close(st)
+                click.echo("ajug: the coordinator has stopped (it exits once a run is finished; "
+                           "`ajug status JUGFILE` reads the store)", err=True)
+                log.debug("status: %s", e)
+                return 0
+            prog.update(st)
+            if st["state"] == "finished":
+                prog.close(st)
+                return 0 if st["totals"]["done"] == st["tasks"] else 1
+            time.sleep(interval)
     except KeyboardInterrupt:
+        prog.close(st)
         return 0
 
 

@@ -31,12 +31,14 @@ class RunProgress:
         self._last_line = 0.0
         self._last_text = ""
         self._bars: dict[str, Any] = {}
+        self._seen: dict[str, tuple[float, int, float]] = {}
         self._progress: Progress | None = None
         if self.tty:
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
                 TextColumn("{task.fields[extra]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
@@ -61,14 +63,29 @@ class RunProgress:
                     extra.append(f"{f['blocked']} blocked")
                 bar = self._bars.get(name)
                 if bar is None:
-                    bar = self._bars[name] = self._progress.add_task(name, total=total, extra="")
-                self._progress.update(bar, total=total, completed=f["done"], extra=" ".join(extra))
+                    bar = self._bars[name] = self._progress.add_task(
+                        name, total=total, extra="", rate="")
+                rate = self._rate(name, f["done"])
+                self._progress.update(bar, total=total, completed=f["done"], extra=" ".join(extra),
+                                      rate=f"{rate:,.0f}/s" if rate else "")
             return
         now = time.monotonic()
         text = plain_line(st)
         if now - self._last_line >= self.interval_s and text != self._last_text:
             self._last_line, self._last_text = now, text
             print(text, file=sys.stderr, flush=True)
+
+    def _rate(self, name: str, done: int) -> float:
+        """Tasks per second for one function, smoothed over the last updates."""
+        now = time.monotonic()
+        last = self._seen.get(name)
+        self._seen[name] = (now, done, last[2] if last else 0.0)
+        if last is None or now <= last[0]:
+            return last[2] if last else 0.0
+        inst = (done - last[1]) / (now - last[0])
+        rate = inst if last[2] == 0.0 else 0.7 * last[2] + 0.3 * inst
+        self._seen[name] = (now, done, rate)
+        return rate
 
     def close(self, st: dict[str, Any] | None = None) -> None:
         if self._progress is not None:

@@ -10,7 +10,8 @@ Every measurement runs the real command as a subprocess of this one and times al
 - ``ajug-file`` / ``ajug-redis``: ``ajug run J -j JOBS --no-progress --store S``.
 - ``floor-file`` / ``floor-redis``: one process, no coordinator: loads the jugfile with ajug's
   loader, then for every task in order loads its inputs from the store, runs it and saves the
-  result with the same metadata a worker writes. What ajug could do with zero overhead.
+  result as a worker does (``save_many`` batches of 64, the same metadata). What ajug could do
+  with zero overhead.
 - ``jug-file`` / ``jug-redis``: JOBS ``jug execute J --jugdir D`` processes on one jugdir, as jug
   users run it (``--wait-cycle-time 0.05``: jug's default 12 s sleep while waiting for another
   process's task would dominate every chain).
@@ -18,8 +19,9 @@ Every measurement runs the real command as a subprocess of this one and times al
 Processes run under a tiny wrapper (``WRAP``) that writes ``getrusage`` at exit: the peak RSS of
 the process itself (the coordinator, for ``ajug run``) apart from its children (the workers).
 Results are checked after the last repeat of each system (a sample of values, loaded with
-``ajug.init``/``jug.init`` in a subprocess). The redis systems use a redis-server of their own,
-on a free port, stopped by its pid at the end.
+``ajug.init``/``jug.init`` in a subprocess); on ajug's stores every repeat also reads all the
+results' metadata, whose write times give the serving span and the steady-state rate. The redis
+systems use a redis-server of their own, on a free port, stopped by its pid at the end.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -176,3 +177,24 @@ def test_barrier_example_with_jugfile_functions_as_arguments(tmp_path: Path) -> 
         w for w, _ in best[:3]] == ["the", "dog", "fox"]
     st = offline_status(ex)
     assert st["barrier"] is False and st["totals"]["done"] == st["tasks"]
+
+
+@pytest.mark.timeout(90)
+def test_status_watch_follows_a_run_to_its_end(procs: Procs, tmp_path: Path) -> None:
+    jugfile = copy_jugfile(tmp_path, "steps.py")
+    e = env(AJUG_TEST_N="12", AJUG_TEST_STEP_S="0.25")
+    coord, port = procs.serve(jugfile, "--stay", env=e)
+    procs.work(port, env=e)
+    watch = subprocess.run(
+        ajug_cmd("status", f"127.0.0.1:{port}", "--watch", "--interval", "0.3"),
+        env=e, capture_output=True, text=True, timeout=60,
+    )
+    # --stay: the run finishes but the coordinator stays; --watch ends at "finished"
+    assert watch.returncode == 0, watch.stderr
+    assert "13/13 done" in watch.stderr
+    json_lines = subprocess.run(
+        ajug_cmd("status", f"127.0.0.1:{port}", "--json"), env=e, capture_output=True,
+        text=True, timeout=30)
+    assert json.loads(json_lines.stdout)["state"] == "finished"
+    coord.terminate()
+    assert coord.wait(30) == 0
