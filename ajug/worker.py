@@ -125,7 +125,7 @@ class SaveBatch:
     this worker's cache, so a dependent task run here meanwhile finds it."""
 
     MAX_ITEMS = 64
-    MAX_BYTES = 8 * 1024 * 1024
+    MAX_BYTES = 1024 * 1024
     MAX_DELAY_S = 0.02
 
     def __init__(self, store: Any, cache: ResultCache, worker: Worker) -> None:
@@ -140,8 +140,8 @@ class SaveBatch:
         self.items.append((lease, result, meta, rt))
         self.bytes += _approx_size(result)
         self.cache.put(lease.key, result, _approx_size(result))
-        if rt > self.MAX_DELAY_S:  # a slow task: no point in waiting for company
-            self.flush()
+        if rt > self.MAX_DELAY_S or self.bytes >= self.MAX_BYTES:
+            self.flush()  # a slow task or a big result: no point in waiting for company
 
     def due(self) -> bool:
         return bool(self.items) and (

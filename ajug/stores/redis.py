@@ -86,6 +86,8 @@ class Keys:
 MANIFEST_MAGIC = b"AJCM"
 #: Bytes of ``{ns}r:{key}`` read to recognise and parse a manifest (they are ~50 bytes).
 MANIFEST_PEEK_BYTES = 256
+#: commands carrying more than this go through the zero-copy client
+BULK_BYTES = 1024 * 1024
 DEFAULT_CHUNK_BYTES = 64 << 20
 MAX_CHUNK_BYTES = 512 << 20  # redis refuses larger values
 #: An uncommitted chunk disappears after this even if nobody runs cleanup().
@@ -185,12 +187,17 @@ class RedisStore(Store):
             "socket_connect_timeout": min(5.0, socket_timeout_s),
             "socket_timeout": socket_timeout_s,
         }
-        packer = _zero_copy_packer()
-        if packer is not None:
-            opts["command_packer"] = packer
         opts.update(redis_options)
+        packer = _zero_copy_packer()
         try:
+            # two clients: hiredis's fast packer for the many small commands, and the
+            # zero-copy packer for commands that carry big values (chunks, large results)
             self.r = redis.Redis.from_url(url, **opts)
+            self.r_bulk = (
+                redis.Redis.from_url(url, **{**opts, "command_packer": packer})
+                if packer is not None and "command_packer" not in redis_options
+                else self.r
+            )
             self._save_batch = self.r.register_script(_SAVE_BATCH_LUA)
         except ValueError as e:
             raise UsageError(f"bad redis address {url!r}: {e}") from e
@@ -202,8 +209,9 @@ class RedisStore(Store):
         return f"RedisStore({self.addr!r}, namespace={self.keys.ns!r})"
 
     def close(self) -> None:
-        self.r.close()
-        self.r.connection_pool.disconnect()
+        for client in {id(self.r): self.r, id(self.r_bulk): self.r_bulk}.values():
+            client.close()
+            client.connection_pool.disconnect()
 
     # -------------------------------------------------------------------------- the boundary
 
@@ -262,7 +270,7 @@ class RedisStore(Store):
                 ck = self.keys.chunk(key, upload, i)
 
                 def put(ck: str = ck, chunk: encoding.Piece = chunk) -> None:
-                    pipe = self.r.pipeline(transaction=False)
+                    pipe = self.r_bulk.pipeline(transaction=False)
                     pipe.set(marker, mark, px=UPLOAD_MARK_TTL_MS)
                     pipe.set(ck, chunk, px=CHUNK_TTL_MS)
                     pipe.execute()
@@ -332,10 +340,13 @@ class RedisStore(Store):
         # instead of three per result (redis-py's packing is most of a small save's cost)
         keys: list[str] = []
         argv: list[bytes] = []
+        total = 0
         for _, key, blob, meta_bytes in small:
             keys += [self.keys.result(key), self.keys.meta(key)]
             argv += [blob, meta_bytes]
-        olds = self._call(lambda: self._save_batch(keys=keys, args=argv))
+            total += len(blob)
+        client = self.r_bulk if total > BULK_BYTES else self.r
+        olds = self._call(lambda: self._save_batch(keys=keys, args=argv, client=client))
         for j, (_, key, _, _) in enumerate(small):
             old = _manifest(olds[j] if olds[j] else None)
             if old and old["n"]:
@@ -346,8 +357,10 @@ class RedisStore(Store):
         """One round trip for the common case: MULTI, peek at the old value, set value and
         metadata, EXEC. If the old value was a chunked one, its chunks go afterwards."""
 
+        client = self.r_bulk if len(value) > BULK_BYTES else self.r
+
         def txn() -> bytes | None:
-            pipe = self.r.pipeline(transaction=True)
+            pipe = client.pipeline(transaction=True)
             pipe.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1)
             pipe.set(rkey, value)
             pipe.set(self.keys.meta(key), meta_bytes)
