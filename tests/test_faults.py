@@ -200,3 +200,35 @@ def test_full_disk_fails_tasks_cleanly_and_resumes(tmp_path: Path) -> None:
         assert values(jugfile, ["total"], store)["total"] == [1024 * 1024] * 8
     finally:
         subprocess.run(["umount", "-l", str(data)], capture_output=True)
+
+
+@pytest.mark.timeout(150)
+def test_worker_killed_while_writing_a_result(procs: Procs, tmp_path: Path) -> None:
+    """The result is half written when the worker dies: nothing is visible under its key, the
+    task runs elsewhere, and what is finally loaded is whole."""
+    jugfile = copy_jugfile(tmp_path, "bigsave.py")
+    store = tmp_path / "bigsave.ajugdata"
+    coord, port = procs.serve(jugfile)
+    w1 = procs.work(port, "--prefetch", "0")
+    tmpdir = store / "tmp"
+    killed_mid_write = False
+    deadline = time.monotonic() + 60
+    last = 0
+    while time.monotonic() < deadline and w1.poll() is None:
+        sizes = [p.stat().st_size for p in tmpdir.rglob("*.tmp")] if tmpdir.exists() else []
+        if sizes and sizes[0] > last > 0:  # the temp file is growing: the worker is writing
+            w1.kill()
+            killed_mid_write = True
+            break
+        last = max(sizes or [last])
+        time.sleep(0.002)
+    w1.wait(10)
+    if not killed_mid_write:
+        pytest.skip("the write finished before the worker could be killed (a very fast disk)")
+    # nothing under the key, only a temp file of a dead writer
+    assert stamps(str(store)) == {}
+    w2 = procs.work(port, "--prefetch", "0")
+    assert coord.wait(120) == 0, read_log(coord)
+    assert w2.wait(30) == 0
+    assert values(jugfile, ["result"])["result"] == [300 * 1024 * 1024, 7, 7]
+    assert "back to ready" in read_log(coord)
