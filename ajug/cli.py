@@ -491,11 +491,12 @@ async def query_status(host: str, port: int, token: bytes, ctx: ssl.SSLContext |
                        detail: bool = False, timeout_s: float = 10.0,
                        access: str = "full") -> dict[str, Any]:
     from .protocol import connection as conn_mod
+    from .protocol import messages as m
 
     conn = await conn_mod.open_connection(host, port, token=token, role="client", access=access,
                                           ssl=ctx, name="status")
     try:
-        conn.send({"op": "status", "id": 1, "detail": detail})
+        conn.send(m.status(1, detail))
         await conn.drain()
         try:
             rep = await asyncio.wait_for(conn.recv(), timeout_s)

@@ -27,6 +27,7 @@ from .errors import AjugError, ProtocolError, StoreError
 from .graph import Graph, build_graph
 from .jugfile import LoadedJugfile, load_jugfile
 from .protocol import connection as conn_mod
+from .protocol import messages as m
 from .protocol.messages import ERROR_CODES
 from .scheduler import BLOCKED, DONE, FAILED, READY, RUNNING, STATE_NAMES, WAITING, Scheduler
 from .stores import open_store
@@ -35,7 +36,6 @@ from .stores.base import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 5555
-EXISTS_BATCH = 5000
 #: upper bounds of the task duration histogram (Prometheus buckets, seconds)
 DURATION_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 #: a lease request waits at most this long for work, whatever it asks
@@ -454,7 +454,6 @@ class ConnSession:
         self.access = peer.access
         self.sent_funcs: set[int] = set()
         self.graph_epoch = -1
-        self.waiting = 0
         self.peer = peer
 
     def register(self) -> None:
@@ -473,7 +472,7 @@ class ConnSession:
                 self.c._notify()
 
     def error(self, re: int | None, code: str, msg: str) -> None:
-        self.conn.send({"op": "error", "re": re, "code": code, "msg": msg})
+        self.conn.send(m.error(re, code, msg))
 
     #: Lease requests of one connection handled at a time. A peer that pipelines more (and
     #: does not read the replies) is not read from until one is answered: TCP backpressure
@@ -640,15 +639,15 @@ class ConnSession:
             if fid not in self.sent_funcs:
                 self.sent_funcs.add(fid)
                 f = graph.functions[fid]
-                funcs.append({"fn": fid, "name": f.name, "src": f.src, "code": f.code})
-            out.append({"key": graph.keys[i], "tok": tok, "fn": fid, "args": graph.args[i]})
+                funcs.append(m.func_item(fid, f.name, f.src, f.code))
+            out.append(m.lease_item(graph.keys[i], tok, fid, graph.args[i]))
         if out:
             state = "run"
         elif c.state == "finished" and not c.s.stay:
             state = "finished"
         else:
             state = "idle"
-        self.conn.send({"op": "leases", "re": rid, "state": state, "leases": out, "funcs": funcs})
+        self.conn.send(m.leases(rid, state=state, leases=out, funcs=funcs))
 
     async def on_renew(self, msg: dict[str, Any]) -> None:
         sched, graph = self.c.sched, self.c.graph
@@ -661,7 +660,7 @@ class ConnSession:
             else:
                 items.append((i, tok))
         lost.extend(graph.keys[i] for i in sched.renew(self.wid, items))
-        self.conn.send({"op": "renewed", "re": msg["id"], "lost": lost})
+        self.conn.send(m.renewed(msg["id"], lost))
         await self.conn.drain()
 
     async def on_resume(self, msg: dict[str, Any]) -> None:
@@ -678,19 +677,16 @@ class ConnSession:
         lost.extend(graph.keys[i] for i in lost_i)
         if kept:
             log.info("worker %s resumed %d running task(s)", self.wid, len(kept))
-        self.conn.send(
-            {"op": "resumed", "re": msg["id"], "kept": [[graph.keys[i], t] for i, t in kept],
-             "lost": lost}
-        )
+        self.conn.send(m.resumed(msg["id"], [(graph.keys[i], t) for i, t in kept], lost))
         await self.conn.drain()
 
     async def on_status(self, msg: dict[str, Any]) -> None:
-        self.conn.send({"op": "status", "re": msg["id"], "status": self.c.status(bool(msg["detail"]))})
+        self.conn.send(m.status_reply(msg["id"], self.c.status(bool(msg["detail"]))))
         await self.conn.drain()
 
     async def on_shutdown(self, msg: dict[str, Any]) -> None:
         log.info("shutdown requested by %s", self.wid)
-        self.conn.send({"op": "ok", "re": msg["id"]})
+        self.conn.send(m.ok(msg["id"]))
         await self.conn.drain()
         self.c.stop()
 
@@ -703,7 +699,7 @@ class ConnSession:
         if self.c.state == "finished":
             self.c.state = "running"
         self.c._notify()
-        self.conn.send({"op": "ok", "re": msg["id"]})
+        self.conn.send(m.ok(msg["id"]))
         await self.conn.drain()
 
 

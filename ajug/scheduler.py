@@ -316,11 +316,6 @@ class Scheduler:
             self._lose(i, "lease expired")
         return late
 
-    def next_deadline(self) -> float | None:
-        if not self.leases:
-            return None
-        return min(lease.deadline for lease in self.leases.values())
-
     def resume(self, wid: str, idxs: Iterable[int]) -> tuple[list[tuple[int, int]], list[int]]:
         """A reconnected worker says it is running these: keep those that are free to keep."""
         w = self.workers[wid]

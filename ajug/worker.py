@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ from .errors import (
 )
 from .graph import decode_args
 from .protocol import connection as conn_mod
+from .protocol import messages as m
 from .stores import open_store
 from .task import Task, value
 
@@ -56,7 +58,6 @@ class Lease:
     func_blob: bytes
     func_name: str
     func_src: str
-    started: float = 0.0
 
 
 class ResultCache:
@@ -212,7 +213,6 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick: asyncio.Event | None = None
         self._funcs: dict[bytes, Any] = {}
-        self._lock = threading.Lock()
 
     # -- main thread ------------------------------------------------------------------------
     def run(self) -> int:
@@ -270,7 +270,6 @@ class Worker:
         raise self.fatal
 
     def _execute(self, lease: Lease, batch: SaveBatch) -> None:
-        lease.started = time.monotonic()
         t0 = time.perf_counter()
         try:
             f = self._funcs.get(lease.func_blob)
@@ -441,12 +440,12 @@ class Worker:
                 pending.clear()
                 raise
 
-        def request(msg: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        def request(make: Callable[[int], dict[str, Any]]) -> asyncio.Future[dict[str, Any]]:
+            """Send the message ``make(id)``; the future is resolved by its reply."""
             rid = next(ids)
-            msg["id"] = rid
             fut = loop.create_future()
             pending[rid] = fut
-            conn.send(msg)
+            conn.send(make(rid))
             return fut
 
         rtask = asyncio.ensure_future(reader())
@@ -459,7 +458,7 @@ class Worker:
             unreported = [r[0] for r in self.reports_done + self.reports_failed]
             if resume and (self.queued or unreported):
                 running = list(self.queued) + unreported
-                fut = request({"op": "resume", "running": running})
+                fut = request(lambda rid: m.resume(rid, running))
                 await conn.drain()
                 rep = await fut
                 kept = dict(rep["kept"])
@@ -486,8 +485,8 @@ class Worker:
             def send_lease(want: int) -> asyncio.Future[dict[str, Any]]:
                 done, failed = self.reports_done, self.reports_failed
                 self.reports_done, self.reports_failed = [], []
-                fut = request({"op": "lease", "want": want, "wait_ms": 1000 if want else 0,
-                               "done": done, "failed": failed})
+                fut = request(lambda rid: m.lease(rid, want=want, wait_ms=1000 if want else 0,
+                                                  done=done, failed=failed))
                 self.inflight[id(fut)] = (done, failed)
                 return fut
 
@@ -511,9 +510,8 @@ class Worker:
                     raise ProtocolError("connection closed")
                 now = time.monotonic()
                 if renew_fut is None and now - last_renew >= self.lease_ttl_s / 3 and self.queued:
-                    renew_fut = request(
-                        {"op": "renew", "leases": [[k, lz.tok] for k, lz in list(self.queued.items())]}
-                    )
+                    held = [(k, lz.tok) for k, lz in list(self.queued.items())]
+                    renew_fut = request(lambda rid, held=held: m.renew(rid, held))
                     last_renew = now
                 if renew_fut is not None and renew_fut.done():
                     lost = renew_fut.result()["lost"]
@@ -528,7 +526,7 @@ class Worker:
                     report_fut = None
                 reports = bool(self.reports_done or self.reports_failed)
                 if self.finished.is_set() and poll_fut is None and report_fut is None and not reports:
-                    conn.send({"op": "bye"})
+                    conn.send(m.bye())
                     await conn.drain()
                     return True
                 if poll_fut is None:
