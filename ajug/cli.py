@@ -299,7 +299,14 @@ def worker_command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "ajug", *verbosity, *args]
 
 
-def supervise(arg_lists: list[list[str]], env: dict[str, str], should_stop: Any = None) -> int:
+def worth_restarting(rc: int, restarts: int, jobs: int) -> bool:
+    """A worker process exited while the run goes on: start another? Not for 0 (all done) or
+    2 (an ajug error, e.g. coordinator unreachable, that another process would hit too); yes
+    for anything else (a signal, os._exit in a task, a crash), up to 20 restarts per job."""
+    return rc not in (0, 2) and restarts < 20 * jobs
+
+
+def supervise(arg_lists: list[list[str]], env: dict[str, str]) -> int:
     """Run worker processes; restart one that was killed while the run goes on."""
     procs = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
     restarts = 0
@@ -314,11 +321,7 @@ def supervise(arg_lists: list[list[str]], env: dict[str, str], should_stop: Any 
                 rc = p.poll()
                 if rc is None:
                     continue
-                stop = should_stop() if should_stop else False
-                # 0: all done; 2: an ajug error (e.g. coordinator unreachable) that another
-                # process would hit too. Anything else (a signal, os._exit in a task, a crash):
-                # start another while the run goes on.
-                if rc not in (0, 2) and not finished_ok and not stop and restarts < 20 * len(procs):
+                if not finished_ok and worth_restarting(rc, restarts, len(procs)):
                     log.warning("worker pid %d exited (%s); starting another", p.pid,
                                 f"signal {-rc}" if rc < 0 else f"status {rc}")
                     restarts += 1
@@ -387,7 +390,7 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
                 return
             for i, p in enumerate(procs):
                 rc = p.poll()
-                if rc is not None and rc != 0 and restarts[0] < 20 * n:
+                if rc is not None and worth_restarting(rc, restarts[0], n):
                     log.warning("worker pid %d exited (%d); starting another", p.pid, rc)
                     restarts[0] += 1
                     procs[i] = subprocess.Popen(worker_command(arg_lists[i]), env=env)
