@@ -544,6 +544,9 @@ class ConnSession:
         sched = c.sched
         assert sched is not None
         sched.touch(self.wid)
+        w = sched.workers.get(self.wid)
+        if w is not None:
+            w.follow = bool(msg.get("follow"))
         changed = self._report(msg)
         if changed:
             c._notify_from(self)
@@ -628,8 +631,8 @@ class ConnSession:
 
     def _reply_leases(self, rid: int, leases: list[tuple[int, int]]) -> None:
         c = self.c
-        graph = c.graph
-        assert graph is not None
+        graph, sched = c.graph, c.sched
+        assert graph is not None and sched is not None
         if self.graph_epoch != c.loads:  # the graph was rebuilt past a barrier
             self.graph_epoch = c.loads
             self.sent_funcs = set()
@@ -640,7 +643,9 @@ class ConnSession:
                 self.sent_funcs.add(fid)
                 f = graph.functions[fid]
                 funcs.append(m.func_item(fid, f.name, f.src, f.code))
-            out.append(m.lease_item(graph.keys[i], tok, fid, graph.args[i]))
+            after = sched.after(i) if sched.remaining[i] else ()
+            out.append(m.lease_item(graph.keys[i], tok, fid, graph.args[i],
+                                    [graph.keys[d] for d in after]))
         if out:
             state = "run"
         elif c.state == "finished" and not c.s.stay:

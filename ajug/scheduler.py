@@ -12,6 +12,12 @@ Lease rules (DESIGN.md, "Leases and failures"):
   failed task is blocked, and the rest of the graph runs on;
 - a ``done`` for a lease that is no longer current is the caller's to verify in the store
   (``complete`` returns False) and then ``accept_late``.
+
+Follow-on leases (a worker that asks with ``follow``): a waiting task whose unfinished inputs
+are all leased to that worker is leased to it as well, to run right after them on the same
+machine. A chain then runs without a round trip per step, and a reduce runs where its inputs
+are. Such a task is RUNNING with ``remaining > 0``; losing it (or one of its inputs) puts it
+back to WAITING without counting an attempt, since it never ran.
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ class WorkerInfo:
     done: int = 0
     failed: int = 0
     leases: set[int] = field(default_factory=set)
+    #: asks for follow-on leases (it runs a lease's ``after`` inputs first)
+    follow: bool = False
+    #: leased tasks whose dependents have not all been looked at: [task, next rdep position]
+    frontier: deque[list[int]] = field(default_factory=deque)
 
 
 @dataclass
@@ -156,23 +166,79 @@ class Scheduler:
 
     # -- leases ---------------------------------------------------------------------------
     def lease(self, wid: str, n: int) -> list[tuple[int, int]]:
-        """Up to ``n`` ready tasks for ``wid``, as (task index, lease token)."""
+        """Up to ``n`` tasks for ``wid``, as (task index, lease token): follow-on tasks of what
+        it already holds first (their inputs are on that machine), then ready tasks."""
         w = self.workers[wid]
         now = self.clock()
         w.last_seen = now
-        out = []
-        ready, st = self.ready, self.state
+        out: list[tuple[int, int]] = []
         deadline = now + self.lease_ttl_s
+        if w.follow:
+            self._follow(w, out, n, deadline)
+        ready, st = self.ready, self.state
         while ready and len(out) < n:
             i = ready.popleft()
             if st[i] != READY:
                 continue
-            self._tok += 1
-            self.leases[i] = Lease(i, wid, self._tok, deadline)
-            w.leases.add(i)
-            self._set(i, RUNNING)
-            out.append((i, self._tok))
+            self._grant(w, i, deadline, out)
+        if w.follow and len(out) < n:
+            self._follow(w, out, n, deadline)
         return out
+
+    def _grant(self, w: WorkerInfo, i: int, deadline: float, out: list[tuple[int, int]]) -> None:
+        self._tok += 1
+        self.leases[i] = Lease(i, w.wid, self._tok, deadline)
+        w.leases.add(i)
+        self._set(i, RUNNING)
+        out.append((i, self._tok))
+        if w.follow and self.rdep_start[i] != self.rdep_start[i + 1]:
+            w.frontier.append([i, self.rdep_start[i]])
+
+    def _follow(self, w: WorkerInfo, out: list[tuple[int, int]], n: int, deadline: float) -> None:
+        """Lease to ``w`` the waiting dependents of its leases whose other unfinished inputs
+        are all leased to ``w`` too."""
+        fr, st, rem, leases = w.frontier, self.state, self.remaining, self.leases
+        rs, ri = self.rdep_start, self.rdep_idx
+        ds, di = self.graph.dep_start, self.graph.dep_idx
+        wid = w.wid
+        while fr and len(out) < n:
+            ent = fr[0]
+            i, p = ent
+            lz = leases.get(i)
+            if st[i] != RUNNING or lz is None or lz.worker != wid:
+                fr.popleft()
+                continue
+            end = rs[i + 1]
+            while p < end and len(out) < n:
+                j = ri[p]
+                p += 1
+                if st[j] != WAITING:
+                    continue
+                for q in range(ds[j], ds[j + 1]):
+                    d = di[q]
+                    s = st[d]
+                    if s == DONE:
+                        continue
+                    if s != RUNNING:
+                        break
+                    dl = leases.get(d)
+                    if dl is None or dl.worker != wid:
+                        break
+                else:
+                    if rem[j]:
+                        self._grant(w, j, deadline, out)
+            if p >= end:
+                fr.popleft()
+            else:
+                ent[1] = p
+
+    def after(self, i: int) -> list[int]:
+        """The inputs of a leased task that are not done yet: non-empty for a follow-on lease,
+        whose worker must run these first."""
+        if not self.remaining[i]:
+            return []
+        st, ds, di = self.state, self.graph.dep_start, self.graph.dep_idx
+        return [di[q] for q in range(ds[i], ds[i + 1]) if st[di[q]] != DONE]
 
     def renew(self, wid: str, items: Iterable[tuple[int, int]]) -> list[int]:
         """Extend the worker's leases; return the task indices it no longer holds."""
@@ -240,6 +306,8 @@ class Scheduler:
                 if rem[j] == 0:
                     self._set(j, READY)
                     newly.append(j)
+            elif st[j] == RUNNING and rem[j]:  # a follow-on lease: now one input fewer to wait for
+                rem[j] -= 1
         # a finished task's dependents go first: the same worker usually gets them in the same
         # round trip and finds the input in its cache
         self.ready.extendleft(reversed(newly))
@@ -250,6 +318,10 @@ class Scheduler:
         if lease is None or lease.tok != tok:
             return "stale"
         self._release(lease)
+        self._revoke_followers(i)
+        if err.get("kind") == "skipped":  # a follow-on the worker could not run: not an attempt
+            self._back(i)
+            return "retry"
         w = self.workers.get(wid)
         if w is not None:
             w.failed += 1
@@ -291,11 +363,39 @@ class Scheduler:
         if w is not None:
             w.leases.discard(lease.idx)
 
+    def _revoke_followers(self, i: int) -> None:
+        """``i`` will not be done where it was leased: its follow-on leases (and theirs) are
+        taken back; they wait for their inputs again."""
+        rs, ri, st, rem = self.rdep_start, self.rdep_idx, self.state, self.remaining
+        stack = [i]
+        while stack:
+            k = stack.pop()
+            for p in range(rs[k], rs[k + 1]):
+                j = ri[p]
+                if st[j] == RUNNING and rem[j]:
+                    lease = self.leases.get(j)
+                    if lease is not None:
+                        self._release(lease)
+                    self._set(j, WAITING)
+                    stack.append(j)
+
+    def _back(self, i: int) -> None:
+        """A lease given up without an attempt: ready again, or waiting for its inputs."""
+        if self.remaining[i]:
+            self._set(i, WAITING)
+        else:
+            self._set(i, READY)
+            self.ready.appendleft(i)
+
     def _lose(self, i: int, why: str) -> None:
         lease = self.leases.get(i)
         if lease is None:
             return
         self._release(lease)
+        self._revoke_followers(i)
+        if self.remaining[i]:  # a follow-on that never started: no attempt lost
+            self._set(i, WAITING)
+            return
         self.reclaimed += 1
         n = self.lost_count[i] = self.lost_count.get(i, 0) + 1
         if n >= self.max_attempts:

@@ -58,6 +58,28 @@ class Lease:
     func_blob: bytes
     func_name: str
     func_src: str
+    #: a follow-on lease: these inputs were leased to this worker too and must be produced
+    #: here first (they come earlier in the queue)
+    after: tuple[str, ...] = ()
+
+
+class RecentKeys:
+    """Keys of the results this worker produced lately, for checking a follow-on's inputs."""
+
+    def __init__(self, max_items: int = 65536) -> None:
+        self.max_items = max_items
+        self.keys: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, key: str) -> None:
+        self.keys[key] = None
+        if len(self.keys) > self.max_items:
+            self.keys.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self.keys.pop(key, None)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys
 
 
 class ResultCache:
@@ -169,6 +191,7 @@ class SaveBatch:
                     raise
                 except BaseException as e:
                     self.cache.drop(lz.key)
+                    self.worker.produced.discard(lz.key)
                     self.worker._post_failure(lz, e)
                     continue
                 reports.append(("done", [lz.key, lz.tok, {"rt": rt, "size": size}]))
@@ -213,6 +236,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick: asyncio.Event | None = None
         self._funcs: dict[bytes, Any] = {}
+        self.produced = RecentKeys()
 
     # -- main thread ------------------------------------------------------------------------
     def run(self) -> int:
@@ -270,6 +294,14 @@ class Worker:
         raise self.fatal
 
     def _execute(self, lease: Lease, batch: SaveBatch) -> None:
+        if lease.after and not all(k in self.produced for k in lease.after):
+            # an input failed here (or was lost): give the follow-on back, it never ran
+            log.debug("task %s (%s) skipped: an input was not produced here", lease.func_name,
+                      lease.key[:12])
+            err = {"type": "Skipped", "msg": "an input was not produced on this worker", "tb": "",
+                   "kind": "skipped"}
+            self._post([("failed", [lease.key, lease.tok, err])])
+            return
         t0 = time.perf_counter()
         try:
             f = self._funcs.get(lease.func_blob)
@@ -286,6 +318,7 @@ class Worker:
         rt = time.perf_counter() - t0
         meta = {"func": lease.func_name, "src": lease.func_src, "rt": rt, "worker": self.ident,
                 "ts": time.time()}
+        self.produced.add(lease.key)
         batch.add(lease, result, meta, rt)
         self._count(time.perf_counter() - t0)
 
@@ -486,7 +519,7 @@ class Worker:
                 done, failed = self.reports_done, self.reports_failed
                 self.reports_done, self.reports_failed = [], []
                 fut = request(lambda rid: m.lease(rid, want=want, wait_ms=1000 if want else 0,
-                                                  done=done, failed=failed))
+                                                  done=done, failed=failed, follow=True))
                 self.inflight[id(fut)] = (done, failed)
                 return fut
 
@@ -497,7 +530,8 @@ class Worker:
                     funcs[fn["fn"]] = (fn["code"], fn["name"], fn["src"])
                 for lz in rep["leases"]:
                     blob, name, src = funcs[lz["fn"]]
-                    lease = Lease(lz["key"], lz["tok"], lz["fn"], lz["args"], blob, name, src)
+                    lease = Lease(lz["key"], lz["tok"], lz["fn"], lz["args"], blob, name, src,
+                                  tuple(lz.get("after", ())))
                     self.queued[lease.key] = lease
                     self.leases.put(lease)
                 if rep["state"] == "finished" and not self.queued:

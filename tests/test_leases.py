@@ -177,3 +177,128 @@ def test_dependents_csr(n: int) -> None:
     s, _ = sched_for(deps)
     assert s.rdep_start[1] - s.rdep_start[0] == n
     assert array("I", s.rdep_idx[: n]) == array("I", range(1, n + 1))
+
+
+# -- follow-on leases -------------------------------------------------------------------------
+
+
+def follow_sched(deps: list[list[int]], **kw: object) -> tuple[Scheduler, Clock]:
+    s, clock = sched_for(deps, **kw)
+    s.workers["w1"].follow = True
+    return s, clock
+
+
+def chain(n: int) -> list[list[int]]:
+    return [[]] + [[i] for i in range(n - 1)]
+
+
+def test_chain_is_leased_ahead_to_the_worker_that_holds_its_start() -> None:
+    s, _ = follow_sched(chain(6))
+    got = s.lease("w1", 4)
+    assert [i for i, _ in got] == [0, 1, 2, 3]
+    assert [s.after(i) for i, _ in got] == [[], [0], [1], [2]]
+    assert s.state[1] == RUNNING and s.remaining[1] == 1
+    assert s.lease("w2", 4) == []  # nothing another worker could run yet
+    toks = dict(got)
+    for i in range(4):
+        assert s.complete("w1", i, toks[i])
+    rest = s.lease("w1", 4)
+    assert [i for i, _ in rest] == [4, 5]
+    for i, tok in rest:
+        assert s.complete("w1", i, tok)
+    assert s.all_done() and s.completed == 6
+
+
+def test_a_worker_without_follow_gets_only_ready_tasks() -> None:
+    s, _ = sched_for(chain(3))
+    assert [i for i, _ in s.lease("w1", 4)] == [0]
+
+
+def test_follow_on_needs_every_unfinished_input_on_the_same_worker() -> None:
+    # 2 depends on 0 and 1; 3 depends on 0 only
+    s, _ = follow_sched([[], [], [0, 1], [0]])
+    s.workers["w2"].follow = True
+    (a, _), = s.lease("w1", 1)  # 0, and its follow-on 3 does not fit in n=1
+    assert a == 0
+    (b, _), = s.lease("w2", 1)
+    assert b == 1
+    got = [i for i, _ in s.lease("w1", 5)]
+    assert got == [3]  # 2 needs 1, held by w2
+    assert s.state[2] == WAITING
+
+
+def test_done_in_the_reverse_order_still_counts_once() -> None:
+    s, _ = follow_sched(chain(3))
+    toks = dict(s.lease("w1", 3))
+    assert s.complete("w1", 1, toks[1])  # reported before its input (another batch)
+    assert s.complete("w1", 0, toks[0])
+    assert s.complete("w1", 2, toks[2])
+    assert s.all_done() and s.completed == 3
+
+
+def test_losing_the_worker_puts_follow_ons_back_to_waiting_without_an_attempt() -> None:
+    s, _ = follow_sched(chain(4), max_attempts=2)
+    s.lease("w1", 4)
+    s.remove_worker("w1")
+    assert list(s.state) == [READY, WAITING, WAITING, WAITING]
+    assert s.lost_count == {0: 1}
+    assert s.reclaimed == 1
+    assert s.totals()[RUNNING] == 0
+
+
+def test_an_expired_input_revokes_its_follow_ons() -> None:
+    s, clock = follow_sched(chain(3))
+    s.lease("w1", 3)
+    clock.t += 31
+    s.expire()
+    assert list(s.state) == [READY, WAITING, WAITING]
+    assert not s.leases and not s.workers["w1"].leases
+    # w2 picks up the start; the rest follows it there
+    s.workers["w2"].follow = True
+    assert [i for i, _ in s.lease("w2", 3)] == [0, 1, 2]
+
+
+def test_a_failed_input_revokes_and_then_blocks_its_follow_ons() -> None:
+    s, _ = follow_sched(chain(3), retries=1)
+    toks = dict(s.lease("w1", 3))
+    err = {"type": "E", "msg": "m", "tb": "", "kind": "exception"}
+    assert s.fail("w1", 0, toks[0], err) == "retry"
+    assert list(s.state) == [READY, WAITING, WAITING]
+    # the worker then finds the follow-ons' input missing and gives them back: stale now
+    skip = {"type": "Skipped", "msg": "", "tb": "", "kind": "skipped"}
+    assert s.fail("w1", 1, toks[1], skip) == "stale"
+    toks = dict(s.lease("w1", 3))
+    assert s.fail("w1", 0, toks[0], err) == "failed"
+    assert list(s.state) == [FAILED, BLOCKED, BLOCKED]
+    assert s.finished()
+
+
+def test_a_skipped_follow_on_is_not_an_attempt() -> None:
+    s, _ = follow_sched(chain(2), retries=0)
+    toks = dict(s.lease("w1", 2))
+    assert s.complete("w1", 0, toks[0])
+    skip = {"type": "Skipped", "msg": "", "tb": "", "kind": "skipped"}
+    assert s.fail("w1", 1, toks[1], skip) == "retry"
+    assert s.state[1] == READY and not s.error_count and not s.failures
+    (i, tok), = s.lease("w2", 1)
+    assert i == 1 and s.complete("w2", 1, tok) and s.all_done()
+
+
+def test_a_late_done_of_a_revoked_follow_on_counts() -> None:
+    s, clock = follow_sched(chain(2))
+    toks = dict(s.lease("w1", 2))
+    clock.t += 31
+    s.expire()
+    assert s.complete("w1", 0, toks[0]) is False  # verified in the store by the caller
+    assert s.accept_late("w1", 0)
+    assert s.complete("w1", 1, toks[1]) is False
+    assert s.accept_late("w1", 1)
+    assert s.all_done() and s.completed == 2
+
+
+def test_fan_out_is_leased_ahead_in_slices() -> None:
+    s, _ = follow_sched([[]] + [[0]] * 10)
+    first = [i for i, _ in s.lease("w1", 4)]
+    assert first == [0, 1, 2, 3]
+    assert [i for i, _ in s.lease("w1", 4)] == [4, 5, 6, 7]
+    assert [i for i, _ in s.lease("w1", 4)] == [8, 9, 10]

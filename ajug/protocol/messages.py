@@ -161,12 +161,14 @@ class _Tuple(_Type):
 
 
 class _Struct(_Type):
-    """A map with named fields (extra fields are ignored)."""
+    """A map with named fields (extra fields are ignored). ``optional`` fields may be absent
+    (a later addition to version 1 that older peers neither send nor read)."""
 
     what = "map"
 
-    def __init__(self, **fields: _Type) -> None:
+    def __init__(self, optional: dict[str, _Type] | None = None, **fields: _Type) -> None:
         self.fields = fields
+        self.optional = optional or {}
 
     def check(self, value: Any, op: str, path: str) -> None:
         if type(value) is not dict:
@@ -176,11 +178,14 @@ class _Struct(_Type):
             if name not in value:
                 raise BadField(f"{op}: field {sub} must be {t.what} (missing)")
             t.check(value[name], op, sub)
+        for name, t in self.optional.items():
+            if name in value:
+                t.check(value[name], op, f"{path}.{name}" if path else name)
 
 
 MAP = _Map()
 TASK_ERROR = _Struct(type=STR, msg=STR, tb=STR, kind=STR)
-LEASE_ITEM = _Struct(key=KEY, tok=UINT, fn=UINT, args=BIN)
+LEASE_ITEM = _Struct(key=KEY, tok=UINT, fn=UINT, args=BIN, optional={"after": _List(KEY)})
 FUNC_ITEM = _Struct(fn=UINT, name=STR, src=STR, code=BIN)
 KEY_TOK = _Tuple(("key", KEY), ("tok", UINT))
 
@@ -204,6 +209,7 @@ SCHEMAS: dict[Sender, dict[str, _Struct]] = {
             wait_ms=UINT,
             done=_List(_Tuple(("key", KEY), ("tok", UINT), ("meta", MAP))),
             failed=_List(_Tuple(("key", KEY), ("tok", UINT), ("err", TASK_ERROR))),
+            optional={"follow": BOOL},
         ),
         "renew": _Struct(id=UINT, leases=_List(KEY_TOK)),
         "resume": _Struct(id=UINT, running=_List(KEY)),
@@ -347,9 +353,11 @@ def lease(
     wait_ms: int = 0,
     done: Iterable[Sequence[Any]] = (),
     failed: Iterable[Sequence[Any]] = (),
+    follow: bool = False,
 ) -> dict[str, Any]:
-    """Report ``done`` ``(key, tok, meta)`` and ``failed`` ``(key, tok, err)``; ask for ``want``."""
-    return {
+    """Report ``done`` ``(key, tok, meta)`` and ``failed`` ``(key, tok, err)``; ask for ``want``
+    (``follow``: this worker honours ``after`` and may be given follow-on leases)."""
+    msg = {
         "op": "lease",
         "id": id,
         "want": want,
@@ -357,10 +365,17 @@ def lease(
         "done": [list(d) for d in done],
         "failed": [list(f) for f in failed],
     }
+    if follow:
+        msg["follow"] = True
+    return msg
 
 
-def lease_item(key: str, tok: int, fn: int, args: bytes) -> dict[str, Any]:
-    return {"key": key, "tok": tok, "fn": fn, "args": args}
+def lease_item(key: str, tok: int, fn: int, args: bytes, after: Sequence[str] = ()) -> dict[str, Any]:
+    """``after``: keys this worker runs first (a follow-on lease); absent when empty."""
+    item = {"key": key, "tok": tok, "fn": fn, "args": args}
+    if after:
+        item["after"] = list(after)
+    return item
 
 
 def func_item(fn: int, name: str, src: str, code: bytes) -> dict[str, Any]:

@@ -159,6 +159,22 @@ def vectors() -> list[tuple[str, str, str, dict[str, Any]]]:
                 failed=[[K4, 2**64 - 1, ERR]],
             ),
         ),
+        (
+            "lease-follow",
+            "C>S",
+            "a worker that honours after: may get follow-on leases",
+            m.lease(2, want=2, wait_ms=1000, follow=True),
+        ),
+        (
+            "leases-follow",
+            "S>C",
+            "a ready task and a follow-on lease that waits for it on the same worker",
+            m.leases(
+                2,
+                state="run",
+                leases=[m.lease_item(K3, 7, 0, ARGS), m.lease_item(K4, 8, 0, ARGS, after=[K3])],
+            ),
+        ),
         ("leases-idle", "S>C", "nothing ready before wait_ms ran out", m.leases(200, state="idle")),
         (
             "leases-finished",

@@ -1,0 +1,79 @@
+"""Follow-on leases with real processes: a chain runs ahead on one worker, and a step that
+fails or kills its worker gives the rest of the chain back without losing or counting it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from procs import Procs, ajug_cmd, copy_jugfile, env, values
+
+from ajug.protocol import messages as m
+from ajug.protocol.connection import open_connection
+
+
+def run_chain(tmp_path: Path, *extra: str, **e: str) -> subprocess.CompletedProcess[str]:
+    jugfile = copy_jugfile(tmp_path, "longchain.py")
+    out = subprocess.run(ajug_cmd("-v", "run", str(jugfile), "-j", "2", "--no-progress", *extra),
+                         env=env(AJUG_TEST_MARKS=str(tmp_path), **e), capture_output=True,
+                         text=True, timeout=100)
+    out.jugfile = jugfile  # type: ignore[attr-defined]
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_chain_with_a_step_that_raises_once(tmp_path: Path) -> None:
+    out = run_chain(tmp_path, "--retries", "1", AJUG_TEST_N="400", AJUG_TEST_BAD="150")
+    assert out.returncode == 0, out.stderr
+    assert "401/401 done" in out.stderr
+    assert (tmp_path / "bad.attempts").read_text() == "2"
+    got = values(out.jugfile, ["last"], AJUG_TEST_MARKS=str(tmp_path))  # type: ignore[attr-defined]
+    assert got["last"][0] == 400
+    assert "failed" not in out.stderr.split("ajug: [finished]")[-1]
+
+
+@pytest.mark.timeout(120)
+def test_chain_with_a_step_that_raises_fails_and_blocks_the_rest(tmp_path: Path) -> None:
+    out = run_chain(tmp_path, AJUG_TEST_N="300", AJUG_TEST_BAD="100")
+    assert out.returncode == 1
+    summary = out.stderr.split("ajug: [finished]")[-1]
+    assert "100/301 done" in summary and "1 failed" in summary and "200 blocked" in summary, summary
+
+
+@pytest.mark.timeout(120)
+def test_chain_with_a_step_that_kills_its_worker(tmp_path: Path) -> None:
+    out = run_chain(tmp_path, AJUG_TEST_N="400", AJUG_TEST_BAD="200", AJUG_TEST_HOW="kill")
+    assert out.returncode == 0, out.stderr
+    assert "401/401 done" in out.stderr
+    assert (tmp_path / "bad.attempts").read_text() == "2"
+    got = values(out.jugfile, ["last"], AJUG_TEST_MARKS=str(tmp_path))  # type: ignore[attr-defined]
+    assert got["last"][0] == 400
+
+
+@pytest.mark.timeout(60)
+def test_follow_on_leases_on_the_wire(procs: Procs, tmp_path: Path) -> None:
+    """A worker that asks with ``follow`` gets the chain ahead, each step naming its input in
+    ``after``; one that does not ask gets only what is ready."""
+    jugfile = copy_jugfile(tmp_path, "longchain.py")
+    _, port = procs.serve(jugfile, "--stay", env=env(AJUG_TEST_N="10"))
+
+    async def ask(follow: bool) -> list[dict[str, Any]]:
+        conn = await open_connection("127.0.0.1", port, token=b"test-token", role="worker")
+        try:
+            conn.send(m.lease(1, want=5, wait_ms=0, follow=follow))
+            await conn.drain()
+            rep = await asyncio.wait_for(conn.recv(), 10)
+            return rep["leases"]
+        finally:
+            conn.close()
+
+    plain = asyncio.run(ask(False))
+    assert len(plain) == 1 and "after" not in plain[0]  # only the start is ready
+    # that lease was given up when the connection closed; a following worker gets 5 in a row
+    ahead = asyncio.run(ask(True))
+    assert len(ahead) == 5
+    assert "after" not in ahead[0]
+    assert [lz["after"] for lz in ahead[1:]] == [[lz["key"]] for lz in ahead[:4]]
