@@ -114,6 +114,17 @@ class _Map(_Type):
     def ok(self, value: Any) -> bool:
         if type(value) is not dict:
             return False
+        for k, v in value.items():  # the usual case: one level of plain values
+            t = type(v)
+            if type(k) is not str or t is dict or t is list or t is tuple:
+                break
+            if t is int:
+                if not INT64_MIN <= v <= UINT64_MAX:
+                    return False
+            elif v is not None and t is not float and t is not str and t is not bool and t is not bytes:
+                return False
+        else:
+            return True
         stack: list[tuple[Any, int]] = [(value, 1)]
         while stack:
             v, depth = stack.pop()
@@ -139,6 +150,9 @@ class _List(_Type):
         self.item = item
         self.what = f"array of {item.what}"
 
+    def ok(self, value: Any) -> bool:
+        return type(value) in (list, tuple) and all(map(self.item.ok, value))
+
     def check(self, value: Any, op: str, path: str) -> None:
         if type(value) not in (list, tuple):
             raise BadField(f"{op}: field {path} must be {self.what}")
@@ -151,13 +165,25 @@ class _Tuple(_Type):
 
     def __init__(self, *items: tuple[str, _Type]) -> None:
         self.items = items
+        self.oks = tuple(t.ok for _, t in items)
         self.what = "[" + ", ".join(f"{name}: {t.what}" for name, t in items) + "]"
+
+    def ok(self, value: Any) -> bool:
+        if type(value) not in (list, tuple) or len(value) != len(self.oks):
+            return False
+        for ok, item in zip(self.oks, value):
+            if not ok(item):
+                return False
+        return True
 
     def check(self, value: Any, op: str, path: str) -> None:
         if type(value) not in (list, tuple) or len(value) != len(self.items):
             raise BadField(f"{op}: field {path} must be {self.what}")
         for i, ((_name, t), item) in enumerate(zip(self.items, value, strict=True)):
             t.check(item, op, f"{path}[{i}]")
+
+
+_MISSING = object()
 
 
 class _Struct(_Type):
@@ -169,6 +195,20 @@ class _Struct(_Type):
     def __init__(self, optional: dict[str, _Type] | None = None, **fields: _Type) -> None:
         self.fields = fields
         self.optional = optional or {}
+        self._oks = tuple((name, t.ok) for name, t in fields.items())
+        self._opt_oks = tuple((name, t.ok) for name, t in self.optional.items())
+
+    def ok(self, value: Any) -> bool:
+        if type(value) is not dict:
+            return False
+        for name, ok in self._oks:
+            v = value.get(name, _MISSING)
+            if v is _MISSING or not ok(v):
+                return False
+        for name, ok in self._opt_oks:
+            if name in value and not ok(value[name]):
+                return False
+        return True
 
     def check(self, value: Any, op: str, path: str) -> None:
         if type(value) is not dict:
@@ -255,7 +295,10 @@ def validate(msg: Any, sender: Sender | None = None) -> dict[str, Any]:
     if schema is None:
         side = "coordinator" if sender == "server" else "client or worker"
         raise UnknownOp(f"unknown op {op[:40]!r} from a {side}")
-    schema.check(msg, op, "")
+    # the quick yes/no walk first (no error text built per item); the walk that names the bad
+    # field only when the answer is no
+    if not schema.ok(msg):
+        schema.check(msg, op, "")
     return msg
 
 
