@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import random
 import socket
 import ssl as _ssl
@@ -20,7 +19,7 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,17 +62,47 @@ class Lease:
     after: tuple[str, ...] = ()
 
 
+class Inbox:
+    """Leases handed from the network thread to the main thread. A deque (appends and pops
+    are atomic) and an event: one lock operation per reply instead of two per lease, which is
+    what ``queue.Queue`` costs."""
+
+    def __init__(self) -> None:
+        self.items: deque[Lease | None] = deque()
+        self.ready = threading.Event()
+
+    def put(self, *items: Lease | None) -> None:
+        self.items.extend(items)
+        self.ready.set()
+
+    def get_nowait(self) -> Lease | None:
+        """The next lease; IndexError when there is none."""
+        return self.items.popleft()
+
+    def get(self) -> Lease | None:
+        while True:
+            try:
+                return self.items.popleft()
+            except IndexError:
+                pass
+            self.ready.wait()
+            self.ready.clear()  # then look again: a put between the two is in ``items``
+
+    def qsize(self) -> int:
+        return len(self.items)
+
+
 class RecentKeys:
     """Keys of the results this worker produced lately, for checking a follow-on's inputs."""
 
     def __init__(self, max_items: int = 65536) -> None:
         self.max_items = max_items
-        self.keys: OrderedDict[str, None] = OrderedDict()
+        self.keys: dict[str, None] = {}  # insertion-ordered: the oldest first
 
     def add(self, key: str) -> None:
         self.keys[key] = None
         if len(self.keys) > self.max_items:
-            self.keys.popitem(last=False)
+            del self.keys[next(iter(self.keys))]
 
     def discard(self, key: str) -> None:
         self.keys.pop(key, None)
@@ -161,8 +190,9 @@ class SaveBatch:
         if not self.items:
             self.first = time.monotonic()
         self.items.append((lease, result, meta, rt))
-        self.bytes += _approx_size(result)
-        self.cache.put(lease.key, result, _approx_size(result))
+        size = _approx_size(result)
+        self.bytes += size
+        self.cache.put(lease.key, result, size)
         if rt > self.MAX_DELAY_S or self.bytes >= self.MAX_BYTES:
             self.flush()  # a slow task or a big result: no point in waiting for company
 
@@ -219,7 +249,7 @@ class WorkerOptions:
 class Worker:
     def __init__(self, opts: WorkerOptions) -> None:
         self.o = opts
-        self.leases: queue.Queue[Lease | None] = queue.Queue()
+        self.leases = Inbox()
         self.queued: dict[str, Lease] = {}  # leased, not finished (queued or running)
         self.reports_done: list[list[Any]] = []
         self.reports_failed: list[list[Any]] = []
@@ -266,7 +296,7 @@ class Worker:
                 if batch.items:
                     try:
                         lease = self.leases.get_nowait()
-                    except queue.Empty:
+                    except IndexError:
                         batch.flush()  # nothing queued: report what we have now
                         continue
                 else:
@@ -528,12 +558,15 @@ class Worker:
                 self.inflight.pop(id(fut), None)
                 for fn in rep["funcs"]:
                     funcs[fn["fn"]] = (fn["code"], fn["name"], fn["src"])
+                new = []
                 for lz in rep["leases"]:
                     blob, name, src = funcs[lz["fn"]]
                     lease = Lease(lz["key"], lz["tok"], lz["fn"], lz["args"], blob, name, src,
                                   tuple(lz.get("after", ())))
                     self.queued[lease.key] = lease
-                    self.leases.put(lease)
+                    new.append(lease)
+                if new:
+                    self.leases.put(*new)
                 if rep["state"] == "finished" and not self.queued:
                     self.finished.set()
                     self.leases.put(None)

@@ -793,7 +793,9 @@ def print_table(rows: list[dict[str, Any]], tgts: list[dict[str, Any]], meta: di
     console = Console(width=max(180, shutil.get_terminal_size().columns))
     t = Table(title=f"ajug benchmarks — {meta['host']}, {meta['cpus']} cores, {meta['jobs']} "
                     f"worker processes, median of {meta['repeat']}; load average "
-                    f"{meta['loadavg'][0]} before, {meta['loadavg'][1]} after", title_justify="left")
+                    f"{meta['loadavg'][0]} before, {meta['loadavg'][1]} after; hiredis "
+                    f"{meta['hiredis'] or 'not installed'}, uvloop {meta['uvloop'] or 'not installed'}",
+              title_justify="left")
     for c in ("workload", "system", "tasks", "tasks/s", "wall s (min–max)", "steady/s",
               "span s", "RSS MiB", "wkr MiB", "CPU s", "× jug", "× floor", "notes"):
         t.add_column(c, justify="left" if c in ("workload", "system", "notes") else "right",
@@ -974,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": round(time.time() - started, 1),
         "host": socket.gethostname(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "platform": platform.platform(), "ajug": _version("ajug"), "jug": _version("jug"),
-        **git, "jobs": o.jobs, "repeat": o.repeat, "quick": o.quick, "sizes": o.sizes,
+        "hiredis": _version("hiredis"), "uvloop": _version("uvloop"), **git, "jobs": o.jobs, "repeat": o.repeat, "quick": o.quick, "sizes": o.sizes,
         "systems": o.systems, "workloads": o.workloads, "argv": sys.argv[1:], "notes": b.notes,
         # other work on the machine skews every number: the 1-minute load before and after
         "loadavg": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],

@@ -75,6 +75,8 @@ class Encoded:
     pieces: list[Piece]
     size: int
     meta: dict[str, Any]
+    #: ``meta`` as stored in the header (msgpack), for stores that keep it apart too
+    meta_bytes: bytes = b""
 
     def __iter__(self) -> Iterator[Piece]:
         return iter(self.pieces)
@@ -116,6 +118,10 @@ def _pack_meta(meta: dict[str, Any]) -> bytes:
     return packed
 
 
+#: the last metadata length seen, by number of caller's fields: the guess for the next one
+_META_LEN_GUESS: dict[int, int] = {}
+
+
 def encode(value: Any, meta: dict[str, Any] | None = None, compress: bool = False) -> Encoded:
     """Lay ``value`` out as pieces without copying its large buffers.
 
@@ -141,15 +147,19 @@ def encode(value: Any, meta: dict[str, Any] | None = None, compress: bool = Fals
 
     full_meta = dict(meta or {})
     full_meta.setdefault("ts", time.time())
-    full_meta["size"] = body
+    # size includes the metadata that states it: guess its length, then iterate to a fixed
+    # point (the first guess is almost always right: one pack)
+    shape = len(full_meta)
+    guess = _META_LEN_GUESS.get(shape, 0)
+    full_meta["size"] = body + guess
     meta_bytes = _pack_meta(full_meta)
-    for _ in range(4):  # size includes the metadata that states it: iterate to a fixed point
-        full_meta["size"] = body + len(meta_bytes)
-        again = _pack_meta(full_meta)
-        if len(again) == len(meta_bytes):
-            meta_bytes = again
+    for _ in range(4):
+        if len(meta_bytes) == guess:
             break
-        meta_bytes = again
+        guess = len(meta_bytes)
+        full_meta["size"] = body + guess
+        meta_bytes = _pack_meta(full_meta)
+    _META_LEN_GUESS[shape] = guess
     fields = (
         MAGIC, FORMAT_VERSION, flags, 0, len(meta_bytes), len(stored), len(data), pickle_raw_len,
         zlib.crc32(table), crc, zlib.crc32(meta_bytes),
@@ -157,7 +167,7 @@ def encode(value: Any, meta: dict[str, Any] | None = None, compress: bool = Fals
     head = HEADER.pack(*fields, 0)
     head = HEADER.pack(*fields, zlib.crc32(head[:-4]))
     pieces: list[Piece] = [head + meta_bytes + table, data, *stored]
-    return Encoded(pieces, body + len(meta_bytes), full_meta)
+    return Encoded(pieces, body + len(meta_bytes), full_meta, meta_bytes)
 
 
 def encode_bytes(value: Any, meta: dict[str, Any] | None = None, compress: bool = False) -> bytes:

@@ -256,7 +256,7 @@ class RedisStore(Store):
     def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> int:
         check_key(key)
         enc = encoding.encode(value, meta, self.compress)
-        meta_bytes = msgpack.packb(enc.meta, use_bin_type=True)
+        meta_bytes = enc.meta_bytes
         if enc.size <= self.chunk_bytes:
             blob = b"".join(enc.pieces)
             self._commit(key, blob, meta_bytes, None, 0)
@@ -341,7 +341,7 @@ class RedisStore(Store):
                 sizes[n] = self.save(key, value, meta)
                 continue
             sizes[n] = enc.size
-            small.append((n, key, b"".join(enc.pieces), msgpack.packb(enc.meta, use_bin_type=True)))
+            small.append((n, key, b"".join(enc.pieces), enc.meta_bytes))
         if not small:
             return sizes
 
