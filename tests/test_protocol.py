@@ -305,6 +305,24 @@ def test_optional_fields_are_checked_when_present() -> None:
         m.validate(m.leases(1, state="run", leases=[item]), "server")
 
 
+_ITEM_PARTS = st.sampled_from([None, True, -1, 0, 2**64, 1.5, "k", "a" * 40, "A" * 40, b"x", [], {},
+                                ["b" * 40], {"rt": 1.0}, {"x": {"y": [1]}}, ("c" * 40, 1, {})])
+
+
+@given(parts=st.lists(_ITEM_PARTS, min_size=0, max_size=4), as_tuple=st.booleans())
+def test_quick_item_checks_never_accept_what_the_general_one_refuses(
+    parts: list[Any], as_tuple: bool
+) -> None:
+    done = tuple(parts) if as_tuple else list(parts)
+    if m.DONE_ITEM.ok(done):
+        assert m.DONE_ITEM.general.ok(done)
+    names = ["key", "tok", "fn", "args", "after"]
+    item = dict(zip(names, parts))
+    for base in ({}, {"key": "d" * 40, "tok": 1, "fn": 0, "args": b""}):
+        cand = {**base, **item}
+        assert m.LEASE_ITEM.ok(cand) == m.LEASE_ITEM.general.ok(cand)
+
+
 # Mutations: replace any value with one of another msgpack kind; the result must be rejected.
 
 _KINDS: dict[str, Any] = {
