@@ -191,11 +191,13 @@ class Coordinator:
         coordinator does not use once the graph is built; a barrier reload runs it afresh."""
         from . import task as _task
 
+        n = len(loaded.tasks)
         loaded.tasks = []
         _task.reset()
         loaded.module.__dict__.clear()
-        gc.collect()
-        _trim_heap()
+        if n >= 100_000:  # below that the memory is small and a full collection is not
+            gc.collect()
+            _trim_heap()
 
     def _exists_all(self, keys: list[str]) -> list[bool]:
         """One call for the whole graph: the store batches it its own way (a listing per

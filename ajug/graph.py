@@ -91,8 +91,15 @@ class _ArgUnpickler(pickle.Unpickler):
         return ResultRef(pid)
 
 
+#: argument types that need neither the Task hook nor cloudpickle
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
 def encode_args(t: Task) -> bytes:
     payload = (t.args, t.kwargs)
+    plain = _PLAIN
+    if all(type(a) in plain for a in t.args) and all(type(v) in plain for v in t.kwargs.values()):
+        return pickle.dumps(payload, protocol=5)  # the common inc(i): no hook needed
     buf = io.BytesIO()
     try:
         _ArgPickler(buf, protocol=5).dump(payload)

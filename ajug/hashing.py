@@ -53,12 +53,20 @@ def _pickled_name(n: Any) -> bytes:
         return pickle.dumps(n, protocol=PICKLE_PROTOCOL)
 
 
+#: exact types hashed as their pickle (subclasses take the general path: they may define
+#: ``__jug_hash__``)
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+
+
 def hash_update(m: Any, elems: Any, where: str = "") -> Any:
     """Feed ``(name, value)`` pairs into the hash object ``m`` the way jug does."""
     for n, e in elems:
         m.update(_pickled_name(n))
-        jh = getattr(e, "__jug_hash__", None)
         te = type(e)
+        if te in _SCALARS:  # the common case first: pickled as they are
+            m.update(pickle.dumps(e, protocol=PICKLE_PROTOCOL))
+            continue
+        jh = getattr(e, "__jug_hash__", None)
         if jh is not None and not isinstance(e, type):
             m.update(jh())
         elif te is list or te is tuple:

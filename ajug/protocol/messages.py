@@ -444,8 +444,8 @@ def lease(
         "id": id,
         "want": want,
         "wait_ms": wait_ms,
-        "done": [list(d) for d in done],
-        "failed": [list(f) for f in failed],
+        "done": [d if type(d) is list else list(d) for d in done],
+        "failed": [f if type(f) is list else list(f) for f in failed],
     }
     if follow:
         msg["follow"] = True
@@ -475,7 +475,7 @@ def leases(
         "op": "leases",
         "re": re,
         "state": state,
-        "leases": [dict(x) for x in leases],
+        "leases": [x if type(x) is dict else dict(x) for x in leases],
         "funcs": [dict(f) for f in funcs],
     }
 
