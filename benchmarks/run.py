@@ -349,6 +349,10 @@ class Bench:
         return self.o.timeout or max(MIN_TIMEOUT_S, tasks_of(wl, n) / MIN_RATE)
 
     def spawn(self, cmd: list[str], env: dict[str, str], tag: str) -> subprocess.Popen[bytes]:
+        # every measurement starts with nothing left to write back: the previous run's dirty
+        # files would otherwise be flushed (and the file system's journal committed) during
+        # this one, which makes creating files stall for whoever runs next
+        os.sync()
         with open(self.tmp / f"{tag}.out", "wb") as out, open(self.tmp / f"{tag}.err", "wb") as err:
             p = subprocess.Popen(cmd, env=env, cwd=self.tmp, stdout=out, stderr=err)
         self.procs = [q for q in self.procs if q.poll() is None] + [p]
