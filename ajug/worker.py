@@ -174,7 +174,11 @@ def _approx_size(v: Any) -> int:
 class SaveBatch:
     """Results of quick tasks saved together (one redis round trip for many), then reported
     done together. A result is reported only after it is in the store; until then it is in
-    this worker's cache, so a dependent task run here meanwhile finds it."""
+    this worker's cache, so a dependent task run here meanwhile finds it.
+
+    The main thread flushes between tasks; a helper thread flushes a batch that has waited
+    ``MAX_DELAY_S`` while the main thread is inside a long task, so a long task (a follow-on
+    reduce, say) never holds back the reports of the quick ones run before it."""
 
     MAX_ITEMS = 64
     MAX_BYTES = 1024 * 1024
@@ -185,16 +189,22 @@ class SaveBatch:
         self.items: list[tuple[Lease, Any, dict[str, Any], float]] = []
         self.bytes = 0
         self.first = 0.0
+        self.lock = threading.Lock()  # held while saving: one save at a time
+        self._waiting = threading.Event()  # set while the batch holds something
+        self._closed = False
+        threading.Thread(target=self._flush_late, name="ajug-flush", daemon=True).start()
 
     def add(self, lease: Lease, result: Any, meta: dict[str, Any], rt: float) -> None:
-        if not self.items:
-            self.first = time.monotonic()
-        self.items.append((lease, result, meta, rt))
         size = _approx_size(result)
-        self.bytes += size
         self.cache.put(lease.key, result, size)
-        if rt > self.MAX_DELAY_S or self.bytes >= self.MAX_BYTES:
-            self.flush()  # a slow task or a big result: no point in waiting for company
+        with self.lock:
+            if not self.items:
+                self.first = time.monotonic()
+                self._waiting.set()
+            self.items.append((lease, result, meta, rt))
+            self.bytes += size
+            if rt > self.MAX_DELAY_S or self.bytes >= self.MAX_BYTES:
+                self._flush()  # a slow task or a big result: no point in waiting for company
 
     def due(self) -> bool:
         return bool(self.items) and (
@@ -204,6 +214,30 @@ class SaveBatch:
         )
 
     def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._closed = True
+        self._waiting.set()
+
+    def _flush_late(self) -> None:
+        while True:
+            self._waiting.wait()
+            if self._closed:
+                return
+            time.sleep(max(0.0, self.first + self.MAX_DELAY_S - time.monotonic()) + 0.001)
+            with self.lock:
+                if self.items and time.monotonic() - self.first >= self.MAX_DELAY_S:
+                    try:
+                        self._flush()
+                    except (KeyboardInterrupt, SystemExit):  # pragma: no cover - not here
+                        return
+                if not self.items:
+                    self._waiting.clear()
+
+    def _flush(self) -> None:
         items, self.items, self.bytes = self.items, [], 0
         if not items:
             return
@@ -308,7 +342,7 @@ class Worker:
                     batch.flush()
                 if self.o.max_tasks is not None and self.ran >= self.o.max_tasks:
                     break
-            batch.flush()
+            batch.close()
         except KeyboardInterrupt:
             log.info("interrupted")
             self._stop_net()

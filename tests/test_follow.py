@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Procs, ajug_cmd, copy_jugfile, env, values
+from procs import Procs, ajug_cmd, copy_jugfile, env, status, values, wait_for
 
 from ajug.protocol import messages as m
 from ajug.protocol.connection import open_connection
@@ -77,3 +77,20 @@ def test_follow_on_leases_on_the_wire(procs: Procs, tmp_path: Path) -> None:
     assert len(ahead) == 5
     assert "after" not in ahead[0]
     assert [lz["after"] for lz in ahead[1:]] == [[lz["key"]] for lz in ahead[:4]]
+
+
+@pytest.mark.timeout(90)
+def test_a_long_follow_on_does_not_hold_back_the_reports_before_it(procs: Procs,
+                                                                    tmp_path: Path) -> None:
+    """Quick steps, then their reduce leased ahead to the same worker: while the reduce runs
+    (here: until the test opens its gate) every step must already be reported done."""
+    jugfile = copy_jugfile(tmp_path, "steady.py")
+    gate = tmp_path / "gate"
+    e = env(AJUG_TEST_STEADY_S="0.005", AJUG_TEST_GATE=str(gate))
+    coord, port = procs.serve(jugfile, env=e)
+    procs.work(port, env=e)
+    st = wait_for(lambda: (s := status(port))["totals"]["done"] == 40 and s, 30,
+                  what="every step reported while the reduce runs")
+    assert st["totals"]["running"] == 1
+    gate.touch()
+    assert coord.wait(30) == 0
