@@ -8,6 +8,8 @@ Lease rules (DESIGN.md, "Leases and failures"):
 - a worker that disconnects loses its leases at once; a lease past its deadline is reclaimed;
   either way the task is ready again and it counts as one attempt; ``max_attempts`` such losses
   mark the task failed as suspected of killing its workers;
+- a task that was running when its worker was lost is leased again only alone, to a worker
+  holding nothing else: if it is what kills workers, it alone loses the next attempt;
 - a task that raises is retried ``retries`` times, then failed; everything downstream of a
   failed task is blocked, and the rest of the graph runs on;
 - a ``done`` for a lease that is no longer current is the caller's to verify in the store
@@ -172,16 +174,30 @@ class Scheduler:
         now = self.clock()
         w.last_seen = now
         out: list[tuple[int, int]] = []
+        lost = self.lost_count
+        if lost and any(j in lost for j in w.leases):
+            return out  # it runs a suspect: alone, so that a crash points at the culprit
         deadline = now + self.lease_ttl_s
         if w.follow:
             self._follow(w, out, n, deadline)
         ready, st = self.ready, self.state
+        later: list[int] = []
         while ready and len(out) < n:
             i = ready.popleft()
             if st[i] != READY:
                 continue
+            if i in lost:
+                # it was running when a worker died: it may be what killed it. It goes last and
+                # alone, to a worker holding nothing else, or every task that shared a worker
+                # with it would lose attempts too (and be failed as suspects with it)
+                later.append(i)
+                continue
             self._grant(w, i, deadline, out)
-        if w.follow and len(out) < n:
+        if later:
+            if not out and not w.leases:
+                self._grant(w, later.pop(0), deadline, out)
+            ready.extendleft(reversed(later))
+        if w.follow and len(out) < n and not (out and out[-1][0] in lost):
             self._follow(w, out, n, deadline)
         return out
 

@@ -68,7 +68,7 @@ def test_start_uses_existing_results() -> None:
 
 
 def test_expired_lease_is_reclaimed_without_sleeping() -> None:
-    s, clock = sched_for([[], []])
+    s, clock = sched_for([[]])
     (i, tok), = s.lease("w1", 1)
     clock.t += 29
     assert s.expire() == []
@@ -253,9 +253,12 @@ def test_an_expired_input_revokes_its_follow_ons() -> None:
     s.expire()
     assert list(s.state) == [READY, WAITING, WAITING]
     assert not s.leases and not s.workers["w1"].leases
-    # w2 picks up the start; the rest follows it there
+    # w2 picks up the start, alone (it lost a worker); the rest follows it there
     s.workers["w2"].follow = True
-    assert [i for i, _ in s.lease("w2", 3)] == [0, 1, 2]
+    (i, tok), = s.lease("w2", 3)
+    assert i == 0
+    assert s.complete("w2", 0, tok)
+    assert [i for i, _ in s.lease("w2", 3)] == [1, 2]
 
 
 def test_a_failed_input_revokes_and_then_blocks_its_follow_ons() -> None:
@@ -302,3 +305,27 @@ def test_fan_out_is_leased_ahead_in_slices() -> None:
     assert first == [0, 1, 2, 3]
     assert [i for i, _ in s.lease("w1", 4)] == [4, 5, 6, 7]
     assert [i for i, _ in s.lease("w1", 4)] == [8, 9, 10]
+
+
+def test_a_task_that_lost_its_worker_runs_alone_next_time() -> None:
+    s, _ = sched_for([[]] * 6, max_attempts=2)
+    assert [i for i, _ in s.lease("w1", 3)] == [0, 1, 2]
+    s.remove_worker("w1")  # one of 0, 1, 2 killed it; nobody knows which
+    s.add_worker("w3")
+    # w2 gets the innocent rest first, the suspects only one at a time while it holds nothing
+    got = s.lease("w2", 5)
+    assert [i for i, _ in got] == [3, 4, 5]
+    (a, ta), = s.lease("w3", 5)  # w3 holds nothing: one suspect, alone
+    assert a in (0, 1, 2)
+    assert s.lease("w3", 5) == []  # nothing more while it runs it
+    for i, tok in got:
+        s.complete("w2", i, tok)
+    (b, tb), = s.lease("w2", 5)
+    assert b in (0, 1, 2) and b != a
+    s.remove_worker("w3")  # a was the killer: it alone is failed
+    assert s.state[a] == FAILED and s.state[b] == RUNNING
+    s.complete("w2", b, tb)
+    s.add_worker("w4")
+    (c, tc), = s.lease("w4", 5)
+    assert s.complete("w4", c, tc)
+    assert s.totals()[DONE] == 5 and s.totals()[FAILED] == 1
