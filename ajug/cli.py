@@ -294,9 +294,19 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
     return Worker(opts).run()
 
 
-def worker_command(args: list[str]) -> list[str]:
+def ajug_args(args: list[str]) -> list[str]:
+    """A command's arguments with this process's -v flags."""
     verbosity = ["-" + "v" * _VERBOSE["level"]] if _VERBOSE["level"] else []
-    return [sys.executable, "-m", "ajug", *verbosity, *args]
+    return [*verbosity, *args]
+
+
+def worker_command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "ajug", *ajug_args(args)]
+
+
+def _forked_main(argv: list[str]) -> None:
+    """What a worker forked by ``ajug run`` runs: ``ajug work ...``, as a spawned one would."""
+    main(argv)
 
 
 def worth_restarting(rc: int, restarts: int, jobs: int) -> bool:
@@ -353,6 +363,7 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         store_url: str | None, dashboard: int | None, dashboard_host: str, **kw: Any) -> int:
     """Run a jugfile on this machine: a coordinator and JOBS worker processes over loopback."""
     from .coordinator import Coordinator
+    from .local import fork_workers
     from .progress import RunProgress
 
     if not (kw["token"] or kw["token_file"] or os.environ.get("AJUG_TOKEN")):
@@ -361,11 +372,17 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
     settings = _settings(jugfile, store_url, "127.0.0.1", port, **kw)
     settings.finish_grace_s = 5.0
     n = jobs or os.cpu_count() or 1
+    # forked now, before any thread or socket exists; they get the port once there is work
+    forks = fork_workers(n, _forked_main, {"AJUG_TOKEN": settings.token.decode()},
+                         settings.store_url)
+    if forks is not None:
+        log.info("started %d local workers by fork", n)
 
     async def main() -> int:
         coord = Coordinator(settings)
-        # (starting the workers while the jugfile loads was tried: on 2 cores their start-up
-        # competes with the loading for CPU and the whole run got slower)
+        # (spawning the workers while the jugfile loads was tried: on 2 cores their start-up
+        # competes with the loading for CPU and the whole run got slower. Forked workers have
+        # no start-up: they wait on a pipe, using no CPU, until the port is written to them.)
         await coord.open()
         if settings.ssl is not None:
             raise UsageError("ajug run uses loopback only; TLS options are for serve/work")
@@ -376,10 +393,15 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         if prefetch is not None:
             args += ["--prefetch", str(prefetch)]
         arg_lists = [[*args, "--name", f"local{i}"] for i in range(n)]
-        procs: list[subprocess.Popen[bytes]] = []
+        procs: list[Any] = []  # subprocess.Popen or ForkedProcess
         st0 = coord.status()
         if st0["tasks"] > st0["totals"]["done"] or st0["barrier"]:
-            procs = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
+            if forks is not None:
+                procs = forks.start([ajug_args(a) for a in arg_lists])
+            else:
+                procs = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
+        elif forks is not None:
+            forks.cancel()
         prog = RunProgress(enabled=not no_progress)
         restarts = [0]
 
@@ -393,11 +415,17 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
                 if rc is not None and worth_restarting(rc, restarts[0], n):
                     log.warning("worker pid %d exited (%d); starting another", p.pid, rc)
                     restarts[0] += 1
+                    # spawned, even if the first ones were forked: this process has threads now
                     procs[i] = subprocess.Popen(worker_command(arg_lists[i]), env=env)
 
         try:
             code = await coord.run(on_tick=tick)
         finally:
+            if coord.state != "finished":
+                # stopped (SIGINT, SIGTERM) or failed: the workers would keep trying for 30 s
+                # to reach a coordinator that is gone
+                for p in procs:
+                    p.send_signal(signal.SIGTERM)
             for p in procs:
                 try:
                     await asyncio.get_running_loop().run_in_executor(None, p.wait, 10)
@@ -409,7 +437,11 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         _summary(st)
         return code
 
-    return _new_loop_runner()(main())
+    try:
+        return _new_loop_runner()(main())
+    finally:
+        if forks is not None:
+            forks.close()  # those never handed a port exit at EOF; none is left a zombie
 
 
 @cli.command()
@@ -513,11 +545,14 @@ async def query_status(host: str, port: int, token: bytes, ctx: ssl.SSLContext |
         conn.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The ``ajug`` command; exits with its status. A worker forked by ``ajug run`` calls it with
+    its ``work ...`` arguments, to run exactly as a spawned one would."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
         from .config import default_map_for
 
-        rv = cli.main(standalone_mode=False, default_map=default_map_for(sys.argv[1:]))
+        rv = cli.main(args=argv, standalone_mode=False, default_map=default_map_for(argv))
     except click.exceptions.Abort:
         click.echo("ajug: interrupted", err=True)
         sys.exit(130)

@@ -108,8 +108,8 @@ class Coordinator:
 
     async def listen(self) -> None:
         """Open the store, take its owner lock and start listening. Workers may connect at
-        once (``ajug run`` starts its workers here, so that they start up while the jugfile
-        loads); their requests wait until ``load`` is done."""
+        once (those of ``ajug serve`` may already be waiting); their requests wait until
+        ``load`` is done."""
         loop = asyncio.get_running_loop()
         self.store = await loop.run_in_executor(None, open_store, self.s.store_url)
         self._lock = self.store.owner_lock(ttl_s=max(self.s.lease_ttl_s, 10.0))

@@ -259,9 +259,10 @@ def test_token_is_never_in_process_list_or_logs(procs: Procs, tmp_path: Path) ->
 
 def test_ajug_run_passes_its_token_by_environment_only(procs: Procs, tmp_path: Path) -> None:
     jugfile, gate = steady(tmp_path)
-    run = procs.start(
-        ["-vv", "run", str(jugfile), "-j", "2", "--no-progress"], "run", env=run_env(None, gate)
-    )
+    # spawned workers: forked ones (the default on Linux) have no exec'd environment to read it
+    # from; test_run_fork covers them
+    e = run_env(None, gate, AJUG_WORKER_START="spawn")
+    run = procs.start(["-vv", "run", str(jugfile), "-j", "2", "--no-progress"], "run", env=e)
     kids = wait_for(lambda: len(k := children(run.pid)) == 2 and k, 60, what="two workers")
     # the token ajug run made up for this run: in the workers' environment, nowhere else
     environ = Path(f"/proc/{kids[0]}/environ").read_bytes().split(b"\0")
