@@ -55,29 +55,35 @@ def test_chain_with_a_step_that_kills_its_worker(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_follow_on_leases_on_the_wire(procs: Procs, tmp_path: Path) -> None:
-    """A worker that asks with ``follow`` gets the chain ahead, each step naming its input in
-    ``after``; one that does not ask gets only what is ready."""
+    """A worker that asks with ``follow`` gets the chain ahead of the step it holds, each step
+    naming its input in ``after``; another worker gets nothing of it."""
     jugfile = copy_jugfile(tmp_path, "longchain.py")
     _, port = procs.serve(jugfile, "--stay", env=env(AJUG_TEST_N="10"))
 
-    async def ask(follow: bool) -> list[dict[str, Any]]:
-        conn = await open_connection("127.0.0.1", port, token=b"test-token", role="worker")
+    async def scenario() -> tuple[list[Any], list[Any], list[Any]]:
+        a = await open_connection("127.0.0.1", port, token=b"test-token", role="worker")
+        b = await open_connection("127.0.0.1", port, token=b"test-token", role="worker")
         try:
-            conn.send(m.lease(1, want=5, wait_ms=0, follow=follow))
-            await conn.drain()
-            rep = await asyncio.wait_for(conn.recv(), 10)
-            return rep["leases"]
+            async def ask(conn: Any, rid: int, follow: bool, want: int = 5) -> list[dict[str, Any]]:
+                conn.send(m.lease(rid, want=want, wait_ms=0, follow=follow))
+                await conn.drain()
+                rep = await asyncio.wait_for(conn.recv(), 10)
+                return rep["leases"]
+
+            plain = await ask(a, 1, True, want=1)  # the start, alone: it is all that is ready
+            other = await ask(b, 1, False)  # the chain waits on a's lease: nothing for b
+            ahead = await ask(a, 2, True)  # a holds the start: the next 5 steps follow it
+            return plain, other, ahead
         finally:
-            conn.close()
+            a.close()
+            b.close()
 
-    plain = asyncio.run(ask(False))
-    assert len(plain) == 1 and "after" not in plain[0]  # only the start is ready
-    # that lease was given up when the connection closed; a following worker gets 5 in a row
-    ahead = asyncio.run(ask(True))
+    plain, other, ahead = asyncio.run(scenario())
+    assert len(plain) == 1 and "after" not in plain[0]
+    assert other == []
     assert len(ahead) == 5
-    assert "after" not in ahead[0]
-    assert [lz["after"] for lz in ahead[1:]] == [[lz["key"]] for lz in ahead[:4]]
-
+    chain = [plain[0]["key"]] + [lz["key"] for lz in ahead]
+    assert [lz["after"] for lz in ahead] == [[k] for k in chain[:5]]
 
 @pytest.mark.timeout(90)
 def test_a_long_follow_on_does_not_hold_back_the_reports_before_it(procs: Procs,
