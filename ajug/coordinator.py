@@ -645,9 +645,8 @@ class ConnSession:
                 self.sent_funcs.add(fid)
                 f = graph.functions[fid]
                 funcs.append(m.func_item(fid, f.name, f.src, f.code))
-            after = sched.after(i) if sched.remaining[i] else ()
             out.append(m.lease_item(graph.keys[i], tok, fid, graph.args[i],
-                                    [graph.keys[d] for d in after]))
+                                    [graph.keys[d] for d in sched.after(i)]))
         if out:
             state = "run"
         elif c.state == "finished" and not c.s.stay:

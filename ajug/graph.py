@@ -22,6 +22,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import JugfileError
+from .hashing import PLAIN_TYPES
 from .task import ResultRef, Task, TaskGenerator, source_hash
 
 
@@ -91,13 +92,9 @@ class _ArgUnpickler(pickle.Unpickler):
         return ResultRef(pid)
 
 
-#: argument types that need neither the Task hook nor cloudpickle
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
-
-
 def encode_args(t: Task) -> bytes:
     payload = (t.args, t.kwargs)
-    plain = _PLAIN
+    plain = PLAIN_TYPES  # need neither the Task hook nor cloudpickle
     if all(type(a) in plain for a in t.args) and all(type(v) in plain for v in t.kwargs.values()):
         return pickle.dumps(payload, protocol=5)  # the common inc(i): no hook needed
     buf = io.BytesIO()

@@ -53,9 +53,9 @@ def _pickled_name(n: Any) -> bytes:
         return pickle.dumps(n, protocol=PICKLE_PROTOCOL)
 
 
-#: exact types hashed as their pickle (subclasses take the general path: they may define
-#: ``__jug_hash__``)
-_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+#: exact types hashed as their pickle and pickled as they are (subclasses take the general
+#: path: they may define ``__jug_hash__`` or hold tasks)
+PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
 
 
 def hash_update(m: Any, elems: Any, where: str = "") -> Any:
@@ -63,7 +63,7 @@ def hash_update(m: Any, elems: Any, where: str = "") -> Any:
     for n, e in elems:
         m.update(_pickled_name(n))
         te = type(e)
-        if te in _SCALARS:  # the common case first: pickled as they are
+        if te in PLAIN_TYPES:  # the common case first: pickled as they are
             m.update(pickle.dumps(e, protocol=PICKLE_PROTOCOL))
             continue
         jh = getattr(e, "__jug_hash__", None)

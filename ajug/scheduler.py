@@ -313,6 +313,8 @@ class Scheduler:
     def _done(self, i: int) -> None:
         self._set(i, DONE)
         self.completed += 1
+        if self.lost_count:  # no longer a suspect; ``lease`` looks for suspects while any remain
+            self.lost_count.pop(i, None)
         rs, ri, rem, st = self.rdep_start, self.rdep_idx, self.remaining, self.state
         newly = []
         for p in range(rs[i], rs[i + 1]):

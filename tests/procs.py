@@ -139,6 +139,20 @@ def values(jugfile: Path, names: list[str], store: str | None = None, **extra_en
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (from /proc), zombies included."""
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(d.name))
+    return kids
+
+
 def read_log(p: subprocess.Popen[str]) -> str:
     return Path(p.logfile).read_text()  # type: ignore[attr-defined]
 

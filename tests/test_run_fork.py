@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import Procs, ajug_cmd, env, read_log, values, wait_for
+from procs import Procs, ajug_cmd, children, env, read_log, values, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is Linux-only")
 
@@ -57,19 +57,6 @@ def setup(tmp_path: Path, n: int, step_s: float) -> tuple[Path, dict[str, str], 
 def ran(jugfile: Path, e: dict[str, str]) -> list[dict[str, object]]:
     return values(jugfile, ["ran"], AJUG_TEST_N=e["AJUG_TEST_N"],
                   AJUG_TEST_STEP_S=e["AJUG_TEST_STEP_S"])["ran"]
-
-
-def children(pid: int) -> list[int]:
-    kids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(d.name))
-    return kids
 
 
 def cmdline(pid: int) -> list[str]:

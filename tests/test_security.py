@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from procs import Procs, ajug_cmd, env, read_log, values, wait_for
+from procs import Procs, ajug_cmd, children, env, read_log, values, wait_for
 
 from ajug.errors import AuthError, ProtocolError
 from ajug.protocol import messages as m
@@ -89,19 +89,6 @@ def live_status(port: int, env: dict[str, str], *extra: str) -> dict[str, Any]:
 
 def cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-
-
-def children(pid: int) -> list[int]:
-    kids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(d.name))
-    return kids
 
 
 # --- binding ---------------------------------------------------------------------------------
