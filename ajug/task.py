@@ -51,6 +51,10 @@ class _getitem:
     def __jug_hash__(self) -> bytes:
         return hash_one(("jug.task._getitem", self.slice))
 
+    def __jug_dependencies__(self) -> list[Any]:
+        """The index may itself be (or hold) a Task: ``t[other_task]``."""
+        return [self.slice]
+
     def __repr__(self) -> str:
         return f"ajug.task._getitem({self.slice!r})"
 
@@ -227,7 +231,12 @@ class Tasklet(TaskletMixin):
         self.f = f
 
     def dependencies(self) -> Iterator[Any]:
+        """The base, and whatever the operation reads when it runs: the index of ``t[i]`` (which
+        may be a Task, a Tasklet or a tuple holding them), the bound arguments of a ``partial``.
+        Every walker of the graph (leasing, offline status, invalidation, barriers) goes
+        through here, so what ``value()`` will load is what the graph waits for."""
         yield self.base
+        yield from _operation_deps(self.f)
 
     __jug_dependencies__ = dependencies
 
@@ -257,6 +266,20 @@ class Tasklet(TaskletMixin):
 
     def __repr__(self) -> str:
         return f"Tasklet({self.base!r}, {self.f!r})"
+
+
+def _operation_deps(f: Any) -> list[Any]:
+    """What a Tasklet's operation needs computed besides its base (Tasks, or containers and
+    Tasklets holding them; the walkers look inside)."""
+    out: list[Any] = []
+    while isinstance(f, partial):
+        out.append(f.args)
+        out.append(f.keywords)
+        f = f.func
+    deps = getattr(f, "__jug_dependencies__", None)
+    if deps is not None and not isinstance(f, type):
+        out.extend(deps())
+    return out
 
 
 def _stable(obj: Any) -> Any:
