@@ -8,6 +8,7 @@ coordinator's lease path.
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import pickle
@@ -59,6 +60,23 @@ class _NeedsCloudpickle(Exception):
     pass
 
 
+def _module_by_name(obj: Any) -> Any:
+    """A module from beside the jugfile goes by name: the worker imports it (see codeship).
+    By value (cloudpickle's way for registered modules) its ``vars()`` would be pickled, and a
+    package whose submodule imports the package would recurse until the stack gives out."""
+    if isinstance(obj, types.ModuleType) and obj.__name__ in _BY_VALUE:
+        return importlib.import_module, (obj.__name__,)
+    return NotImplemented
+
+
+class _CodePickler(cloudpickle.Pickler):
+    """cloudpickle, with the modules beside the jugfile pickled by name."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        r = _module_by_name(obj)
+        return r if r is not NotImplemented else super().reducer_override(obj)
+
+
 class _ArgPickler(pickle.Pickler):
     """Pickles arguments with every Task replaced by a reference to its identity.
 
@@ -80,7 +98,7 @@ class _ArgPickler(pickle.Pickler):
         return NotImplemented
 
 
-class _CloudArgPickler(cloudpickle.Pickler):
+class _CloudArgPickler(_CodePickler):
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, Task):
             return obj.key
@@ -139,8 +157,10 @@ def register_by_value(jugdir: Path) -> None:
 
 
 def pickle_function(f: Any, name: str) -> bytes:
+    buf = io.BytesIO()
     try:
-        return cloudpickle.dumps(f, protocol=5)
+        _CodePickler(buf, protocol=5).dump(f)
+        return buf.getvalue()
     except Exception as e:
         raise JugfileError(f"function {name} cannot be pickled to send to workers: {e}") from None
 
