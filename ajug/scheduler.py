@@ -97,6 +97,8 @@ class Scheduler:
         self.lost_count: dict[int, int] = {}
         self.error_count: dict[int, int] = {}
         self.failures: dict[int, Failure] = {}
+        #: tasks marked failed since the coordinator last looked (it records them in the store)
+        self.new_failures: list[int] = []
         self.counts = [[0] * 6 for _ in graph.functions]
         for f in graph.fn:
             self.counts[f][WAITING] += 1
@@ -362,9 +364,15 @@ class Scheduler:
         )
         return "failed"
 
+    def mark_failed(self, i: int, failure: Failure) -> None:
+        """Offline status: a task whose failure the store records is failed, and what needs it
+        blocked, as the coordinator had them."""
+        self._fail(i, failure)
+
     def _fail(self, i: int, failure: Failure) -> None:
         self._set(i, FAILED)
         self.failures[i] = failure
+        self.new_failures.append(i)
         stack = [i]
         rs, ri, st = self.rdep_start, self.rdep_idx, self.state
         while stack:

@@ -42,6 +42,7 @@ def open_store(url: str | os.PathLike[str], **options: Any) -> Store:
         from .redis import RedisStore
 
         parts = urlsplit(text)
+        _check_redis_url(text, scheme, parts)
         kept, ours = [], {}
         for k, v in parse_qsl(parts.query, keep_blank_values=True):
             if k in _REDIS_OPTIONS:
@@ -75,12 +76,48 @@ def open_store(url: str | os.PathLike[str], **options: Any) -> Store:
     return _file_store(text, options)
 
 
+def _check_redis_url(text: str, scheme: str, parts: Any) -> None:
+    """redis-py reads ``redis://h:p/notanint`` as database 0 and says nothing: refuse it."""
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise UsageError(f"bad redis store address {text!r}: the port must be a number from 0 "
+                         "to 65535 (redis://host:6379/0)") from None
+    dbs = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "db"]
+    if scheme != "unix":
+        db = parts.path.strip("/")
+        if db:
+            dbs.append(db)
+    for db in dbs:
+        if not db.isdigit():
+            raise UsageError(f"bad redis store address {text!r}: the database {db!r} must be a "
+                             "number (redis://host:6379/0 is database 0)")
+
+
 def _file_store(path: str, options: dict[str, Any]) -> Store:
     from .file import FileStore
 
     if not path:
         raise UsageError("file: store address without a directory")
+    _check_directory(path)
     try:
         return FileStore(path, **options)
     except TypeError as e:
         raise UsageError(f"bad file store option: {e}") from e
+
+
+def _check_directory(path: str) -> None:
+    """A store path that is (or lies under) a regular file cannot become a directory: say so,
+    rather than fail later with "File exists" or "Not a directory"."""
+    p = os.path.abspath(os.path.expanduser(path))
+    while True:
+        if os.path.exists(p):
+            if not os.path.isdir(p):
+                what = "is a file" if p == os.path.abspath(path) else f"is under {p}, a file"
+                raise UsageError(f"store {path} {what}, not a directory: give a directory for "
+                                 "the results (--store DIR), or move the file away")
+            return
+        parent = os.path.dirname(p)
+        if parent == p:
+            return
+        p = parent

@@ -34,6 +34,12 @@ from ..errors import UsageError
 #: run time in seconds, ``worker`` "host:pid", ``size`` encoded bytes, ``ts`` unix time written.
 META_FIELDS = ("func", "src", "rt", "worker", "size", "ts")
 
+#: Fields of a failure record (``Store.save_failure``): ``func`` function name, ``kind``
+#: ("exception", "worker-lost", "store", ...), ``type`` and ``msg`` of the exception, ``tb``
+#: its traceback as Python prints it, ``worker`` where it ran (name, or host:pid), ``ts`` unix
+#: time it was marked failed, ``attempts`` how many times it was tried.
+FAILURE_FIELDS = ("func", "kind", "type", "msg", "tb", "worker", "ts", "attempts")
+
 #: What a key may look like: jug's hex digests, and anything else that is safe as a file name
 #: and a redis key segment (no ``/``, ``:``, ``.`` or glob characters).
 KEY_RE = re.compile(r"[0-9A-Za-z_-]{3,200}")
@@ -133,6 +139,28 @@ class Store(abc.ABC):
     def cleanup(self, dry_run: bool = False) -> int:
         """Remove stray temporary files / partial chunks; return bytes freed (or to be)."""
         return 0
+
+    # -- failure records: why a task failed, readable after its coordinator has exited -------
+    # A record is a small JSON-able dict (``FAILURE_FIELDS``). The coordinator saves one when a
+    # task is marked failed and clears it when the task later succeeds or is invalidated;
+    # ``ajug status JUGFILE --failed`` reads them on any machine that sees the store.
+
+    @abc.abstractmethod
+    def save_failure(self, key: str, record: dict[str, Any]) -> None:
+        """Record why task ``key`` failed, replacing any earlier record, atomically."""
+
+    @abc.abstractmethod
+    def failures(self, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The records of ``keys`` (None: every record), by key; keys without one are absent."""
+
+    @abc.abstractmethod
+    def failure_keys(self) -> list[str]:
+        """The keys that have a record, without reading the records (cheap: the coordinator
+        asks at start, to know whose records a success must clear)."""
+
+    @abc.abstractmethod
+    def clear_failures(self, keys: Sequence[str]) -> int:
+        """Remove the records of ``keys``; return how many there were."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and file handles."""

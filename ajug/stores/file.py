@@ -6,6 +6,8 @@ Layout (jug's, so either program finds the other's results by name)::
     <dir>/tmp/<host>.<pid>.<rand>.tmp     a save in progress (same filesystem as the results)
     <dir>/tmp/<key>.<rand>.damaged        a damaged result moved aside by load()
     <dir>/owner.lock              JSON {owner, host, pid, expires_at} of the serving coordinator
+    <dir>/failures/<key>.json     why task <key> failed (base.FAILURE_FIELDS), written like a
+                                  result (temporary file, then rename); removed on success
 
 A save writes the temporary file and renames it over the result path: rename is atomic on POSIX
 and on NFS, so a reader sees the old state or the whole new result, whatever crashes when.
@@ -46,6 +48,8 @@ from .base import KEY_RE, LockInfo, OwnerLock, Store, check_key, pid_alive
 log = logging.getLogger(__name__)
 
 TMP_DIR = "tmp"
+FAILURES_DIR = "failures"
+FAILURE_SUFFIX = ".json"
 LOCK_FILE = "owner.lock"
 TMP_SUFFIX = ".tmp"
 DAMAGED_SUFFIX = ".damaged"
@@ -412,6 +416,78 @@ class FileStore(Store):
 
     def owner_lock(self, ttl_s: float = 30.0) -> OwnerLock:
         return FileOwnerLock(self, ttl_s)
+
+    # ---------------------------------------------------------------------- failure records
+
+    def _failure_path(self, key: str) -> str:
+        return os.path.join(self.root, FAILURES_DIR, check_key(key) + FAILURE_SUFFIX)
+
+    def save_failure(self, key: str, record: dict[str, Any]) -> None:
+        """Temporary file, then rename: a reader sees the old record or the whole new one."""
+        data = json.dumps(record, sort_keys=True).encode()
+        final = self._failure_path(key)
+        tmp = ""
+        try:
+            self._ensure_root()
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            tmp = self._tmp_name()
+            with open(tmp, "xb") as out:
+                out.write(data)
+                if self.fsync:
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.rename(tmp, final)
+            tmp = ""
+        except OSError as e:
+            raise self._translate(e, len(data)) from e
+        finally:
+            if tmp:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    def failure_keys(self) -> list[str]:
+        try:
+            names = os.listdir(os.path.join(self.root, FAILURES_DIR))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as e:
+            raise self._translate(e) from e
+        n = len(FAILURE_SUFFIX)
+        return [k[:-n] for k in names if k.endswith(FAILURE_SUFFIX) and _is_key(k[:-n])]
+
+    def failures(self, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        have = self.failure_keys()  # one listing, then only the files that exist
+        if keys is not None:
+            wanted = {check_key(k) for k in keys}
+            have = [k for k in have if k in wanted]
+        out: dict[str, dict[str, Any]] = {}
+        for key in have:
+            try:
+                with open(self._failure_path(key), "rb") as f:
+                    record = json.loads(f.read())
+            except FileNotFoundError:  # cleared meanwhile
+                continue
+            except ValueError:  # not ours, or damaged: a record is only ever informative
+                continue
+            except OSError as e:
+                raise self._translate(e) from e
+            if isinstance(record, dict):
+                out[key] = record
+        return out
+
+    def clear_failures(self, keys: Sequence[str]) -> int:
+        n = 0
+        for key in keys:
+            try:
+                os.unlink(self._failure_path(key))
+                n += 1
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError as e:
+                raise self._translate(e) from e
+        return n
 
 
 def _is_key(key: str) -> bool:

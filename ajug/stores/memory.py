@@ -9,6 +9,7 @@ a real store (an unpicklable value) fails here too. ``memory:`` opens a fresh st
 from __future__ import annotations
 
 import copy
+import json
 import os
 import threading
 import time
@@ -30,6 +31,7 @@ class MemoryStore(Store):
         self.compress = compress
         self._data: dict[str, bytes] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self._failures: dict[str, str] = {}
         self._mutex = threading.Lock()
         self._lock: LockInfo | None = None
 
@@ -87,6 +89,25 @@ class MemoryStore(Store):
 
     def owner_lock(self, ttl_s: float = 30.0) -> OwnerLock:
         return _MemoryLock(self, ttl_s)
+
+    def save_failure(self, key: str, record: dict[str, Any]) -> None:
+        blob = json.dumps(record, sort_keys=True)  # what the other stores keep: JSON
+        with self._mutex:
+            self._failures[check_key(key)] = blob
+
+    def failures(self, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        with self._mutex:
+            items = dict(self._failures)
+        wanted = items if keys is None else [check_key(k) for k in keys]
+        return {k: json.loads(items[k]) for k in wanted if k in items}
+
+    def failure_keys(self) -> list[str]:
+        with self._mutex:
+            return list(self._failures)
+
+    def clear_failures(self, keys: Sequence[str]) -> int:
+        with self._mutex:
+            return sum(self._failures.pop(check_key(k), None) is not None for k in keys)
 
 
 class _MemoryLock(OwnerLock):

@@ -10,6 +10,8 @@ Key schema (``{ns}`` is the namespace, default ``ajug:``; ``{key}`` a task's has
     {ns}c:{key}:{upload}:{i}     chunk i of an upload; expires unless committed (PERSISTed)
     {ns}u:{key}:{upload}         upload in progress: JSON {host, pid}; refreshed per chunk
     {ns}lock                     the owner lock: JSON {owner, host, pid, expires_at}
+    {ns}failures                 a hash: field {key} -> JSON of why task {key} failed
+                                 (base.FAILURE_FIELDS); the field goes when the task succeeds
 
 A large save writes its chunks under a fresh upload id, then one MULTI/EXEC (WATCHing the result
 key and every chunk) checks the chunks are all there, persists them, sets manifest and metadata
@@ -30,6 +32,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -78,6 +81,10 @@ class Keys:
     def lock(self) -> str:
         return f"{self.ns}lock"
 
+    @property
+    def failures(self) -> str:
+        return f"{self.ns}failures"
+
     def pattern(self, kind: str) -> str:
         """A SCAN pattern for every key of one kind (``r``, ``c``...) in this namespace only."""
         return re.sub(r"([*?\[\]\\])", r"\\\1", self.ns) + kind + ":*"
@@ -122,6 +129,17 @@ def _zero_copy_packer() -> Any:
         return PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
     except (ImportError, TypeError, ValueError):  # another redis-py: its default packer is fine
         return None
+
+
+def _reason(e: BaseException) -> str:
+    """A connection error in a few words: "connection refused", "timed out"..."""
+    text = str(e)
+    low = text.lower()
+    for words in ("connection refused", "timed out", "name or service not known",
+                  "no route to host", "connection reset"):
+        if words in low:
+            return words
+    return text.rstrip(".") or type(e).__name__
 
 
 class _ChunksLost(Exception):
@@ -213,6 +231,9 @@ class RedisStore(Store):
         kw = self.r.connection_pool.connection_kwargs
         self.addr = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', 6379)}"
         self._warned: set[str] = set()
+        self._reached = False  # answered once: later failures are an outage, not start-up
+        self._outage: float | None = None  # when the current outage began
+        self._outage_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RedisStore({self.addr!r}, namespace={self.keys.ns!r})"
@@ -231,16 +252,20 @@ class RedisStore(Store):
         delay = BACKOFF_FIRST_S
         while True:
             try:
-                return fn()
+                out = fn()
             except _RETRYABLE as e:
                 left = deadline - time.monotonic()
+                reason = _reason(e)
                 if left <= 0:
                     raise StoreUnreachable(
-                        f"cannot reach redis at {self.addr}: {e}; is redis-server running?"
+                        f"cannot reach redis at {self.addr} after {self.retry_s:g} s ({reason}): "
+                        "is redis-server running?"
                     ) from e
-                log.warning("redis at %s: %s; retrying in %.2fs", self.addr, e, min(delay, left))
+                self._outage_begins(reason)
+                log.debug("redis at %s: %s; retrying in %.2fs", self.addr, e, min(delay, left))
                 time.sleep(min(delay, left))
                 delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
             except redis.exceptions.ResponseError as e:
                 if isinstance(e, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(e):
                     raise StoreFull(
@@ -250,6 +275,26 @@ class RedisStore(Store):
                 raise StoreError(f"redis at {self.addr}: {e}") from e
             except redis.exceptions.RedisError as e:
                 raise StoreError(f"redis at {self.addr}: {e}") from e
+            if self._outage is not None or not self._reached:
+                self._outage_ends()
+            return out
+
+    def _outage_begins(self, reason: str) -> None:
+        """The first failure of an outage is said at once, in one line (not one per retry)."""
+        with self._outage_lock:
+            if self._outage is not None:
+                return
+            self._outage = time.monotonic()
+        what = "lost redis" if self._reached else "waiting for redis"
+        log.warning("%s at %s (%s); retrying for %g s", what, self.addr, reason, self.retry_s)
+
+    def _outage_ends(self) -> None:
+        with self._outage_lock:
+            began, self._outage = self._outage, None
+            self._reached = True
+        if began is not None:
+            log.warning("redis at %s answers again after %.1f s", self.addr,
+                        time.monotonic() - began)
 
     # --------------------------------------------------------------------------------- saves
 
@@ -539,6 +584,43 @@ class RedisStore(Store):
 
     def owner_lock(self, ttl_s: float = 30.0) -> OwnerLock:
         return RedisOwnerLock(self, ttl_s)
+
+    # ---------------------------------------------------------------------- failure records
+
+    def save_failure(self, key: str, record: dict[str, Any]) -> None:
+        data = json.dumps(record, sort_keys=True)
+        self._call(lambda: self.r.hset(self.keys.failures, check_key(key), data))
+
+    def failure_keys(self) -> list[str]:
+        return [k.decode() for k in self._call(lambda: self.r.hkeys(self.keys.failures))]
+
+    def failures(self, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        if keys is None:
+            found = {k.decode(): v for k, v in self._call(
+                lambda: self.r.hgetall(self.keys.failures)).items()}
+        else:
+            found = {}
+            for i in range(0, len(keys), BATCH_KEYS):
+                batch = [check_key(k) for k in keys[i : i + BATCH_KEYS]]
+                got = self._call(lambda batch=batch: self.r.hmget(self.keys.failures, batch))
+                found.update((k, v) for k, v in zip(batch, got) if v is not None)
+        out: dict[str, dict[str, Any]] = {}
+        for k, v in found.items():
+            try:
+                record = json.loads(v)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out[k] = record
+        return out
+
+    def clear_failures(self, keys: Sequence[str]) -> int:
+        n = 0
+        for i in range(0, len(keys), BATCH_KEYS):
+            batch = [check_key(k) for k in keys[i : i + BATCH_KEYS]]
+            if batch:
+                n += int(self._call(lambda batch=batch: self.r.hdel(self.keys.failures, *batch)))
+        return n
 
 
 #: Renew or release only if the lock still holds exactly our value.
