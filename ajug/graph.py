@@ -25,6 +25,7 @@ import cloudpickle
 from .errors import JugfileError
 from .hashing import PLAIN_TYPES
 from .task import ResultRef, Task, TaskGenerator, source_hash
+from .tracebacks import reduce_code
 
 
 @dataclass
@@ -70,9 +71,14 @@ def _module_by_name(obj: Any) -> Any:
 
 
 class _CodePickler(cloudpickle.Pickler):
-    """cloudpickle, with the modules beside the jugfile pickled by name."""
+    """cloudpickle, with the modules beside the jugfile pickled by name, and code objects with
+    their file name and source lines (tracebacks on workers show the user's file: tracebacks)."""
 
     def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.CodeType):
+            r = reduce_code(obj)
+            if r is not NotImplemented:
+                return r
         r = _module_by_name(obj)
         return r if r is not NotImplemented else super().reducer_override(obj)
 

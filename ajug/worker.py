@@ -18,7 +18,6 @@ import ssl as _ssl
 import sys
 import threading
 import time
-import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,8 +40,10 @@ from .protocol import connection as conn_mod
 from .protocol import messages as m
 from .stores import encoding, open_store
 from .task import Task, value
+from .tracebacks import format_task_traceback, worker_file
 
 log = logging.getLogger(__name__)
+worker_file(__file__)
 
 CACHE_BYTES = 256 * 1024 * 1024
 SWITCH_INTERVAL_S = 0.0005
@@ -286,6 +287,8 @@ class WorkerOptions:
     store_url: str | None = None
     ssl: _ssl.SSLContext | None = None
     max_tasks: int | None = None
+    #: says connecting / connected / lost to the user (``ajug work``); None: log lines
+    say: Callable[[str], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -304,6 +307,7 @@ class Worker:
         self.store_ready = threading.Event()
         self.lease_ttl_s = 30.0
         self.ran = 0
+        self.failed = 0  # tasks that raised here
         self.avg_task_s = 0.0
         self.ident = f"{socket.gethostname()}:{os.getpid()}"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -414,13 +418,15 @@ class Worker:
 
     def _post_failure(self, lease: Lease, e: BaseException) -> None:
         kind = "store" if isinstance(e, StoreError) else "exception"
-        tb = traceback.format_exc() if e.__traceback__ is not None else ""
+        tb = format_task_traceback(e) if e.__traceback__ is not None else ""
         msg = str(e)
         if isinstance(e, StoreFull):
             msg = f"store is full: {e}"
-        log.warning("task %s (%s) failed: %s: %s", lease.func_name, lease.key[:12],
-                    type(e).__name__, msg)
+        # the coordinator logs it (once) and records it; here it is a detail
+        log.info("task %s (%s) failed: %s: %s", lease.func_name, lease.key[:12],
+                 type(e).__name__, msg)
         err = {"type": type(e).__name__, "msg": msg[:2000], "tb": tb[-20000:], "kind": kind}
+        self.failed += 1
         self._post([("failed", [lease.key, lease.tok, err])])
 
     def _post(self, reports: list[tuple[str, list[Any]]]) -> None:
@@ -486,13 +492,32 @@ class Worker:
             want = min(want, self.o.max_tasks - self.ran - len(self.queued))
         return max(0, want)
 
+    def _say(self, msg: str, level: int = logging.INFO) -> None:
+        """What an ``ajug work`` user should see (its CLI passes ``say``): connecting,
+        connected, lost; otherwise (workers of ``ajug run``) a log line."""
+        if self.o.say is not None:
+            self.o.say(msg)
+        else:
+            log.log(level, "%s", msg)
+
+    @staticmethod
+    def _reason(e: BaseException, where: str) -> str:
+        """Why a connection failed, in a few words (not the whole sentence again)."""
+        text = str(e) or type(e).__name__
+        text = text.removeprefix(f"cannot reach the coordinator at {where}: ")
+        return text.split("; is `ajug serve`")[0]
+
     async def _connect(self, first: bool) -> Any:
-        """Connect with backoff and jitter until connect_timeout; AuthError is final."""
-        deadline = time.monotonic() + self.o.connect_timeout_s
+        """Connect with backoff and jitter until connect_timeout; AuthError is final. The first
+        failure is said at once, in one line; then one line when connected or given up."""
+        t0 = time.monotonic()
+        deadline = t0 + self.o.connect_timeout_s
         delay = 0.05
+        where = f"{self.o.host}:{self.o.port}"
+        told = False
         while True:
             try:
-                return await conn_mod.open_connection(
+                conn = await conn_mod.open_connection(
                     self.o.host,
                     self.o.port,
                     token=self.o.token,
@@ -504,16 +529,31 @@ class Worker:
             except (AuthError, TLSError):
                 raise  # retrying cannot fix a wrong token or an untrusted certificate
             except (ConnectError, ProtocolError, OSError) as e:
+                reason = self._reason(e, where)
                 if time.monotonic() + delay > deadline:
                     what = "reach" if first else "reconnect to"
                     raise ConnectError(
-                        f"cannot {what} the coordinator at {self.o.host}:{self.o.port} after "
-                        f"{self.o.connect_timeout_s:g}s ({e}); is `ajug serve` running there? "
-                        "(--connect-timeout sets how long to keep trying)"
+                        f"cannot {what} the coordinator at {where} after "
+                        f"{self.o.connect_timeout_s:g} s ({reason}): is `ajug serve` running "
+                        "there? (--connect-timeout sets how long to keep trying)"
                     ) from None
-                log.debug("coordinator not reachable (%s); retrying in %.2fs", e, delay)
+                unreachable = isinstance(e, OSError) or str(e).startswith("cannot reach")
+                if first and not told and unreachable:
+                    # nothing listens there (yet): say so now, not after a minute of silence.
+                    # (One that answers and then fails the handshake is said once, at the end.)
+                    self._say(f"waiting for the coordinator at {where} ({reason}); retrying "
+                              f"for {self.o.connect_timeout_s:g} s", logging.WARNING)
+                    told = True
+                log.debug("coordinator not reachable (%s); retrying in %.2fs", reason, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
+                continue
+            after = f" after {time.monotonic() - t0:.1f} s" if told else ""
+            if first:
+                self._say(f"connected to the coordinator at {where}{after}")
+            else:
+                self._say(f"reconnected to the coordinator at {where}{after}")
+            return conn
 
     async def _net_main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -529,7 +569,10 @@ class Worker:
             try:
                 done = await self._session(conn, resume=not first)
             except (ProtocolError, OSError) as e:
-                log.warning("lost the coordinator (%s); reconnecting", e)
+                if self.finished.is_set():  # stopping anyway (Ctrl-C, --max-tasks)
+                    return
+                self._say(f"lost the coordinator ({e}); reconnecting for "
+                          f"{self.o.connect_timeout_s:g} s", logging.WARNING)
                 done = False
             finally:
                 conn.close()
@@ -576,6 +619,9 @@ class Worker:
                 for fut in pending.values():
                     if not fut.done():
                         fut.set_exception(e if isinstance(e, Exception) else ProtocolError(str(e)))
+                        # whoever waits on it sees the error; nobody may (a code or renew
+                        # request the session stopped waiting for): no "never retrieved" log
+                        fut.exception()
                 pending.clear()
                 raise
 
