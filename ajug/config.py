@@ -29,7 +29,7 @@ from .errors import UsageError
 
 ENV_PREFIX = "AJUG_"
 #: Options never taken from a file or the environment through the default map.
-NOT_SETTABLE = {"help", "version", "token"}
+NOT_SETTABLE = {"help", "version", "token", "verbose", "quiet"}
 #: Settings holding a path, resolved relative to the config file that sets them.
 PATH_KEYS = {"store_url", "token_file", "read_token_file", "tls_cert", "tls_key", "tls_ca"}
 #: Settings that a top-level key or ``AJUG_<KEY>`` does not reach, only the command's own table
