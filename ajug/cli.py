@@ -24,23 +24,22 @@ from typing import Any
 
 import click
 
+from .cliparams import (
+    AT_LEAST_ONE,
+    AT_LEAST_ZERO,
+    CONTEXT_SETTINGS,
+    EXIT_STATUSES,
+    PORT,
+    POSITIVE_SECONDS,
+    SECONDS,
+    setup_logging,
+    verbosity,
+    verbosity_options,
+)
 from .errors import AjugError, UsageError
+from .runreport import RunContext, end_report, nothing_to_do, results_line
 
 log = logging.getLogger("ajug")
-_VERBOSE = {"level": 0}
-
-
-def _setup_logging(verbose: int, quiet: int) -> None:
-    level = logging.INFO - 10 * verbose + 10 * quiet
-    if verbose == 0 and quiet == 0:
-        level = logging.WARNING
-    logging.basicConfig(
-        level=max(level, logging.DEBUG),
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    _VERBOSE["level"] = verbose
 
 
 def parse_address(addr: str, default_port: int | None = None) -> tuple[str, int]:
@@ -116,9 +115,9 @@ def _new_loop_runner() -> Any:
 def coordinator_options(f: Any) -> Any:
     opts = [
         click.option("--store", "store_url", default=None, help="Store URL: a directory (default: <jugfile stem>.ajugdata beside the jugfile) or redis://host:port/db."),
-        click.option("--lease-ttl", type=float, default=30.0, show_default=True, help="Seconds a lease lives without renewal."),
-        click.option("--retries", type=int, default=0, show_default=True, help="Times a task that raised is retried."),
-        click.option("--max-attempts", type=int, default=3, show_default=True, help="Worker losses before a task is marked failed as suspected of killing workers."),
+        click.option("--lease-ttl", type=POSITIVE_SECONDS, default=30.0, show_default=True, help="Seconds a lease lives without renewal."),
+        click.option("--retries", type=AT_LEAST_ZERO, default=0, show_default=True, help="Times a task that raised is retried."),
+        click.option("--max-attempts", type=AT_LEAST_ONE, default=3, show_default=True, help="Worker losses before a task is marked failed as suspected of killing workers."),
         click.option("--keep-going/--fail-fast", default=True, show_default=True, help="After a task fails, run the rest of the graph (default) or stop."),
         click.option("--token-file", type=click.Path(dir_okay=False), default=None, help="File holding the shared token (or set AJUG_TOKEN)."),
         click.option("--token", default=None, hidden=True),
@@ -126,6 +125,7 @@ def coordinator_options(f: Any) -> Any:
         click.option("--tls-cert", default=None, help="PEM certificate to serve TLS."),
         click.option("--tls-key", default=None, help="PEM private key for --tls-cert."),
         click.option("--tls-ca", default=None, help="CA bundle: require client certificates signed by it."),
+        verbosity_options,
     ]
     for o in reversed(opts):
         f = o(f)
@@ -135,7 +135,7 @@ def coordinator_options(f: Any) -> Any:
 def dashboard_options(f: Any) -> Any:
     f = click.option("--dashboard-host", default="127.0.0.1", show_default=True,
                      help="Address for the dashboard (it has no authentication).")(f)
-    return click.option("--dashboard", type=int, default=None, metavar="PORT",
+    return click.option("--dashboard", type=PORT, default=None, metavar="PORT",
                         help="Serve a live web dashboard and /metrics on this port (0: a free one).")(f)
 
 
@@ -143,13 +143,15 @@ async def _start_dashboard(coord: Any, port: int | None, host: str) -> None:
     """Start the dashboard beside the coordinator; it closes with the coordinator's loop."""
     if port is None:
         return
+    from .coordinator import bind_error
     from .dashboard import dashboard_url, start_dashboard
 
     try:
         server = await start_dashboard(coord, host, port)
     except OSError as e:
         await coord.close()
-        raise UsageError(f"cannot serve the dashboard on {host}:{port}: {e.strerror}") from None
+        raise UsageError(bind_error(host, port, e, "serve the dashboard on", "--dashboard PORT",
+                                    "--dashboard-host")) from None
     print(f"ajug: dashboard on {dashboard_url(server, host)}", flush=True)
 
 
@@ -183,21 +185,21 @@ def _settings(jugfile: str, store_url: str | None, host: str, port: int, **kw: A
 
 
 # -- commands ---------------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings=CONTEXT_SETTINGS)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug); tracebacks on errors.")
 @click.option("-q", "--quiet", count=True, help="Less output.")
 @click.version_option(package_name="ajug")
 def cli(verbose: int, quiet: int) -> None:
     """ajug: run a jugfile's tasks on any number of processes and machines."""
-    _setup_logging(verbose, quiet)
+    setup_logging(verbose, quiet)
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT_SETTINGS, epilog=EXIT_STATUSES)
 @click.argument("jugfile")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=5555, show_default=True, help="Port (0: pick a free one and print it).")
+@click.option("--port", type=PORT, default=5555, show_default=True, help="Port (0: pick a free one and print it).")
 @click.option("--stay", is_flag=True, help="Keep serving after everything is done.")
-@click.option("--handshake-timeout", type=float, default=None, hidden=True,
+@click.option("--handshake-timeout", type=POSITIVE_SECONDS, default=None, hidden=True,
               help="Seconds a new connection has to complete the handshake (default 10).")
 @dashboard_options
 @coordinator_options
@@ -213,60 +215,118 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
             raise UsageError("--handshake-timeout must be a positive number of seconds")
         settings.handshake_timeout_s = handshake_timeout
 
+    ctx = RunContext(jugfile, store_url, settings.store_url)
+
     async def main() -> int:
         coord = Coordinator(settings)
         await coord.open()
+        await _start_dashboard(coord, dashboard, dashboard_host)
         print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host}:{coord.port} "
               f"(store {coord.store.url})", flush=True)
-        await _start_dashboard(coord, dashboard, dashboard_host)
-        _install_stop(coord)
+        stop = _install_stop(coord)
         from .progress import RunProgress
 
-        prog = RunProgress(interval_s=10.0, enabled=sys.stderr.isatty() is False)
+        stale = _look_for_stale(coord, ctx)
+        # bars on a terminal (as `ajug run`), a line every 10 s in a log
+        prog = RunProgress(interval_s=10.0)
         code = await coord.run(on_tick=lambda c: prog.update(c.status()))
-        st = coord.status()
-        prog.close()
-        _summary(st)
-        return code
+        return await _end(coord, ctx, prog, stop, stale, code)
 
     return _new_loop_runner()(main())
 
 
-def _install_stop(coord: Any) -> None:
+def _install_stop(coord: Any, before: Any = None) -> dict[str, int]:
+    """SIGINT and SIGTERM stop the coordinator (``before()`` first); the dict says which came."""
     loop = asyncio.get_running_loop()
+    got: dict[str, int] = {}
+
+    def handler(sig: int) -> None:
+        got.setdefault("signal", sig)
+        if before is not None:
+            before()
+        coord.stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, coord.stop)
+            loop.add_signal_handler(sig, handler, sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover
             pass
+    return got
 
 
-def _summary(st: dict[str, Any]) -> None:
-    from .status import plain_line
+def _look_for_stale(coord: Any, ctx: RunContext) -> asyncio.Future[Any] | None:
+    """Stored results from code that has changed: checked in a thread while the run starts,
+    said in one line when known."""
+    from .offline import stale_functions
+    from .runreport import STALE_SAMPLE, stale_warning
+    from .scheduler import DONE
 
-    click.echo(f"ajug: {plain_line(st)}", err=True)
-    for f in st["failures"][:20]:
-        click.echo(f"ajug:   failed {f['func']} {f['key'][:12]}: {f['type']}: {f['msg']}", err=True)
-    if len(st["failures"]) > 20:
-        click.echo(f"ajug:   ... and {len(st['failures']) - 20} more (ajug status --failed)", err=True)
+    sched, graph, store = coord.sched, coord.graph, coord.store
+    done = [s == DONE for s in sched.state]
+    if not any(done):
+        return None
+    fut = asyncio.get_running_loop().run_in_executor(None, stale_functions, graph, store, done,
+                                                     STALE_SAMPLE)
+
+    def said(f: asyncio.Future[Any]) -> None:
+        if f.cancelled() or f.exception() is not None:
+            return
+        line = stale_warning(ctx, f.result())
+        if line:
+            click.echo(line, err=True)
+
+    fut.add_done_callback(said)
+    return fut
 
 
-@cli.command()
+async def _end(coord: Any, ctx: RunContext, prog: Any, stop: dict[str, int],
+               stale: asyncio.Future[Any] | None, code: int, nothing: bool = False) -> int:
+    """The end of a run or serve: its report, and its exit status (130/143 when stopped by a
+    signal: 1 would say that a task failed)."""
+    if stale is not None:
+        try:
+            await asyncio.wait_for(asyncio.shield(stale), 30)
+        except Exception:  # noqa: BLE001 - only a warning was at stake
+            pass
+    st = coord.status(detail=True)
+    prog.close(st)
+    sig = stop.get("signal")
+    if st["state"] == "finished":  # stopped after the end (serve --stay): the run's own status
+        sig = None
+    said = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}.get(sig, "") \
+        if sig is not None else ""
+
+    def echo(line: str) -> None:
+        click.echo(line, err=True)
+
+    if nothing and not said:
+        echo(results_line(ctx))
+    else:
+        end_report(ctx, st, echo, said)
+    return 128 + int(sig) if sig is not None else code
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("address")
-@click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Worker processes.")
-@click.option("--prefetch", type=int, default=None, help="Tasks leased ahead (default: adapts to task duration).")
-@click.option("--connect-timeout", type=float, default=60.0, show_default=True, help="Seconds to keep trying to reach the coordinator.")
+@click.option("-j", "--jobs", type=AT_LEAST_ONE, default=1, show_default=True, help="Worker processes.")
+@click.option("--prefetch", type=AT_LEAST_ZERO, default=None, help="Tasks leased ahead of the one running (0: none; default: adapts to how long tasks take).")
+@click.option("--connect-timeout", type=SECONDS, default=60.0, show_default=True, help="Seconds to keep trying to reach the coordinator, at start and after losing it.")
 @click.option("--store", "store_url", default=None, help="Override the store URL the coordinator announces.")
 @click.option("--name", default="", help="Name shown in status.")
-@click.option("--max-tasks", type=int, default=None, help="Exit after this many tasks.")
-@click.option("--token-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--max-tasks", type=AT_LEAST_ONE, default=None, help="Exit after this many tasks.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the shared token (or set AJUG_TOKEN).")
 @click.option("--token", default=None, hidden=True)
 @click.option("--tls-ca", default=None, help="CA bundle to verify the coordinator's certificate (enables TLS).")
 @click.option("--tls-cert", default=None, help="Client certificate, if the coordinator requires one.")
-@click.option("--tls-key", default=None)
+@click.option("--tls-key", default=None, help="Private key for --tls-cert.")
+@click.option("--announce", type=click.Choice(["all", "connect", "none"]), default="all",
+              hidden=True, help="What this worker says: all (connecting, a task count on a "
+              "terminal, how it ended), connect, or none (the workers of ajug run).")
+@verbosity_options
 def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, store_url: str | None,
          name: str, max_tasks: int | None, token_file: str | None, token: str | None,
-         tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> int:
+         tls_ca: str | None, tls_cert: str | None, tls_key: str | None, announce: str) -> int:
     """Run tasks for the coordinator at ADDRESS (HOST:PORT) until it says all is done."""
     host, port = parse_address(address)
     tok = read_token(token, token_file)
@@ -277,7 +337,16 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
             if v is not None:
                 args += [flag, str(v)]
         env = dict(os.environ, AJUG_TOKEN=tok.decode())
-        return supervise([[*args, "--name", f"{name or 'w'}{i}"] for i in range(jobs)], env)
+        # the first one says when they connect (for all of them); the others say nothing
+        says = ["connect" if announce != "none" else "none"] + ["none"] * (jobs - 1)
+        rc = supervise([[*args, "--name", f"{name or 'w'}{i}", "--announce", says[i]]
+                        for i in range(jobs)], env)
+        if announce != "none":
+            click.echo("ajug: interrupted" if rc == 130 else
+                       f"ajug: {jobs} worker processes ended (status {rc})" if rc else
+                       f"ajug: the coordinator says all is done; {jobs} worker processes ended",
+                       err=True)
+        return rc
     from .worker import Worker, WorkerOptions
 
     opts = WorkerOptions(
@@ -290,14 +359,30 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
         store_url=store_url,
         ssl=tls_context(False, tls_cert, tls_key, tls_ca),
         max_tasks=max_tasks,
+        say=(lambda msg: click.echo(f"ajug: {msg}", err=True)) if announce != "none" else None,
     )
-    return Worker(opts).run()
+    worker = Worker(opts)
+    if announce != "all":
+        return worker.run()
+    from .progress import TaskCount
+
+    with TaskCount(worker):  # on a terminal: how many tasks it has done, live
+        rc = worker.run()
+    if rc == 130:
+        click.echo("ajug: interrupted", err=True)
+    elif max_tasks is not None and worker.ran >= max_tasks:
+        click.echo(f"ajug: ran {worker.ran} task(s) (--max-tasks {max_tasks}): exiting", err=True)
+    else:
+        failed = f", {worker.failed} failed" if worker.failed else ""
+        click.echo(f"ajug: the coordinator says all is done; this worker ran {worker.ran} "
+                   f"task(s){failed}", err=True)
+    return rc
 
 
 def ajug_args(args: list[str]) -> list[str]:
     """A command's arguments with this process's -v flags."""
-    verbosity = ["-" + "v" * _VERBOSE["level"]] if _VERBOSE["level"] else []
-    return [*verbosity, *args]
+    flags = ["-" + "v" * verbosity()] if verbosity() else []
+    return [*flags, *args]
 
 
 def worker_command(args: list[str]) -> list[str]:
@@ -351,11 +436,11 @@ def supervise(arg_lists: list[list[str]], env: dict[str, str]) -> int:
     return 0 if all(c == 0 for c in codes) else max((c for c in codes if c), key=abs, default=1)
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT_SETTINGS, epilog=EXIT_STATUSES)
 @click.argument("jugfile")
-@click.option("-j", "--jobs", type=int, default=None, help="Worker processes (default: one per core).")
-@click.option("--prefetch", type=int, default=None, help="Tasks leased ahead per worker.")
-@click.option("--port", type=int, default=0, help="Loopback port for the workers (default: a free one).")
+@click.option("-j", "--jobs", type=AT_LEAST_ONE, default=None, help="Worker processes (default: one per core).")
+@click.option("--prefetch", type=AT_LEAST_ZERO, default=None, help="Tasks leased ahead per worker (0: none; default: adapts to how long tasks take).")
+@click.option("--port", type=PORT, default=0, help="Loopback port for the workers (default: a free one).")
 @click.option("--no-progress", is_flag=True, help="No progress display.")
 @dashboard_options
 @coordinator_options
@@ -372,6 +457,7 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
     settings = _settings(jugfile, store_url, "127.0.0.1", port, **kw)
     settings.finish_grace_s = 5.0
     n = jobs or os.cpu_count() or 1
+    ctx = RunContext(jugfile, store_url, settings.store_url)
     # forked now, before any thread or socket exists; they get the port once there is work
     forks = fork_workers(n, _forked_main, {"AJUG_TOKEN": settings.token.decode()},
                          settings.store_url)
@@ -386,29 +472,43 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         await coord.open()
         if settings.ssl is not None:
             raise UsageError("ajug run uses loopback only; TLS options are for serve/work")
-        _install_stop(coord)
+        procs: list[Any] = []  # subprocess.Popen or ForkedProcess
+        stopping = [False]
+
+        def stop_workers() -> None:
+            """Stopped by a signal: the workers go first, so that none of them sees the
+            coordinator close and logs that it lost it."""
+            stopping[0] = True
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+
+        stop = _install_stop(coord, before=stop_workers)
         await _start_dashboard(coord, dashboard, dashboard_host)
         env = dict(os.environ, AJUG_TOKEN=settings.token.decode())
-        args = ["work", f"127.0.0.1:{coord.port}", "-j", "1", "--connect-timeout", "30"]
+        args = ["work", f"127.0.0.1:{coord.port}", "-j", "1", "--connect-timeout", "30",
+                "--announce", "none"]
         if prefetch is not None:
             args += ["--prefetch", str(prefetch)]
         arg_lists = [[*args, "--name", f"local{i}"] for i in range(n)]
-        procs: list[Any] = []  # subprocess.Popen or ForkedProcess
         st0 = coord.status()
-        if st0["tasks"] > st0["totals"]["done"] or st0["barrier"]:
+        nothing = not (st0["tasks"] > st0["totals"]["done"] or st0["barrier"])
+        if not nothing:
             if forks is not None:
-                procs = forks.start([ajug_args(a) for a in arg_lists])
+                procs[:] = forks.start([ajug_args(a) for a in arg_lists])
             else:
-                procs = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
-        elif forks is not None:
-            forks.cancel()
-        prog = RunProgress(enabled=not no_progress)
+                procs[:] = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
+        else:
+            if forks is not None:
+                forks.cancel()
+            click.echo(nothing_to_do(ctx, st0), err=True)
+        stale = _look_for_stale(coord, ctx)
+        prog = RunProgress(enabled=not no_progress and not nothing)
         restarts = [0]
 
         def tick(c: Any) -> None:
             st = c.status()
             prog.update(st)
-            if c.state == "finished":
+            if c.state == "finished" or stopping[0]:
                 return
             for i, p in enumerate(procs):
                 rc = p.poll()
@@ -421,21 +521,24 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         try:
             code = await coord.run(on_tick=tick)
         finally:
-            if coord.state != "finished":
-                # stopped (SIGINT, SIGTERM) or failed: the workers would keep trying for 30 s
-                # to reach a coordinator that is gone
+            loop = asyncio.get_running_loop()
+            if coord.state == "finished":  # they heard "finished" and exit; give them a moment
                 for p in procs:
-                    p.send_signal(signal.SIGTERM)
+                    try:
+                        await loop.run_in_executor(None, p.wait, 3)
+                    except subprocess.TimeoutExpired:
+                        break
+            # stopped (SIGINT, SIGTERM), failed, or one replaced just before the end: they would
+            # keep trying for 30 s to reach a coordinator that is gone
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
             for p in procs:
                 try:
-                    await asyncio.get_running_loop().run_in_executor(None, p.wait, 10)
+                    await loop.run_in_executor(None, p.wait, 10)
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        st = coord.status()
-        prog.close(st)
-        _summary(st)
-        return code
+        return await _end(coord, ctx, prog, stop, stale, code, nothing)
 
     try:
         return _new_loop_runner()(main())
@@ -444,18 +547,20 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
             forks.close()  # those never handed a port exit at EOF; none is left a zombie
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("target")
 @click.option("--store", "store_url", default=None, help="Store URL (offline: default beside the jugfile).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--watch", is_flag=True, help="Refresh live.")
-@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between refreshes with --watch.")
+@click.option("--watch", is_flag=True, help="Refresh until the run ends.")
+@click.option("--interval", type=POSITIVE_SECONDS, default=1.0, show_default=True, help="Seconds between refreshes with --watch.")
 @click.option("--failed", is_flag=True, help="Print the tracebacks of failed tasks.")
-@click.option("--token-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the shared token (or set AJUG_TOKEN; AJUG_READ_TOKEN for read-only).")
 @click.option("--token", default=None, hidden=True)
-@click.option("--tls-ca", default=None)
-@click.option("--tls-cert", default=None)
-@click.option("--tls-key", default=None)
+@click.option("--tls-ca", default=None, help="CA bundle to verify the coordinator (enables TLS).")
+@click.option("--tls-cert", default=None, help="Client certificate, if the coordinator requires one.")
+@click.option("--tls-key", default=None, help="Private key for --tls-cert.")
+@verbosity_options
 def status(target: str, store_url: str | None, as_json: bool, watch: bool, interval: float,
            failed: bool, token_file: str | None, token: str | None, tls_ca: str | None,
            tls_cert: str | None, tls_key: str | None) -> int:
@@ -471,7 +576,7 @@ def status(target: str, store_url: str | None, as_json: bool, watch: bool, inter
         from .status import offline_status
 
         def fetch() -> dict[str, Any]:
-            return offline_status(target, store_url or default_store_url(target))
+            return offline_status(target, store_url or default_store_url(target), detail=failed)
     else:
         host, port = parse_address(target)
         # a read-only token if we have one, else the full token (asking for full access)
@@ -491,35 +596,11 @@ def status(target: str, store_url: str | None, as_json: bool, watch: bool, inter
         else:
             render(st, console, failed_tracebacks=failed)
         return 0
-    if as_json:
-        while True:
-            click.echo(json.dumps(fetch(), sort_keys=True), nl=True)
-            time.sleep(interval)
-    from .progress import RunProgress
+    from .watch import watch_live, watch_offline
 
-    # a bar per function with its rate and ETA on a terminal; plain lines in a log
-    prog = RunProgress(console=Console(stderr=True), interval_s=max(interval, 5.0))
-    st: dict[str, Any] | None = None
-    try:
-        while True:
-            try:
-                st = fetch()
-            except AjugError as e:
-                if st is None:
-                    raise
-                prog.close(st)
-                click.echo("ajug: the coordinator has stopped (it exits once a run is finished; "
-                           "`ajug status JUGFILE` reads the store)", err=True)
-                log.debug("status: %s", e)
-                return 0
-            prog.update(st)
-            if st["state"] == "finished":
-                prog.close(st)
-                return 0 if st["totals"]["done"] == st["tasks"] else 1
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        prog.close(st)
-        return 0
+    if offline:
+        return watch_offline(fetch, interval, as_json)
+    return watch_live(host, port, tok, ctx, access, failed, interval, as_json, _new_loop_runner())
 
 
 async def query_status(host: str, port: int, token: bytes, ctx: ssl.SSLContext | None,
@@ -559,11 +640,16 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("ajug: interrupted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # one line, as for every other mistake
+        where = e.ctx.command_path if e.ctx is not None else "ajug"
+        msg = " ".join(e.format_message().split())
+        click.echo(f"ajug: error: {msg} (see `{where} --help`)", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
     except AjugError as e:
-        if _VERBOSE["level"]:
+        if verbosity():
             traceback.print_exc()
             details = getattr(e, "details", None)
             if details:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,9 @@ from typing import Any
 
 import click
 
+from .cliparams import CONTEXT_SETTINGS, POSITIVE_SECONDS, SECONDS, verbosity_options
 from .errors import AjugError, ConnectError, StoreLocked, UsageError
+from .failures import clear_records
 from .offline import (
     Offline,
     count_by_function,
@@ -68,8 +69,8 @@ def client_options(f: Any) -> Any:
                      help="File holding the shared token (or set AJUG_TOKEN)."),
         click.option("--token", default=None, hidden=True),
         click.option("--tls-ca", default=None, help="CA bundle to verify the coordinator (enables TLS)."),
-        click.option("--tls-cert", default=None),
-        click.option("--tls-key", default=None),
+        click.option("--tls-cert", default=None, help="Client certificate, if the coordinator requires one."),
+        click.option("--tls-key", default=None, help="Private key for --tls-cert."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -185,6 +186,7 @@ def invalidate(jugfile: str, store_url: str | None, targets: tuple[str, ...], st
         if keys and coordinator is None:
             _warn_if_served(off, "run them again")
         n = remove(off.store, keys)
+        clear_records(off.store, [g.keys[i] for i in hit])  # their failures are history too
         click.echo(f"ajug: removed {n} result(s) ({len(hit)} task(s) affected)")
         if coordinator is not None:
             Remote(coordinator, kw, access="full").invalidate([g.keys[i] for i in hit])
@@ -264,9 +266,9 @@ def check(target: str, store_url: str | None, **kw: Any) -> int:
 @click.command("sleep-until")
 @click.argument("target")
 @store_option
-@click.option("--interval", type=float, default=SLEEP_INTERVAL_S, show_default=True,
+@click.option("--interval", type=POSITIVE_SECONDS, default=SLEEP_INTERVAL_S, show_default=True,
               help="Seconds between two looks.")
-@click.option("--timeout", type=float, default=None, help="Give up (exit 1) after this many seconds.")
+@click.option("--timeout", type=SECONDS, default=None, help="Give up (exit 1) after this many seconds.")
 @client_options
 def sleep_until(target: str, store_url: str | None, interval: float, timeout: float | None,
                 **kw: Any) -> int:
@@ -324,56 +326,21 @@ def _sleep_remote(remote: Remote, interval: float, expired: Callable[[], bool]) 
 
 
 # -- shell --------------------------------------------------------------------------------------
-def _shell_namespace(off: Offline) -> dict[str, Any]:
-    from .task import Task, Tasklet, value
-
-    g = off.graph
-    by_key = {t.key: t for t in off.loaded.tasks}
-
-    def invalidate_(what: Any) -> int:
-        """Remove the results of a task (or a function name / identity prefix) and downstream."""
-        if isinstance(what, Tasklet):
-            what = what.base
-        seeds = {g.index[what.key]} if isinstance(what, Task) else select(g, [str(what)])
-        hit = downstream(g, seeds)
-        for i in hit:
-            t = by_key.get(g.keys[i])
-            if t is not None:
-                t.unload()
-        return remove(off.store, [g.keys[i] for i in hit])
-
-    ns = dict(off.loaded.module.__dict__)
-    ns.update(value=value, store=off.store, tasks=off.loaded.tasks, invalidate=invalidate_,
-              graph=g)
-    return ns
-
-
 @click.command()
 @click.argument("jugfile")
 @store_option
 @click.option("--plain", is_flag=True, help="The standard Python console even if IPython is installed.")
 def shell(jugfile: str, store_url: str | None, plain: bool) -> int:
     """An interactive Python with the jugfile's names, `value`, `store`, `tasks`, `invalidate`."""
-    import code
+    from .shell import shell_namespace, start_shell
 
     off = open_offline(jugfile, store_url)
     try:
-        ns = _shell_namespace(off)
+        ns = shell_namespace(off, jugfile, store_url)
         banner = (f"ajug shell: {Path(jugfile).name}: {len(off.graph)} tasks, {sum(off.done)} "
                   f"done (store {off.store.url})\n"
                   "names: the jugfile's, value(t), store, tasks, invalidate(t | name | prefix)")
-        if not plain:
-            try:
-                from IPython import start_ipython  # type: ignore[import-not-found]
-            except ImportError:
-                pass
-            else:
-                click.echo(banner, err=True)
-                start_ipython(argv=["--no-banner"], user_ns=ns)
-                return 0
-        if not sys.stdin.isatty():  # a piped script: its output without prompts
-            sys.ps1 = sys.ps2 = ""
-        code.interact(banner=banner, local=ns, exitmsg="")
+        start_shell(ns, banner, plain)
         return 0
     finally:
         off.close()
@@ -447,7 +414,8 @@ def graph_dot(off: Offline, by_function: bool) -> str:
 @click.command()
 @click.argument("jugfile")
 @store_option
-@click.option("--format", "fmt", type=click.Choice(["dot", "json"]), default="dot", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["dot", "json"]), default="dot", show_default=True,
+              help="Graphviz dot, or JSON (every task with its dependencies).")
 @click.option("--by-function", is_flag=True, help="One node per function, edges counted (for large graphs).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to this file instead of standard output.")
@@ -511,6 +479,10 @@ def config_cmd(as_json: bool, args: tuple[str, ...]) -> int:
 
 
 def register(cli: click.Group) -> None:
-    """Add this module's commands to the ``ajug`` group."""
+    """Add this module's commands to the ``ajug`` group, each with ``-h`` and ``-v``/``-q``
+    after the command name too."""
     for cmd in (invalidate, cleanup, check, sleep_until, shell, graph, config_cmd):
+        cmd.context_settings = {**CONTEXT_SETTINGS, **cmd.context_settings}
+        if cmd is not config_cmd:  # config passes what follows to the command it describes
+            verbosity_options(cmd)
         cli.add_command(cmd)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import ctypes
+import errno
 import gc
 import logging
 import os
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .codeship import MAX_BUNDLE_BYTES, collect_bundle
-from .errors import AjugError, ProtocolError, StoreError
+from .errors import AjugError, ProtocolError, StoreError, UsageError
+from .failures import FailureRecords, failure_record
 from .graph import Graph, build_graph
 from .jugfile import LoadedJugfile, load_jugfile
 from .protocol import connection as conn_mod
@@ -65,6 +67,21 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def bind_error(host: str, port: int, e: OSError, what: str = "listen on",
+               port_flag: str = "--port", host_flag: str = "--host") -> str:
+    """One line for a socket that cannot listen, saying what to change."""
+    where = f"cannot {what} {host}:{port}"
+    if e.errno == errno.EADDRINUSE:
+        return (f"{where}: the port is in use (another `ajug serve`?); choose another "
+                f"{port_flag}, or 0 for a free one")
+    if e.errno == errno.EACCES:
+        return (f"{where}: permission denied (ports below 1024 need privileges); choose a "
+                f"{port_flag} from 1024 to 65535, or 0 for a free one")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: {host} is not an address of this machine ({host_flag})"
+    return f"{where}: {e.strerror or e}"
+
+
 def _trim_heap() -> None:
     """Give freed memory back to the OS (glibc keeps it otherwise); a no-op elsewhere."""
     try:
@@ -101,6 +118,11 @@ class Coordinator:
         self._late_pending: set[int] = set()
         self.history: list[tuple[float, int]] = []  # (unix time, tasks done) for rates
         self._bundle: tuple[LoadedJugfile, list[Any]] | None = None
+        #: failure records in the store (``ajug.failures``); set once the store is open
+        self.records: FailureRecords | None = None
+        self._names: dict[str, str] = {}  # worker id -> name, remembered after it leaves
+        #: stopping after everything was done (``serve --stay``): waiting workers are told so
+        self._closing = False
 
     # -- startup ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -114,6 +136,7 @@ class Coordinator:
         ``load`` is done."""
         loop = asyncio.get_running_loop()
         self.store = await loop.run_in_executor(None, open_store, self.s.store_url)
+        self.records = FailureRecords(self.store)
         self._lock = self.store.owner_lock(ttl_s=max(self.s.lease_ttl_s, 10.0))
         await loop.run_in_executor(None, self._lock.acquire)
         if self._lock.took_over:
@@ -127,8 +150,10 @@ class Coordinator:
                 self._on_connect, self.s.host, self.s.port, ssl=self.s.ssl, limit=2**20,
                 backlog=1024,
             )
-        except BaseException:
+        except BaseException as e:
             await loop.run_in_executor(None, self._lock.release)
+            if isinstance(e, OSError):
+                raise UsageError(bind_error(self.s.host, self.s.port, e)) from None
             raise
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
@@ -155,6 +180,8 @@ class Coordinator:
         graph = await loop.run_in_executor(None, build_graph, loaded.tasks, jugdir)
         self._release_tasks(loaded)
         done = await loop.run_in_executor(None, self._exists_all, graph.keys)
+        if self.records is not None:
+            await loop.run_in_executor(None, self.records.start, graph.index, done)
         sched = Scheduler(
             graph,
             lease_ttl_s=self.s.lease_ttl_s,
@@ -236,6 +263,7 @@ class Coordinator:
                         await loop.run_in_executor(None, self._lock.renew)
                     except StoreError as e:
                         log.error("%s", e)
+                self.record_failures()
                 self.history.append((time.time(), self.sched.totals()[DONE]))
                 del self.history[:-120]
                 if on_tick is not None:
@@ -289,7 +317,38 @@ class Coordinator:
         self._changed.set()
         self._notify()
 
+    def record_failures(self) -> None:
+        """Log each task newly marked failed (once, here: not also in the worker's log) and
+        have it recorded in the store; writes happen in a thread."""
+        sched, graph = self.sched, self.graph
+        if sched is None or graph is None or not sched.new_failures:
+            return
+        new, sched.new_failures = sched.new_failures, []
+        for i in new:
+            f = sched.failures.get(i)
+            if f is None:
+                continue
+            name = graph.functions[graph.fn[i]].name
+            worker = self._worker_name(f.worker)
+            log.warning("task %s (%s) failed: %s: %s", name, graph.keys[i][:12], f.type, f.msg)
+            if self.records is not None:
+                self.records.failed(graph.keys[i], failure_record(name, f, worker))
+        if self.records is not None:
+            self.records.flush()
+
     async def close(self) -> None:
+        self.record_failures()
+        if self.records is not None:
+            await self.records.close()
+        if self.state == "finished" and self._waiters:
+            # all was done (--stay): the workers waiting for work hear "finished" and exit,
+            # rather than lose the connection and try to reconnect for a minute
+            self._closing = True
+            self._notify()
+            deadline = time.monotonic() + 1.0
+            while self._waiters and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # their replies are written; the connections close next
         if self._server is not None:
             self._server.close()
             for c in list(self._conns.values()):
@@ -386,13 +445,41 @@ class Coordinator:
             conn.close()
 
     # -- status ----------------------------------------------------------------------------
+    def _worker_name(self, wid: str) -> str:
+        """A worker's name as it gave it (``local0``, ``--name``), or host:pid."""
+        w = self.sched.workers.get(wid) if self.sched is not None else None
+        if w is not None and w.name:
+            self._names[wid] = w.name
+        host, _, rest = wid.partition(":")
+        return self._names.get(wid) or f"{host}:{rest.partition(':')[0]}"
+
+    def _executing(self) -> list[int]:
+        """Per function, the tasks being executed now: of each worker's leases, the oldest
+        one that is not a follow-on (a worker runs its leases one at a time, in the order it
+        got them; the others are queued there). ``running`` counts every lease."""
+        sched, graph = self.sched, self.graph
+        assert sched is not None and graph is not None
+        out = [0] * len(graph.functions)
+        rem, leases = sched.remaining, sched.leases
+        for w in sched.workers.values():
+            best = None
+            for i in w.leases:
+                lz = leases.get(i)
+                if lz is not None and not rem[i] and (best is None or lz.tok < best.tok):
+                    best = lz
+            if best is not None:
+                out[graph.fn[best.idx]] += 1
+        return out
+
     def status(self, detail: bool = False) -> dict[str, Any]:
         sched, graph = self.sched, self.graph
         assert sched is not None and graph is not None
         now = self.clock()
+        executing = self._executing()
         funcs = []
-        for f, c in zip(graph.functions, sched.counts):
-            funcs.append({"name": f.name, **{STATE_NAMES[s]: c[s] for s in range(6)}})
+        for f, c, e in zip(graph.functions, sched.counts, executing):
+            funcs.append({"name": f.name, **{STATE_NAMES[s]: c[s] for s in range(6)},
+                          "executing": e})
         totals = sched.totals()
         workers = []
         for w in sched.workers.values():
@@ -403,6 +490,8 @@ class Coordinator:
                     "pid": w.pid,
                     "name": w.name,
                     "running": [graph.keys[i] for i in sorted(w.leases)][:50],
+                    "running_functions": [graph.functions[graph.fn[i]].name
+                                          for i in sorted(w.leases)][:50],
                     "n_running": len(w.leases),
                     "done": w.done,
                     "failed": w.failed,
@@ -422,6 +511,7 @@ class Coordinator:
                     "tb": tb,
                     "attempts": fl.attempts,
                     "worker": fl.worker,
+                    "worker_name": self._worker_name(fl.worker),
                 }
             )
         rate = 0.0
@@ -438,6 +528,7 @@ class Coordinator:
             "uptime_s": round(time.time() - self.started_at, 3),
             "tasks": len(graph),
             "totals": {STATE_NAMES[s]: totals[s] for s in range(6)},
+            "executing": sum(executing),
             "functions": funcs,
             "workers": workers,
             "failures": failures,
@@ -579,7 +670,7 @@ class ConnSession:
             assert sched is not None
             if want and c.state == "running" and time.monotonic() >= c.resume_until:
                 leases = sched.lease(self.wid, want)
-            if leases or not want or c.state == "finished" and not c.s.stay:
+            if leases or not want or c.state == "finished" and (not c.s.stay or c._closing):
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -611,6 +702,8 @@ class ConnSession:
                 continue
             if sched.complete(self.wid, i, tok):
                 changed = True
+                if c.records is not None and c.records.known:
+                    c.records.succeeded(key)
                 rt = meta.get("rt")
                 if isinstance(rt, (int, float)) and rt >= 0:
                     c.durations[bisect.bisect_left(DURATION_BUCKETS_S, rt)] += 1
@@ -626,12 +719,11 @@ class ConnSession:
             r = sched.fail(self.wid, i, tok, err)
             if r != "stale":
                 changed = True
-                if r == "failed":
-                    log.warning("task %s (%s) failed: %s: %s", graph.functions[graph.fn[i]].name,
-                                key[:12], err.get("type"), err.get("msg"))
-                    if c.s.fail_fast:
-                        log.error("stopping at the first failure (--fail-fast)")
-                        c.stop()
+                if r == "failed" and c.s.fail_fast:
+                    c.record_failures()
+                    log.error("stopping at the first failure (--fail-fast)")
+                    c.stop()
+        c.record_failures()
         return changed
 
     async def _late_done(self, i: int) -> None:
@@ -646,6 +738,8 @@ class ConnSession:
         finally:
             c._late_pending.discard(i)
         if ok and c.graph is graph and c.sched is not None and c.sched.accept_late(self.wid, i):
+            if c.records is not None:
+                c.records.succeeded(key)
             c._notify()
             await c._check_finished()
 
@@ -667,7 +761,7 @@ class ConnSession:
                                     [graph.keys[d] for d in sched.after(i)]))
         if out:
             state = "run"
-        elif c.state == "finished" and not c.s.stay:
+        elif c.state == "finished" and (not c.s.stay or c._closing):
             state = "finished"
         else:
             state = "idle"
@@ -733,6 +827,10 @@ class ConnSession:
         idxs = [graph.index[k] for k in msg["keys"] if k in graph.index]
         n = sched.invalidate(idxs)
         log.info("invalidated %d task(s) on request", n)
+        if self.c.records is not None and self.c.records.known:
+            for k in msg["keys"]:
+                self.c.records.succeeded(k)
+            self.c.records.flush()
         if self.c.state == "finished":
             self.c.state = "running"
         self.c._notify()

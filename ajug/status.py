@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from .scheduler import STATE_NAMES
@@ -13,11 +16,11 @@ COLUMNS = ("waiting", "ready", "running", "done", "failed", "blocked")
 
 
 def status_table(st: dict[str, Any]) -> Table:
-    title = f"{st.get('jugfile', '')}  [{st.get('state', '')}]"
+    title = escape(f"{st.get('jugfile', '')}  [{st.get('state', '')}]")
     t = Table(title=title, title_justify="left")
-    t.add_column("function")
+    t.add_column("function", no_wrap=True)
     for c in COLUMNS:
-        t.add_column(c, justify="right")
+        t.add_column(c, justify="right", no_wrap=True)
     for f in st["functions"]:
         t.add_row(f["name"], *(str(f.get(c, 0)) for c in COLUMNS))
     tot = st["totals"]
@@ -25,10 +28,26 @@ def status_table(st: dict[str, Any]) -> Table:
     return t
 
 
+def status_lines(st: dict[str, Any]) -> list[str]:
+    """The same counts with the function names last, for a terminal too narrow for the table
+    (or a pipe, which rich takes to be 80 columns): a name is never cut; one longer than the
+    line goes on, as the terminal wraps it."""
+    widths = [max(len(c), *(len(str(f.get(c, 0))) for f in st["functions"]),
+                  len(str(st["totals"].get(c, 0)))) for c in COLUMNS]
+    out = [f"{st.get('jugfile', '')}  [{st.get('state', '')}]",
+           "  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths)) + "  function"]
+    rows = [(f["name"], f) for f in st["functions"]] + [("total", st["totals"])]
+    for name, counts in rows:
+        out.append("  ".join(str(counts.get(c, 0)).rjust(w) for c, w in zip(COLUMNS, widths))
+                   + "  " + name)
+    return out
+
+
 def workers_table(st: dict[str, Any]) -> Table:
     t = Table(title="workers", title_justify="left")
     for c in ("worker", "host", "pid", "running", "done", "failed", "last heartbeat"):
-        t.add_column(c, justify="right" if c not in ("worker", "host") else "left")
+        t.add_column(c, justify="right" if c not in ("worker", "host") else "left",
+                     overflow="fold")
     for w in st.get("workers", []):
         t.add_row(
             w.get("name") or w["id"], w["host"], str(w["pid"]), str(w["n_running"]),
@@ -37,40 +56,94 @@ def workers_table(st: dict[str, Any]) -> Table:
     return t
 
 
+def _fits(console: Console, table: Table) -> bool:
+    wide = console.options.update_width(10_000)
+    return Measurement.get(console, wide, table).maximum <= console.width
+
+
+def failure_line(f: dict[str, Any]) -> str:
+    """One failed task: function, identity, kind, exception; attempts, worker and time."""
+    about = [f"attempt {f['attempts']}"] if f.get("attempts") else []
+    who = f.get("worker_name") or f.get("worker")
+    if who:
+        about.append(f"on {who}")
+    if f.get("ts"):
+        about.append(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f["ts"])))
+    tail = f" ({', '.join(about)})" if about else ""
+    return f"  {f['func']} {f['key'][:12]} [{f['kind']}] {f['type']}: {f['msg']}{tail}"
+
+
 def render(st: dict[str, Any], console: Console, failed_tracebacks: bool = False) -> None:
-    console.print(status_table(st))
+    table = status_table(st)
+    if _fits(console, table):
+        console.print(table)
+    else:
+        for line in status_lines(st):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     if st.get("workers"):
         console.print(workers_table(st))
     if st.get("barrier"):
         console.print("more tasks follow a barrier once these are done")
+    jugfile = st.get("jugfile") or "JUGFILE"
     for f in st.get("stale", []):
         of = "" if f["exact"] else f" (of {f['checked']} checked)"
         console.print(
             f"[yellow]stale:[/yellow] {f['name']}: {f['stale']} of {f['stored']} stored "
-            f"result(s){of} came from different code; `ajug invalidate JUGFILE --stale` redoes them",
-            highlight=False,
+            f"result(s){of} came from different code; `ajug invalidate {jugfile} --stale` "
+            "redoes them", highlight=False, soft_wrap=True,
         )
     fails = st.get("failures", [])
     if fails:
         console.print(f"[b red]{len(fails)} failure(s)[/b red]")
         for f in fails:
-            line = f"  {f['func']} {f['key'][:12]} [{f['kind']}] {f['type']}: {f['msg']}"
-            console.print(line, markup=False, highlight=False)
+            console.print(failure_line(f), markup=False, highlight=False, soft_wrap=True)
             if failed_tracebacks and f.get("tb"):
-                console.print(f["tb"], markup=False, highlight=False)
+                console.print(f["tb"].rstrip("\n"), markup=False, highlight=False,
+                              soft_wrap=True)
 
 
 def plain_line(st: dict[str, Any]) -> str:
     tot = st["totals"]
     n = st.get("tasks", sum(tot.values()))
-    parts = [f"{tot.get(c, 0)} {c}" for c in STATE_NAMES if tot.get(c, 0)]
+    parts = []
+    for c in STATE_NAMES:
+        k = tot.get(c, 0)
+        if c == "running" and k and "executing" in st:  # leases held ahead are not running
+            parts += [f"{st['executing']} running"] + (
+                [f"{k - st['executing']} queued"] if k > st["executing"] else [])
+        elif k:
+            parts.append(f"{k} {c}")
     rate = st.get("rate")
     r = f", {rate:g} tasks/s" if rate else ""
     return f"[{st.get('state', '')}] {tot.get('done', 0)}/{n} done ({', '.join(parts)}){r}"
 
 
-def offline_status(jugfile: str, store_url: str) -> dict[str, Any]:
-    """The same counts as a live status, from the graph and the store (no coordinator)."""
+def recorded_failures(graph: Any, store: Any, done: list[bool], sched: Any,
+                      detail: bool) -> list[dict[str, Any]]:
+    """The failures the store records for tasks of ``graph`` that are not done, marked failed in
+    ``sched`` (what needs them: blocked), as a live status lists them."""
+    from .scheduler import Failure
+
+    out = []
+    records = store.failures()
+    for key, r in sorted(records.items(), key=lambda kv: kv[1].get("ts") or 0):
+        i = graph.index.get(key)
+        if i is None or done[i]:
+            continue  # another jugfile's task, or done since (a record not cleared yet)
+        f = Failure(i, str(r.get("kind", "exception")), str(r.get("type", "")),
+                    str(r.get("msg", "")), str(r.get("tb", "")), str(r.get("worker", "")),
+                    int(r.get("attempts") or 1))
+        sched.mark_failed(i, f)
+        out.append({"key": key, "func": graph.functions[graph.fn[i]].name, "kind": f.kind,
+                    "type": f.type, "msg": f.msg, "tb": f.tb if detail else "",
+                    "attempts": f.attempts, "worker": f.worker, "worker_name": f.worker,
+                    "ts": r.get("ts")})
+    return out
+
+
+def offline_status(jugfile: str, store_url: str, detail: bool = False) -> dict[str, Any]:
+    """The same counts as a live status, from the graph and the store (no coordinator); tasks
+    whose failure the store records count as failed (``detail``: with their tracebacks)."""
     import os
     import socket
     from pathlib import Path
@@ -88,6 +161,7 @@ def offline_status(jugfile: str, store_url: str) -> dict[str, Any]:
         done = exists_all(store, graph.keys)  # one call: the file store lists each dir once
         sched = Scheduler(graph)
         sched.start(done)
+        failures = recorded_failures(graph, store, done, sched, detail)
         tot = sched.totals()
         funcs = [
             {"name": f.name, **{STATE_NAMES[s]: c[s] for s in range(6)}}
@@ -103,7 +177,7 @@ def offline_status(jugfile: str, store_url: str) -> dict[str, Any]:
             "totals": {STATE_NAMES[s]: tot[s] for s in range(6)},
             "functions": funcs,
             "workers": [],
-            "failures": [],
+            "failures": failures,
             "barrier": loaded.hit_barrier,
             "stale": stale_functions(graph, store, done),
         }

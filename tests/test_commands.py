@@ -303,3 +303,17 @@ def test_config_precedence_flag_env_file_default_and_masking(tmp_path: Path) -> 
     assert bad.returncode == 2 and "token-file" in bad.stderr
     bad = ajug("run", str(tmp_path / "none.py"), AJUG_RETRIES="lots")
     assert bad.returncode == 2 and "AJUG_RETRIES" in bad.stderr
+
+
+@pytest.mark.timeout(60)
+def test_shell_value_of_a_task_not_computed_yet_is_one_line(proj: Path) -> None:
+    ok("invalidate", str(proj), "--target", "total")
+    script = "x = value(tot)\nprint('after', 1 + 1)\n"
+    out = ajug("shell", str(proj), "--plain", input=script)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    said = [ln for ln in (out.stdout + out.stderr).splitlines() if "not computed" in ln]
+    assert said == [f"ajug: pipeline.total {keys_of(graph_of(proj), 'total')[0][:12]} is not "
+                    f"computed yet: `ajug run {proj}` computes it (`ajug status {proj} --failed` "
+                    "says if it failed)"], out.stdout + out.stderr
+    assert "after 2" in out.stdout  # the shell goes on

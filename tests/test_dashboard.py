@@ -118,12 +118,19 @@ def dump_dom(browser: str, url: str, tmp_path: Path) -> str:
     return out.stdout
 
 
-@pytest.mark.timeout(90)
+def page_text(browser: str, url: str, tmp_path: Path) -> dict[str, str]:
+    """The text of every element with an id, as Chromium renders the page."""
+    p = IdText()
+    p.feed(dump_dom(browser, url, tmp_path))
+    return {k: v.strip() for k, v in p.text.items()}
+
+
+@pytest.mark.timeout(150)
 def test_dashboard_json_metrics_and_page_match_status(procs: Procs, tmp_path: Path,
                                                       free_tcp_port: int) -> None:
     jug = tmp_path / "dashboard.py"
     shutil.copy(HERE / "jugfiles" / "dashboard.py", jug)
-    e = env(AJUG_TEST_SLOW_S="1")
+    e = env(AJUG_TEST_SLOW_S="3")
     dash = free_tcp_port
     coord, port = procs.serve(jug, "--stay", "--dashboard", str(dash), env=e)
     wait_for(lambda: f"dashboard on http://127.0.0.1:{dash}/" in read_log(coord), 10,
@@ -131,8 +138,10 @@ def test_dashboard_json_metrics_and_page_match_status(procs: Procs, tmp_path: Pa
     code, ctype, page = fetch(dash, "/")
     assert code == 200 and ctype.startswith("text/html")
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # no CDN: all inline
-    for i in ("total-done", "total-tasks", "functions", "workers", "failures", "chart"):
+    for i in ("total-done", "total-tasks", "functions", "workers", "failures", "chart", "legend"):
         assert f'id="{i}"' in page
+    # the chart keeps its proportions (a stretched one distorts the line and its labels)
+    assert 'preserveAspectRatio="none"' not in page
     assert fetch(dash, "/nope")[0] == 404
 
     procs.work(port, env=e)
@@ -141,7 +150,15 @@ def test_dashboard_json_metrics_and_page_match_status(procs: Procs, tmp_path: Pa
                     20, what="a running task on the dashboard")
     assert live["tasks"] == status(port)["tasks"] == 6
     assert len(live["workers"]) == 1 and live["workers"][0]["n_running"] >= 1
-    assert live["workers"][0]["running"]  # its current task is listed
+    assert live["workers"][0]["running"]  # its current task is listed, with its function
+    assert live["workers"][0]["running_functions"][0] == "dashboard.slow_square"
+    browser = chromium()
+    t = page_text(browser, f"http://127.0.0.1:{dash}/", tmp_path)  # while a task runs
+    assert t["loaded"] == "yes", "the page's script did not fetch /api/status"
+    assert "slow_square" in t["worker-0-tasks"], t["worker-0-tasks"]  # a name, not a hash
+    assert re.search(r"slow_square [0-9a-f]{8}", t["worker-0-tasks"]), t["worker-0-tasks"]
+    for label in ("done", "running", "ready", "waiting", "failed", "blocked"):
+        assert label in t["legend"], t["legend"]  # what each colour of the bars means
     m = parse_metrics(fetch(dash, "/metrics")[2])
     assert m["ajug_workers_connected"] == 1 and m["ajug_tasks_total"] == 6
     assert sum(v for k, v in m.items() if k.startswith("ajug_tasks{")) == 6
@@ -166,12 +183,10 @@ def test_dashboard_json_metrics_and_page_match_status(procs: Procs, tmp_path: Pa
     wait_for(lambda: (h := fetch_json(dash, "/api/history")["history"]) and h[-1][1] == 4, 5,
              what="the history to reach 4 done")
 
-    browser = chromium()
-    dom = dump_dom(browser, f"http://127.0.0.1:{dash}/", tmp_path)
-    p = IdText()
-    p.feed(dom)
-    t = {k: v.strip() for k, v in p.text.items()}
+    t = page_text(browser, f"http://127.0.0.1:{dash}/", tmp_path)
     assert t["loaded"] == "yes", "the page's script did not fetch /api/status"
+    # a time axis under the throughput chart: the last two minutes up to now
+    assert re.fullmatch(r"-120 s\s*-90 s\s*-60 s\s*-30 s\s*now", t["chart-axis"]), t["chart-axis"]
     assert t["state"] == "finished"
     assert int(t["total-tasks"]) == st["tasks"]
     for s in STATES:

@@ -1,0 +1,165 @@
+"""Unreachable things: said at once, in one line, then one line when connected or given up;
+retries with backoff (in one line too) for what was reachable once. Workers of a stopped
+`ajug serve --stay` exit cleanly, in one line."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from procs import Procs, ajug_cmd, copy_jugfile, env, read_log, status, wait_for
+from store_helpers import hexkey
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Lines:
+    """A process's stderr, line by line as it comes, with the time each line arrived."""
+
+    def __init__(self, args: list[str], cwd: Path, **e: str) -> None:
+        self.t0 = time.monotonic()
+        self.p = subprocess.Popen(ajug_cmd(*args), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, env=env(**e), cwd=cwd,
+                                  start_new_session=True)
+        self.q: queue.Queue[tuple[float, str]] = queue.Queue()
+        self.lines: list[tuple[float, str]] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.p.stderr is not None
+        for line in self.p.stderr:
+            self.q.put((time.monotonic() - self.t0, line.rstrip("\n")))
+
+    def next(self, timeout_s: float) -> tuple[float, str]:
+        got = self.q.get(timeout=timeout_s)
+        self.lines.append(got)
+        return got
+
+    def rest(self, timeout_s: float) -> list[str]:
+        rc = self.p.wait(timeout_s)
+        self.p.stderr.close() if self.p.stderr else None
+        time.sleep(0.1)
+        while not self.q.empty():
+            self.lines.append(self.q.get())
+        self.rc = rc
+        return [ln for _, ln in self.lines]
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(10)
+
+
+def test_a_worker_says_at_once_that_nothing_listens(tmp_path: Path, free_tcp_port: int) -> None:
+    w = Lines(["work", f"127.0.0.1:{free_tcp_port}", "--connect-timeout", "4"], tmp_path)
+    try:
+        t, first = w.next(10)
+        assert t < 3, (t, first)  # not after a minute of silence
+        assert first == (f"ajug: waiting for the coordinator at 127.0.0.1:{free_tcp_port} "
+                         "(connection refused); retrying for 4 s")
+        lines = w.rest(30)
+    finally:
+        w.kill()
+    assert w.rc == 2
+    assert len(lines) == 2, lines  # then one line: it gave up
+    assert lines[1].startswith(f"ajug: error: cannot reach the coordinator at 127.0.0.1:"
+                               f"{free_tcp_port} after 4 s (connection refused)"), lines
+    assert lines[1].count("cannot reach") == 1 and lines[1].count("refused") == 1, lines
+
+
+def test_a_worker_started_first_says_when_it_connects(procs: Procs, tmp_path: Path,
+                                                      free_tcp_port: int) -> None:
+    jug = copy_jugfile(tmp_path, "taskraise.py")
+    w = Lines(["work", f"127.0.0.1:{free_tcp_port}", "--connect-timeout", "60"], tmp_path)
+    try:
+        assert "waiting for the coordinator" in w.next(10)[1]
+        coord, _ = procs.serve(jug, port=free_tcp_port, env=env(AJUG_TEST_FIXED="1"))
+        t, line = w.next(30)
+        assert line.startswith(f"ajug: connected to the coordinator at 127.0.0.1:{free_tcp_port}"
+                               " after "), line
+        lines = w.rest(60)
+    finally:
+        w.kill()
+    assert w.rc == 0, lines
+    assert lines[-1] == "ajug: the coordinator says all is done; this worker ran 5 task(s)", lines
+    assert len(lines) == 3, lines
+    assert coord.wait(30) == 0
+
+
+def test_an_unreachable_redis_at_start_is_said_once(tmp_path: Path, free_tcp_port: int) -> None:
+    copy_jugfile(tmp_path, "taskraise.py")
+    url = f"redis://127.0.0.1:{free_tcp_port}/0?retry_s=3"
+    r = Lines(["run", "taskraise.py", "--store", url, "--no-progress"], tmp_path)
+    try:
+        t, first = r.next(10)
+        assert t < 3 and "waiting for redis at 127.0.0.1:" in first, (t, first)
+        assert "(connection refused); retrying for 3 s" in first
+        lines = r.rest(60)
+    finally:
+        r.kill()
+    assert r.rc == 2, lines
+    assert len(lines) == 2, lines  # not a warning per retry
+    assert lines[1] == (f"ajug: error: cannot reach redis at 127.0.0.1:{free_tcp_port} after "
+                        "3 s (connection refused): is redis-server running?"), lines
+
+
+@pytest.mark.redis
+def test_a_redis_outage_is_one_line_each_way(make_redis_server: object,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Once reachable, redis is retried with backoff (a restart is survived), said in one line
+    when it goes and one when it answers again."""
+    from ajug.stores.redis import RedisStore
+
+    server = make_redis_server()  # type: ignore[operator]
+    store = RedisStore(server.url, namespace="outage:", retry_s=30)
+    try:
+        store.save(hexkey(1), "kept")
+        server.stop()
+        got: list[object] = []
+        t = threading.Thread(target=lambda: got.append(store.exists([hexkey(1)])))
+        with caplog.at_level("DEBUG", logger="ajug.stores.redis"):
+            t.start()
+            wait_for(lambda: "lost redis" in caplog.text, 10, what="the outage line")
+            time.sleep(1.0)  # a few retries meanwhile
+            server.start()
+            t.join(30)
+        assert got == [[False]]  # no persistence: the restarted redis is empty
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 2, warnings
+        assert warnings[0].startswith(f"lost redis at 127.0.0.1:{server.port} (") \
+            and warnings[0].endswith("retrying for 30 s"), warnings
+        assert warnings[1].startswith(f"redis at 127.0.0.1:{server.port} answers again after ")
+        retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
+        assert len(retries) >= 2 and all(r.levelname == "DEBUG" for r in retries)
+    finally:
+        store.close()
+
+
+def test_idle_workers_of_a_stopped_serve_stay_exit_cleanly(procs: Procs, tmp_path: Path) -> None:
+    jug = copy_jugfile(tmp_path, "taskraise.py")
+    coord, port = procs.serve(jug, "--stay", env=env(AJUG_TEST_FIXED="1"))
+    one = procs.work(port)
+    many = procs.start(["work", f"127.0.0.1:{port}", "-j", "2"], "work-j2")
+    wait_for(lambda: (s := status(port))["state"] == "finished" and len(s["workers"]) == 3, 30,
+             what="all done, three idle workers")
+    coord.send_signal(signal.SIGINT)
+    assert coord.wait(30) == 0, read_log(coord)  # stopped after the end: the run's own status
+    t0 = time.monotonic()
+    assert one.wait(15) == 0, read_log(one)
+    assert many.wait(15) == 0, read_log(many)
+    assert time.monotonic() - t0 < 10  # not a minute of trying to reconnect
+    for p in (one, many):
+        log = read_log(p)
+        for bad in ("Traceback", "Future exception", "never retrieved", "lost the coordinator",
+                    "reconnect"):
+            assert bad not in log, log
+    assert re.fullmatch(r"ajug: the coordinator says all is done; this worker ran \d task\(s\)",
+                        read_log(one).strip().splitlines()[-1]), read_log(one)
+    assert read_log(many).strip().splitlines()[-1] == \
+        "ajug: the coordinator says all is done; 2 worker processes ended", read_log(many)

@@ -1,0 +1,188 @@
+"""Views that end well, seen as a user sees them: the bars of `ajug run` and `ajug serve` on a
+(pseudo-)terminal, Ctrl-C there, `ajug work`'s task count, `ajug status` at 80 columns and
+piped, and `ajug status --watch` (live, offline, JSON) ending with the final state and how the
+run ended."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from procs import Procs, ajug_cmd, copy_jugfile, env, read_log, wait_for
+from ptys import Pty
+
+pytestmark = pytest.mark.timeout(120)
+LONG = "views.split_into_chunks_of_words"  # 32 characters: the table does not fit 80 columns
+
+
+def bars_of(text: str, name: str) -> list[str]:
+    """Every drawing of the bar of function ``name`` (short name, as the bars show it)."""
+    return [ln for ln in text.splitlines() if ln.lstrip().startswith(name)]
+
+
+def test_run_bars_label_times_count_running_tasks_and_keep_rates(tmp_path: Path) -> None:
+    copy_jugfile(tmp_path, "views.py")
+    # tasks leased ahead (--prefetch 3) are not running; a function that is finished while
+    # the slow reduce runs keeps its rate
+    e = env(AJUG_TEST_N="60", AJUG_TEST_STEP_S="0.05", AJUG_TEST_FINAL_S="5")
+    t = Pty.ajug("run", "views.py", "-j", "2", "--prefetch", "3", env=e, cwd=str(tmp_path),
+                 columns=120)
+    try:
+        t.wait_for(lambda s: "elapsed" in s and "ETA" in s and "running" in s, 60,
+                   "bars with elapsed, ETA and running tasks")
+        assert t.wait(60) == 0, t.text
+    finally:
+        t.close()
+    text = t.text
+    running = [int(n) for n in re.findall(r"(\d+) running", text)]
+    assert running and max(running) <= 2, text  # 2 workers: at most 2 tasks run at once
+    assert re.search(r"\d+/61 done", text) and re.search(r"\d+/60 done", text), text
+    final = bars_of(text, "split_into_chunks_of_words")[-1]
+    m = re.search(r"60/60 done\s+([\d.,]+)/s\s+elapsed (\d+):(\d\d)", final)
+    assert m, final
+    rate = float(m.group(1).replace(",", ""))
+    assert rate >= 10, final  # 60 tasks in ~2 s; a rate decaying while the reduce runs: ~2/s
+    assert "ajug: [finished] 61/61 done (61 done)" in text
+    assert "ajug: results are in views.ajugdata; read them with `ajug shell views.py`" in text
+
+
+def test_serve_shows_the_same_bars_on_a_terminal(procs: Procs, tmp_path: Path) -> None:
+    copy_jugfile(tmp_path, "views.py")
+    e = env(AJUG_TEST_N="30", AJUG_TEST_STEP_S="0.1")
+    t = Pty.ajug("serve", "views.py", "--port", "0", env=e, cwd=str(tmp_path))
+    try:
+        port = int(t.wait_for(lambda s: (m := re.search(r"serving views.py on 127.0.0.1:(\d+)",
+                                                        s)) and m.group(1), 30, "the port"))
+        procs.work(port, env=e)
+        t.wait_for(lambda s: re.search(r"split_into_chunks_of_words .*\d+/30 done.*elapsed", s),
+                   60, "a bar for the function")
+        assert t.wait(60) == 0, t.text
+    finally:
+        t.close()
+    assert "ajug: [finished] 31/31 done (31 done)" in t.text
+
+
+def test_ctrl_c_at_a_terminal_is_interrupted_and_exit_130(tmp_path: Path) -> None:
+    copy_jugfile(tmp_path, "views.py")
+    e = env(AJUG_TEST_N="40", AJUG_TEST_STEP_S="1")
+    t = Pty.ajug("run", "views.py", "-j", "2", env=e, cwd=str(tmp_path))
+    try:
+        t.wait_for(lambda s: "2 running" in s, 60, "both workers busy")
+        t.send(b"\x03")  # the terminal sends SIGINT to the whole foreground group
+        assert t.wait(30) == 130, t.text
+    finally:
+        t.close()
+    text = t.text
+    assert "ajug: interrupted" in text, text
+    for bad in ("Traceback", "lost the coordinator", "reconnect", "KeyboardInterrupt"):
+        assert bad not in text, text
+
+
+def test_work_on_a_terminal_counts_its_tasks(procs: Procs, tmp_path: Path) -> None:
+    jug = copy_jugfile(tmp_path, "views.py")
+    e = env(AJUG_TEST_N="20", AJUG_TEST_STEP_S="0.2")
+    coord, port = procs.serve(jug, env=e)
+    t = Pty.ajug("work", f"127.0.0.1:{port}", env=e, cwd=str(tmp_path))
+    try:
+        t.wait_for(lambda s: f"connected to the coordinator at 127.0.0.1:{port}" in s, 30,
+                   "the connected line")
+        t.wait_for(lambda s: re.search(r"ajug: ([3-9]|1\d) task\(s\) done", s), 60,
+                   "a live count of tasks done")
+        assert t.wait(60) == 0, t.text
+    finally:
+        t.close()
+    assert "ajug: the coordinator says all is done; this worker ran 21 task(s)" in t.text
+    assert coord.wait(30) == 0
+
+
+def test_status_never_cuts_function_names(tmp_path: Path) -> None:
+    copy_jugfile(tmp_path, "views.py")
+    t = Pty.ajug("status", "views.py", env=env(), cwd=str(tmp_path), columns=80)
+    try:
+        assert t.wait(60) == 0, t.text
+    finally:
+        t.close()
+    piped = subprocess.run(ajug_cmd("status", "views.py"), capture_output=True, text=True,
+                           env=env(), cwd=tmp_path, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    for text in (t.text, piped.stdout):
+        assert LONG in text and "views.count_words_in_every_chunk" in text, text
+        assert "…" not in text, text
+        assert re.search(rf"\b0\s+60\s+0\s+0\s+0\s+0\s+{LONG}$", text, re.M) or \
+            re.search(rf"{LONG}\s*│\s*0\s*│\s*60\s*│", text), text  # its counts beside it
+
+
+def watch(*args: str, cwd: Path, e: dict[str, str], timeout: float = 60
+          ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(ajug_cmd("status", *args, "--watch", "--interval", "0.3"),
+                          capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout)
+
+
+def test_live_watch_ends_with_the_final_state(procs: Procs, tmp_path: Path) -> None:
+    """A coordinator exits as soon as a run is done; the watch sees the end all the same."""
+    jug = copy_jugfile(tmp_path, "views.py")
+    e = env(AJUG_TEST_N="30", AJUG_TEST_STEP_S="0.1")
+    coord, port = procs.serve(jug, env=e)
+    addr = f"127.0.0.1:{port}"
+    bars = procs.start(["status", addr, "--watch", "--interval", "0.3"], "watch")
+    js = subprocess.Popen(ajug_cmd("status", addr, "--watch", "--json", "--interval", "0.3"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                          start_new_session=True)
+    try:
+        wait_for(lambda: "0/31 done" in read_log(bars), 30, what="the watch to start")
+        procs.work(port, env=e)
+        assert bars.wait(60) == 0, read_log(bars)
+        out, err = js.communicate(timeout=60)
+    finally:
+        if js.poll() is None:
+            js.kill()
+            js.communicate()
+    assert js.returncode == 0, err
+    assert coord.wait(30) == 0
+    lines = read_log(bars).strip().splitlines()
+    assert lines[-1] == "ajug: the run has finished: [finished] 31/31 done (31 done)" or \
+        lines[-1].startswith("ajug: the run has finished: [finished] 31/31 done (31 done), "), lines
+    states = [json.loads(ln) for ln in out.splitlines()]
+    assert states[-1]["state"] == "finished" and states[-1]["totals"]["done"] == 31
+    assert err.strip().startswith("ajug: the run has finished"), err
+
+
+def test_live_watch_says_when_the_coordinator_went_away(procs: Procs, tmp_path: Path) -> None:
+    jug = copy_jugfile(tmp_path, "views.py")
+    e = env(AJUG_TEST_N="30", AJUG_TEST_STEP_S="0.5")
+    coord, port = procs.serve(jug, env=e)
+    bars = procs.start(["status", f"127.0.0.1:{port}", "--watch", "--interval", "0.3"], "watch")
+    procs.work(port, env=e)
+    wait_for(lambda: re.search(r"\b[1-9]\d*/31 done", read_log(bars)), 30,
+             what="some progress")
+    coord.send_signal(signal.SIGKILL)
+    assert bars.wait(30) == 1, read_log(bars)
+    last = read_log(bars).strip().splitlines()[-1]
+    assert last.startswith(f"ajug: the coordinator at 127.0.0.1:{port} went away before the "
+                           "run finished"), last
+    assert re.search(r"last seen: \[running\] \d+/31 done", last), last
+
+
+def test_offline_watch_ends_when_all_is_done(procs: Procs, tmp_path: Path) -> None:
+    copy_jugfile(tmp_path, "views.py")
+    e = env(AJUG_TEST_N="20", AJUG_TEST_STEP_S="0.1")
+    run = procs.start(["run", "views.py", "-j", "2", "--no-progress"], "run", env=e)
+    out = watch("views.py", cwd=tmp_path, e=e)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "ajug: the run has finished: [offline] 21/21 done"), out.stderr
+    js = subprocess.run(ajug_cmd("status", "views.py", "--watch", "--json"), capture_output=True,
+                        text=True, env=e, cwd=tmp_path, timeout=60)
+    assert js.returncode == 0 and json.loads(js.stdout.splitlines()[-1])["totals"]["done"] == 21
+    assert run.wait(30) == 0
+    # failed tasks: nothing more happens without a new run, so the watch ends, with status 1
+    copy_jugfile(tmp_path, "taskraise.py")
+    assert subprocess.run(ajug_cmd("run", "taskraise.py", "-j", "1", "--no-progress"),
+                          env=env(), cwd=tmp_path, timeout=60, capture_output=True).returncode == 1
+    out = watch("taskraise.py", cwd=tmp_path, e=env())
+    assert out.returncode == 1, out.stderr
+    assert "the run has ended without finishing every task" in out.stderr
