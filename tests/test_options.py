@@ -68,7 +68,7 @@ def test_a_bad_option_value_is_refused_before_anything_starts(
         args: list[str], option: str, value: str, tmp_path: Path) -> None:
     copy_jugfile(tmp_path, "taskraise.py")
     args = ["taskraise.py" if a == "J" else a for a in args]
-    refused(ajug(*args, cwd=tmp_path), option, value)
+    refused(ajug(*args, cwd=tmp_path), "Invalid value for '", option, value)
     assert not (tmp_path / "taskraise.ajugdata").exists()  # nothing was started
 
 
