@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from .errors import AjugError, UsageError
+from .launch.options import launch_options
 
 log = logging.getLogger("ajug")
 _VERBOSE = {"level": 0}
@@ -201,11 +202,19 @@ def cli(verbose: int, quiet: int) -> None:
               help="Seconds a new connection has to complete the handshake (default 10).")
 @dashboard_options
 @coordinator_options
+@launch_options
 def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: float | None,
           store_url: str | None, dashboard: int | None, dashboard_host: str, **kw: Any) -> int:
-    """Coordinate a jugfile's tasks: workers connect with `ajug work HOST:PORT`."""
+    """Coordinate a jugfile's tasks: workers connect with `ajug work HOST:PORT`, or are
+    started as batch jobs with --workers slurm (pbs, sge, lsf, exec:...)."""
     from .coordinator import Coordinator
+    from .launch import options as launch
 
+    lo = launch.pop_launch_options(kw, "serve")
+    if lo is not None:
+        if click.get_current_context().get_parameter_source("host") == click.core.ParameterSource.DEFAULT:
+            host = launch.listen_host(lo)
+        launch.prepare(lo, jugfile, kw)
     settings = _settings(jugfile, store_url, host, port, **kw)
     settings.stay = stay
     if handshake_timeout is not None:
@@ -220,16 +229,43 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
               f"(store {coord.store.url})", flush=True)
         await _start_dashboard(coord, dashboard, dashboard_host)
         _install_stop(coord)
+        launcher = await _start_launcher(coord, lo)
         from .progress import RunProgress
 
         prog = RunProgress(interval_s=10.0, enabled=sys.stderr.isatty() is False)
-        code = await coord.run(on_tick=lambda c: prog.update(c.status()))
+
+        def tick(c: Any) -> None:
+            prog.update(c.status())
+            if launcher is not None:
+                launcher.tick(c)
+
+        try:
+            code = await coord.run(on_tick=tick)
+        finally:
+            if launcher is not None:
+                await launcher.close(finished=coord.state == "finished")
         st = coord.status()
         prog.close()
         _summary(st)
         return code
 
     return _new_loop_runner()(main())
+
+
+async def _start_launcher(coord: Any, lo: Any) -> Any:
+    """The launcher of --workers (None without); the coordinator closes if it cannot start."""
+    if lo is None:
+        return None
+    from .launch.options import start_launcher
+
+    try:
+        launcher = await start_launcher(coord, lo)
+    except BaseException:
+        await coord.close()
+        raise
+    print(f"ajug: workers: {lo.label} jobs named {launcher.name} (at most {lo.max_jobs}, "
+          f"{lo.cpus} CPU(s) each), scripts and logs in {launcher.job_dir}", flush=True)
+    return launcher
 
 
 def _install_stop(coord: Any) -> None:
@@ -259,20 +295,25 @@ def _summary(st: dict[str, Any]) -> None:
 @click.option("--store", "store_url", default=None, help="Override the store URL the coordinator announces.")
 @click.option("--name", default="", help="Name shown in status.")
 @click.option("--max-tasks", type=int, default=None, help="Exit after this many tasks.")
+@click.option("--idle-exit", type=float, default=None, metavar="SECONDS",
+              help="Exit after this long without a task (frees a batch job's node).")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None)
 @click.option("--token", default=None, hidden=True)
 @click.option("--tls-ca", default=None, help="CA bundle to verify the coordinator's certificate (enables TLS).")
 @click.option("--tls-cert", default=None, help="Client certificate, if the coordinator requires one.")
 @click.option("--tls-key", default=None)
 def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, store_url: str | None,
-         name: str, max_tasks: int | None, token_file: str | None, token: str | None,
-         tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> int:
+         name: str, max_tasks: int | None, idle_exit: float | None, token_file: str | None,
+         token: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> int:
     """Run tasks for the coordinator at ADDRESS (HOST:PORT) until it says all is done."""
     host, port = parse_address(address)
+    if idle_exit is not None and not idle_exit > 0:
+        raise UsageError(f"--idle-exit {idle_exit:g}: must be a positive number of seconds")
     tok = read_token(token, token_file)
     if jobs > 1:
         args = ["work", address, "-j", "1", "--connect-timeout", str(connect_timeout)]
         for flag, v in (("--prefetch", prefetch), ("--store", store_url), ("--max-tasks", max_tasks),
+                        ("--idle-exit", idle_exit),
                         ("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
             if v is not None:
                 args += [flag, str(v)]
@@ -290,6 +331,7 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
         store_url=store_url,
         ssl=tls_context(False, tls_cert, tls_key, tls_ca),
         max_tasks=max_tasks,
+        idle_exit_s=idle_exit,
     )
     return Worker(opts).run()
 
@@ -359,22 +401,35 @@ def supervise(arg_lists: list[list[str]], env: dict[str, str]) -> int:
 @click.option("--no-progress", is_flag=True, help="No progress display.")
 @dashboard_options
 @coordinator_options
+@launch_options
 def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_progress: bool,
         store_url: str | None, dashboard: int | None, dashboard_host: str, **kw: Any) -> int:
-    """Run a jugfile on this machine: a coordinator and JOBS worker processes over loopback."""
+    """Run a jugfile: a coordinator and JOBS worker processes over loopback (or, with
+    --workers slurm, ..., worker jobs on a cluster)."""
     from .coordinator import Coordinator
+    from .launch import options as launch
     from .local import fork_workers
     from .progress import RunProgress
 
+    lo = launch.pop_launch_options(kw, "run")
+    host = "127.0.0.1"
+    if lo is not None:
+        if jobs is not None:
+            raise UsageError("-j starts local workers; with --workers, --job-cpus and --max-jobs "
+                             "size the jobs")
+        host = launch.listen_host(lo)
+        launch.prepare(lo, jugfile, kw)  # the jobs' token file (made now if there is none)
     if not (kw["token"] or kw["token_file"] or os.environ.get("AJUG_TOKEN")):
         kw["token"] = None
         os.environ["AJUG_TOKEN"] = secrets.token_hex(16)  # fresh per run, passed by environment
-    settings = _settings(jugfile, store_url, "127.0.0.1", port, **kw)
+    settings = _settings(jugfile, store_url, host, port, **kw)
     settings.finish_grace_s = 5.0
-    n = jobs or os.cpu_count() or 1
+    n = 0 if lo is not None else jobs or os.cpu_count() or 1
     # forked now, before any thread or socket exists; they get the port once there is work
-    forks = fork_workers(n, _forked_main, {"AJUG_TOKEN": settings.token.decode()},
-                         settings.store_url)
+    forks = None
+    if n:
+        forks = fork_workers(n, _forked_main, {"AJUG_TOKEN": settings.token.decode()},
+                             settings.store_url)
     if forks is not None:
         log.info("started %d local workers by fork", n)
 
@@ -388,6 +443,7 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
             raise UsageError("ajug run uses loopback only; TLS options are for serve/work")
         _install_stop(coord)
         await _start_dashboard(coord, dashboard, dashboard_host)
+        launcher = await _start_launcher(coord, lo)
         env = dict(os.environ, AJUG_TOKEN=settings.token.decode())
         args = ["work", f"127.0.0.1:{coord.port}", "-j", "1", "--connect-timeout", "30"]
         if prefetch is not None:
@@ -408,6 +464,8 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         def tick(c: Any) -> None:
             st = c.status()
             prog.update(st)
+            if launcher is not None:
+                launcher.tick(c)
             if c.state == "finished":
                 return
             for i, p in enumerate(procs):
@@ -421,6 +479,8 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         try:
             code = await coord.run(on_tick=tick)
         finally:
+            if launcher is not None:
+                await launcher.close(finished=coord.state == "finished")
             if coord.state != "finished":
                 # stopped (SIGINT, SIGTERM) or failed: the workers would keep trying for 30 s
                 # to reach a coordinator that is gone

@@ -101,6 +101,8 @@ class Coordinator:
         self._late_pending: set[int] = set()
         self.history: list[tuple[float, int]] = []  # (unix time, tasks done) for rates
         self._bundle: tuple[LoadedJugfile, list[Any]] | None = None
+        #: extra sections of status(), by name (the launcher's "jobs")
+        self.status_sections: dict[str, Callable[[], Any]] = {}
 
     # -- startup ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -446,6 +448,7 @@ class Coordinator:
             "reclaimed": sched.reclaimed,
             "duplicates": sched.duplicates,
             "rate": round(rate, 2),
+            **{name: section() for name, section in self.status_sections.items()},
         }
 
 
