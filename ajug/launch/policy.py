@@ -211,6 +211,7 @@ class JobPolicy:
         new = message != self.error
         self.error = message
         self.early_ends = 0
+        self.reason = f"{message}; next try in {delay:.0f}s"
         return [f"{message}; retrying in {delay:g}s"] if new else []
 
     # -- the decision -----------------------------------------------------------------------

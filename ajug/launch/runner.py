@@ -79,9 +79,10 @@ class Launcher:
             self._spawn(self._submit(False))
         if d.cancel:
             self._spawn(self._cancel(d.cancel))
-        if self.policy.reason != self._reason:
-            self._reason = self.policy.reason
-            log.debug("jobs: %s", self._reason)
+        gist = re.sub(r"\d+", "#", self.policy.reason)  # not every second of a countdown
+        if gist != self._reason:
+            self._reason = gist
+            log.debug("jobs: %s", self.policy.reason)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         t = asyncio.ensure_future(coro)
@@ -186,6 +187,7 @@ class Launcher:
             "name": self.name,
             "reason": p.reason,
             "error": p.error,
+            "failures": p.failures,
             "retry_in_s": round(max(0.0, p.retry_at - now), 1) if p.error else None,
             "list_error": self._list_error,
             "min": p.min_jobs,
