@@ -232,7 +232,9 @@ def test_jobs_that_end_before_their_worker_connects_back_off() -> None:
         p.submitted(str(k), False, t)
         events += p.listed([Listed(str(k), ENDED, "FAILED", "n1")], t + 1, t + 1)
     assert "before any of its workers connected" in events[0]
-    assert any("3 jobs in a row ended before their workers connected" in e for e in events)
+    (alert,) = p.take_alerts()
+    assert alert.startswith("3 jobs in a row ended before their workers connected (last: job 2,"
+                            " FAILED); see its log; retrying in 5s"), alert
     assert p.decide(21.0, ready=5, workers=[]).submit == 0
     assert "see its log" in p.reason
 

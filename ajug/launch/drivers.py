@@ -142,7 +142,9 @@ class ExecDriver:
         return []
 
     def _pick_host(self) -> str:
-        live = [self.host_of[i] for i, p in self.procs.items() if p.returncode is None]
+        # jobs whose command has not ended, those still being started included
+        live = [h for i, h in self.host_of.items()
+                if i not in self.procs or self.procs[i].returncode is None]
         return min(self.hosts, key=lambda h: (live.count(h), self.hosts.index(h)))
 
     def render(self, job_id: str, base: bool) -> tuple[str, Path]:
@@ -191,7 +193,7 @@ class ExecDriver:
             else:
                 rc = p.returncode
                 raw = f"SIGNAL {-rc}" if rc < 0 else f"EXIT {rc}"
-                out.append(Listed(jid, ENDED, raw, self.host_of.get(jid, "")))
+                out.append(Listed(jid, ENDED, raw, self.host_of.pop(jid, "")))
                 del self.procs[jid]
         return out
 

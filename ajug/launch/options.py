@@ -132,7 +132,10 @@ def pop_launch_options(kw: dict[str, Any], command: str) -> LaunchOptions | None
         local = ", local" if command == "run" else ""
         raise UsageError(f"--workers {workers!r}: one of slurm, pbs, sge, lsf, 'exec:COMMAND'{local}")
     lo = LaunchOptions(kind, template)
-    lo.min_jobs, lo.max_jobs, lo.cpus = int(v["min_jobs"] or 0), int(v["max_jobs"] or 4), int(v["job_cpus"] or 1)
+    def num(key: str, default: int) -> int:
+        return default if v[key] is None else int(v[key])
+
+    lo.min_jobs, lo.max_jobs, lo.cpus = num("min_jobs", 0), num("max_jobs", 4), num("job_cpus", 1)
     if lo.max_jobs < 1:
         raise UsageError(f"--max-jobs {lo.max_jobs}: must be at least 1")
     if not 0 <= lo.min_jobs <= lo.max_jobs:

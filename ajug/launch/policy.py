@@ -118,6 +118,8 @@ class JobPolicy:
         self.reason = "starting"
         self.finished = False
         self._stale: list[str] = []  # jobs of an earlier coordinator that cannot reach this one
+        #: lines worth an error in the log (a new reason why nothing can be submitted)
+        self.alerts: list[str] = []
 
     # -- what the glue reports --------------------------------------------------------------
     def listed(self, jobs: list[Listed], asked_at: float, now: float) -> list[str]:
@@ -174,7 +176,7 @@ class JobPolicy:
         if self.early_ends >= MAX_EARLY_ENDS:
             msg = (f"{self.early_ends} jobs in a row ended before their workers connected "
                    f"(last: job {j.id}, {j.raw}); see its log")
-            return [line, *self._failed(msg, now)]
+            self._failed(msg, now)
         return [line]
 
     def submitted(self, job_id: str, base: bool, now: float) -> list[str]:
@@ -201,18 +203,25 @@ class JobPolicy:
             self.submitting_base = max(0, self.submitting_base - 1)
 
     def _failed(self, message: str, now: float) -> list[str]:
-        """Back off; a message is worth a log line only when it is new."""
+        """Back off; a message is worth a log line (returned, and kept in ``alerts``) only
+        when it is new."""
         if now < self.retry_at:
             # several submissions of one decision failed together: one backoff step for all
-            return [] if message == self.error else [message]
-        self.failures += 1
-        delay = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (self.failures - 1))
-        self.retry_at = now + delay
-        new = message != self.error
+            lines = [] if message == self.error else [message]
+        else:
+            self.failures += 1
+            delay = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (self.failures - 1))
+            self.retry_at = now + delay
+            lines = [f"{message}; retrying in {delay:g}s"] if message != self.error else []
+            self.reason = f"{message}; next try in {delay:.0f}s"
         self.error = message
         self.early_ends = 0
-        self.reason = f"{message}; next try in {delay:.0f}s"
-        return [f"{message}; retrying in {delay:g}s"] if new else []
+        self.alerts += lines
+        return lines
+
+    def take_alerts(self) -> list[str]:
+        out, self.alerts = self.alerts, []
+        return out
 
     # -- the decision -----------------------------------------------------------------------
     def _live(self) -> list[Job]:

@@ -105,7 +105,8 @@ class Launcher:
         try:
             job_id = await self.driver.submit(base)
         except LaunchError as e:
-            self._log(self.policy.submit_failed(str(e), base, self.clock()), logging.ERROR)
+            self.policy.submit_failed(str(e), base, self.clock())
+            self._log(self.policy.take_alerts(), logging.ERROR)
             return
         self._log(self.policy.submitted(job_id, base, self.clock()))
         log.info("submitted %s job %s%s", self.kind, job_id, " (--min-jobs)" if base else "")
@@ -131,6 +132,7 @@ class Launcher:
             return
         self._list_error = None
         self._log(self.policy.listed(jobs, asked, self.clock()))
+        self._log(self.policy.take_alerts(), logging.ERROR)
         self._next_list = self.clock() + LIST_EVERY_S
 
     # -- the end ---------------------------------------------------------------------------
