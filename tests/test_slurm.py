@@ -115,10 +115,10 @@ def test_primes_with_two_jobs(slurm: Any, procs: Procs, tmp_path: Path) -> None:
 @pytest.mark.timeout(240)
 def test_jobs_grow_to_the_maximum_then_idle_workers_exit(slurm: Any, procs: Procs,
                                                          tmp_path: Path) -> None:
-    """300 tasks of 0.2 s, then one of 10 s: three jobs while the short tasks last; during
+    """300 tasks of 0.2 s, then one of 12 s: three jobs while the short tasks last; during
     the long one all but one worker exit within --idle-exit + a few seconds."""
     idle = 3.0
-    jugfile = make_jugfile(tmp_path, 300, 0.2, 10.0)
+    jugfile = make_jugfile(tmp_path, 300, 0.2, 12.0)
     coord, port = procs.serve(jugfile, *serve_args(
         "--max-jobs", "3", "--idle-exit", str(idle), "--job-directive", "--oversubscribe"))
     name = job_name(coord)
