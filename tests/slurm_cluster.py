@@ -235,8 +235,20 @@ class SlurmCluster:
             return False
 
     def stop(self) -> None:
-        """Stop what this cluster started, by pid: the daemons in reverse order (slurmd first,
-        so that it ends the jobs' processes), SIGTERM, then SIGKILL to the group."""
+        """Stop what this cluster started, by pid: its jobs first (scancel, then any process
+        left that runs with this cluster's SLURM_CONF), then the daemons in reverse order,
+        SIGTERM, then SIGKILL to the group."""
+        ctld = self.procs.get("slurmctld")
+        if ctld is not None and ctld.poll() is None:
+            import getpass
+
+            self.run("scancel", f"--user={getpass.getuser()}", check=False)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while time.monotonic() < deadline:
+                out = self.run("squeue", "--noheader", check=False)
+                if out.returncode != 0 or not out.stdout.strip():
+                    break
+                time.sleep(0.2)
         for name in ("slurmd", "slurmctld", "slurmdbd", "munged"):
             p = self.procs.get(name)
             if p is None:
@@ -255,8 +267,26 @@ class SlurmCluster:
                 p.kill()
             p.wait(STOP_TIMEOUT_S)
         self.procs.clear()
+        self._kill_jobs_left()
         if self.accounting:
             self._drop_database()
+
+    def _kill_jobs_left(self) -> None:
+        """Job processes run in sessions of their own (slurmstepd's); those still alive carry
+        this cluster's SLURM_CONF in their environment."""
+        mark = f"SLURM_CONF={self.conf}".encode()
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
+                continue
+            try:
+                environ = (d / "environ").read_bytes()
+            except OSError:
+                continue
+            if mark in environ.split(b"\0"):
+                try:
+                    os.kill(int(d.name), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def _drop_database(self) -> None:
         host, port = mysql_address()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,16 @@ def step(i):
 total = [step(i) for i in range({n})]
 '''
 
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Jobs' workers run in sessions of their own, outside the test's process groups: any
+    that a failed test left behind (they mention its directory) are killed by pid."""
+    yield
+    from procs import kill_mentioning
+
+    kill_mentioning(str(tmp_path))
 
 def jugfile(tmp_path: Path, n: int = 8, sleep: float = 0.3) -> Path:
     p = tmp_path / "ex.py"
@@ -275,3 +286,32 @@ def test_status_json_round_trips_the_jobs_section(procs: Procs, tmp_path: Path) 
                          "jobs", "ended", "submitted", "dir", "scripts"}
     assert jobs["dir"] == str(tmp_path / "ex.ajugjobs")
     assert jobs["reason"].startswith("the run is finished")
+
+
+def test_a_stopped_coordinator_ends_its_exec_jobs(procs: Procs, tmp_path: Path) -> None:
+    jug = jugfile(tmp_path, n=20, sleep=1.0)
+    coord, port = procs.serve(jug, *exec_args("bash {script}", "--max-jobs", "2",
+                                              "--idle-exit", "30"))
+    st = wait_for(lambda: (s := status(port))["totals"]["running"] == 2 and s, 30, 0.2,
+                  "two busy exec jobs")
+    pids = [w["pid"] for w in st["workers"]]  # bash exec's the worker: the job's own pid
+    coord.send_signal(signal.SIGTERM)
+    assert coord.wait(30) != 0
+    for pid in pids:
+        wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists()
+                 or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3], 15,
+                 what=f"exec job {pid} to end")
+    assert "cancelling exec job(s)" in read_log(coord)
+
+
+def test_repeatable_settings_from_one_environment_variable(procs: Procs, tmp_path: Path) -> None:
+    jug = jugfile(tmp_path, n=1, sleep=0.01)
+    e = env(AJUG_WORKERS="exec:bash {script}", AJUG_ADVERTISE="127.0.0.1",
+            AJUG_SERVE_JOB_SETUP="export ONE=1\nexport TWO=2\n", AJUG_IDLE_EXIT="2")
+    shown = subprocess.run(ajug_cmd("config", "serve", str(jug)), capture_output=True,
+                           text=True, env=e, timeout=30).stdout
+    assert 'job-setup = ["export ONE=1", "export TWO=2"]  # env AJUG_SERVE_JOB_SETUP' in shown
+    coord, port = procs.serve(jug, env=e)
+    assert coord.wait(60) == 0, read_log(coord)
+    (script,) = (tmp_path / "ex.ajugjobs").glob("*.exec.sh")
+    assert "export ONE=1\nexport TWO=2\nexec " in script.read_text()

@@ -26,6 +26,16 @@ LOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs.log")
 N, SLEEP, FINAL = {n}, {sleep}, {final}
 
 
+
+@pytest.fixture(autouse=True)
+def _no_job_left(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Jobs' workers run in sessions of their own, outside the test's process groups: any
+    that a failed test left behind (they mention its directory) are killed by pid."""
+    yield
+    from procs import kill_mentioning
+
+    kill_mentioning(str(tmp_path))
+
 def note(what):
     with open(LOG, "a") as f:
         f.write(f"{{what}} {{os.environ.get('SLURM_JOB_ID', '-')}} {{time.time():.3f}}\\n")
@@ -250,3 +260,18 @@ def test_sbatch_refusing_keeps_the_coordinator_serving(slurm: Any, procs: Procs,
     assert w.wait(60) == 0 and coord.wait(60) == 0, read_log(coord)
     assert values(jugfile, ["total"]) == {"total": sum(i * i for i in range(10))}
     assert slurm.squeue(name=name) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_coordinator_cancels_its_jobs(slurm: Any, procs: Procs, tmp_path: Path) -> None:
+    """SIGTERM mid-run: the coordinator cancels every job of the run before it exits."""
+    jugfile = make_jugfile(tmp_path, 40, 1.0)
+    coord, port = procs.serve(jugfile, *serve_args("--max-jobs", "2", "--idle-exit", "30"))
+    name = job_name(coord)
+    wait_for(lambda: len([j for j in slurm.squeue(name=name) if j.state == "RUNNING"]) == 2
+             and status(port)["totals"]["running"] == 2, 60, 0.2, "two busy jobs")
+    coord.send_signal(signal.SIGTERM)
+    assert coord.wait(60) != 0
+    assert slurm.squeue(name=name) == [], read_log(coord)
+    assert re.search(r"cancelling slurm job\(s\) \d+ \d+", read_log(coord))
+    assert len(runs(jugfile)) < 40  # it did stop mid-run

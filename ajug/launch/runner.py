@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LaunchError
+from ..scheduler import READY
 from .policy import ENDED, PENDING, RUNNING, JobPolicy, WorkerView
 
 log = logging.getLogger("ajug.launch")
@@ -61,8 +62,6 @@ class Launcher:
         if self.closing or coord.sched is None:
             return
         now = self.clock()
-        from ..scheduler import READY  # the scheduler's state numbers
-
         sched = coord.sched
         workers = [WorkerView(job_of(w.name, self.kind), bool(w.leases))
                    for w in sched.workers.values()]
