@@ -92,6 +92,11 @@ def plain_line(st: dict[str, Any]) -> str:
     parts = [f"{tot.get(c, 0)} {c}" for c in STATE_NAMES if tot.get(c, 0)]
     rate = st.get("rate")
     r = f", {rate:g} tasks/s" if rate else ""
+    jobs = st.get("jobs")
+    if jobs:  # --workers slurm: the jobs too
+        r += f"; jobs: {jobs.get('running', 0)} running, {jobs.get('pending', 0)} pending"
+        if jobs.get("error"):
+            r += f" ({jobs['error']})"
     return f"[{st.get('state', '')}] {tot.get('done', 0)}/{n} done ({', '.join(parts)}){r}"
 
 

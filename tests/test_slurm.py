@@ -26,16 +26,6 @@ LOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs.log")
 N, SLEEP, FINAL = {n}, {sleep}, {final}
 
 
-
-@pytest.fixture(autouse=True)
-def _no_job_left(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Jobs' workers run in sessions of their own, outside the test's process groups: any
-    that a failed test left behind (they mention its directory) are killed by pid."""
-    yield
-    from procs import kill_mentioning
-
-    kill_mentioning(str(tmp_path))
-
 def note(what):
     with open(LOG, "a") as f:
         f.write(f"{{what}} {{os.environ.get('SLURM_JOB_ID', '-')}} {{time.time():.3f}}\\n")
@@ -58,6 +48,16 @@ def final(xs):
 steps = [step(i) for i in range(N)]
 total = final(steps)
 '''
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Jobs' workers run in sessions of their own, outside the test's process groups: any
+    that a failed test left behind (they mention its directory) are killed by pid."""
+    yield
+    from procs import kill_mentioning
+
+    kill_mentioning(str(tmp_path))
 
 
 def make_jugfile(tmp_path: Path, n: int, sleep: float, final: float = 0.0) -> Path:
@@ -275,3 +275,20 @@ def test_a_stopped_coordinator_cancels_its_jobs(slurm: Any, procs: Procs, tmp_pa
     assert slurm.squeue(name=name) == [], read_log(coord)
     assert re.search(r"cancelling slurm job\(s\) \d+ \d+", read_log(coord))
     assert len(runs(jugfile)) < 40  # it did stop mid-run
+
+
+def test_ajug_run_with_slurm_workers(slurm: Any, procs: Procs, tmp_path: Path) -> None:
+    """`ajug run --workers slurm`: no local worker, the jobs do the work, the summary line
+    counts them, and nothing is left in the queue."""
+    jugfile = make_jugfile(tmp_path, 6, 0.1)
+    run = procs.start(["-v", "run", str(jugfile), "--no-progress", *serve_args(
+        "--max-jobs", "1", "--idle-exit", "5")], "run")
+    name = job_name(run)
+    assert run.wait(90) == 0, read_log(run)
+    log = read_log(run)
+    assert "local workers" not in log and re.search(r"worker slurm:\d+/ \(", log), log
+    assert re.search(r"\] 7/7 done .*; jobs: \d running, \d pending", log), log
+    jobs = {job for _, job, _ in runs(jugfile)}
+    assert len(jobs) == 1 and jobs != {"-"}  # every task ran in the one SLURM job
+    assert values(jugfile, ["total"]) == {"total": sum(i * i for i in range(6))}
+    assert slurm.squeue(name=name) == []
