@@ -21,6 +21,14 @@ from ..errors import UsageError
 from .policy import ENDED, ENDING, PENDING, RUNNING, Listed
 
 
+class LaunchParseError(ValueError):
+    """A command's answer in a form we do not know."""
+
+
+def _unreadable(out: str, what: str) -> None:
+    raise LaunchParseError(f"cannot read the job id from {what}'s output: {out.strip()[:200]!r}")
+
+
 @dataclass
 class JobSpec:
     """What every job of a run asks for, and what it runs."""
@@ -140,14 +148,6 @@ class BatchSystem:
 
     def cancel_argv(self, ids: list[str]) -> list[str]:
         raise NotImplementedError
-
-
-def _unreadable(out: str, what: str) -> None:
-    raise LaunchParseError(f"cannot read the job id from {what}'s output: {out.strip()[:200]!r}")
-
-
-class LaunchParseError(ValueError):
-    """A command's answer in a form we do not know."""
 
 
 # -- SLURM ------------------------------------------------------------------------------------
