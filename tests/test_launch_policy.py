@@ -3,6 +3,8 @@ no scheduler, no process, no sleep."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ajug.launch.policy import (
@@ -287,3 +289,24 @@ def test_bad_limits_are_refused() -> None:
         JobPolicy(max_jobs=0)
     with pytest.raises(ValueError):
         JobPolicy(max_jobs=2, min_jobs=3)
+
+
+def test_the_coordinator_listens_where_it_tells_the_jobs_to_connect() -> None:
+    from ajug.launch.options import LaunchOptions, listen_host
+
+    for advertise, host in (("127.0.0.1", "127.0.0.1"), ("localhost", "127.0.0.1"),
+                            ("::1", "::1"), ("[::1]", "::1"), ("login1", "0.0.0.0"),
+                            ("10.1.2.3", "0.0.0.0")):
+        assert listen_host(LaunchOptions("slurm", advertise=advertise)) == host, advertise
+
+
+def test_run_names_are_stable_per_run_and_differ_between_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ajug.launch.options import LaunchOptions, run_name
+
+    lo = LaunchOptions("slurm", name_prefix="ajug")
+    a = run_name(lo, str(tmp_path / "analysis.py"), str(tmp_path / "analysis.ajugdata"))
+    assert re.fullmatch(r"ajug-analysis-[0-9a-f]{6}", a)
+    assert a == run_name(lo, str(tmp_path / "." / "analysis.py"), str(tmp_path / "analysis.ajugdata"))
+    assert a != run_name(lo, str(tmp_path / "analysis.py"), "redis://db:6379/0")
+    assert a != run_name(lo, str(tmp_path / "other" / "analysis.py"),
+                         str(tmp_path / "analysis.ajugdata"))

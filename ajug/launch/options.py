@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import ipaddress
 import os
 import secrets
 import shlex
@@ -172,9 +173,14 @@ def pop_launch_options(kw: dict[str, Any], command: str) -> LaunchOptions | None
 
 def listen_host(lo: LaunchOptions) -> str:
     """Where to listen when --host was not given: where the workers were told to connect."""
-    from ..cli import is_loopback
-
-    return "127.0.0.1" if is_loopback(lo.advertise) else "0.0.0.0"
+    host = lo.advertise.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: reached from other machines
+        loopback = False
+    if loopback:
+        return "::1" if ":" in host else "127.0.0.1"
+    return "0.0.0.0"
 
 
 def _check_private(path: Path, what: str) -> None:
