@@ -37,6 +37,7 @@ from .cliparams import (
     verbosity_options,
 )
 from .errors import AjugError, UsageError
+from .launch.options import launch_options
 from .runreport import RunContext, end_report, nothing_to_do, results_line
 
 log = logging.getLogger("ajug")
@@ -203,11 +204,19 @@ def cli(verbose: int, quiet: int) -> None:
               help="Seconds a new connection has to complete the handshake (default 10).")
 @dashboard_options
 @coordinator_options
+@launch_options
 def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: float | None,
           store_url: str | None, dashboard: int | None, dashboard_host: str, **kw: Any) -> int:
-    """Coordinate a jugfile's tasks: workers connect with `ajug work HOST:PORT`."""
+    """Coordinate a jugfile's tasks: workers connect with `ajug work HOST:PORT`, or are
+    started as batch jobs with --workers slurm (pbs, sge, lsf, exec:...)."""
     from .coordinator import Coordinator
+    from .launch import options as launch
 
+    lo = launch.pop_launch_options(kw, "serve")
+    if lo is not None:
+        if click.get_current_context().get_parameter_source("host") == click.core.ParameterSource.DEFAULT:
+            host = launch.listen_host(lo)
+        launch.prepare(lo, jugfile, kw)
     settings = _settings(jugfile, store_url, host, port, **kw)
     settings.stay = stay
     if handshake_timeout is not None:
@@ -224,15 +233,42 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
         print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host}:{coord.port} "
               f"(store {coord.store.url})", flush=True)
         stop = _install_stop(coord)
+        launcher = await _start_launcher(coord, lo)
         from .progress import RunProgress
 
         stale = _look_for_stale(coord, ctx)
         # bars on a terminal (as `ajug run`), a line every 10 s in a log
         prog = RunProgress(interval_s=10.0)
-        code = await coord.run(on_tick=lambda c: prog.update(c.status()))
+
+        def tick(c: Any) -> None:
+            prog.update(c.status())
+            if launcher is not None:
+                launcher.tick(c)
+
+        try:
+            code = await coord.run(on_tick=tick)
+        finally:
+            if launcher is not None:
+                await launcher.close(finished=coord.state == "finished")
         return await _end(coord, ctx, prog, stop, stale, code)
 
     return _new_loop_runner()(main())
+
+
+async def _start_launcher(coord: Any, lo: Any) -> Any:
+    """The launcher of --workers (None without); the coordinator closes if it cannot start."""
+    if lo is None:
+        return None
+    from .launch.options import start_launcher
+
+    try:
+        launcher = await start_launcher(coord, lo)
+    except BaseException:
+        await coord.close()
+        raise
+    print(f"ajug: workers: {lo.label} jobs named {launcher.name} (at most {lo.max_jobs}, "
+          f"{lo.cpus} CPU(s) each), scripts and logs in {launcher.job_dir}", flush=True)
+    return launcher
 
 
 def _install_stop(coord: Any, before: Any = None) -> dict[str, int]:
@@ -314,6 +350,8 @@ async def _end(coord: Any, ctx: RunContext, prog: Any, stop: dict[str, int],
 @click.option("--store", "store_url", default=None, help="Override the store URL the coordinator announces.")
 @click.option("--name", default="", help="Name shown in status.")
 @click.option("--max-tasks", type=AT_LEAST_ONE, default=None, help="Exit after this many tasks.")
+@click.option("--idle-exit", type=POSITIVE_SECONDS, default=None, metavar="SECONDS",
+              help="Exit after this long without a task (frees a batch job's node).")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="File holding the shared token (or set AJUG_TOKEN).")
 @click.option("--token", default=None, hidden=True)
@@ -325,14 +363,18 @@ async def _end(coord: Any, ctx: RunContext, prog: Any, stop: dict[str, int],
               "terminal, how it ended), connect, or none (the workers of ajug run).")
 @verbosity_options
 def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, store_url: str | None,
-         name: str, max_tasks: int | None, token_file: str | None, token: str | None,
-         tls_ca: str | None, tls_cert: str | None, tls_key: str | None, announce: str) -> int:
+         name: str, max_tasks: int | None, idle_exit: float | None, token_file: str | None,
+         token: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
+         announce: str) -> int:
     """Run tasks for the coordinator at ADDRESS (HOST:PORT) until it says all is done."""
     host, port = parse_address(address)
+    if idle_exit is not None and not idle_exit > 0:
+        raise UsageError(f"--idle-exit {idle_exit:g}: must be a positive number of seconds")
     tok = read_token(token, token_file)
     if jobs > 1:
         args = ["work", address, "-j", "1", "--connect-timeout", str(connect_timeout)]
         for flag, v in (("--prefetch", prefetch), ("--store", store_url), ("--max-tasks", max_tasks),
+                        ("--idle-exit", idle_exit),
                         ("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
             if v is not None:
                 args += [flag, str(v)]
@@ -360,6 +402,7 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
         ssl=tls_context(False, tls_cert, tls_key, tls_ca),
         max_tasks=max_tasks,
         say=(lambda msg: click.echo(f"ajug: {msg}", err=True)) if announce != "none" else None,
+        idle_exit_s=idle_exit,
     )
     worker = Worker(opts)
     if announce != "all":
@@ -372,6 +415,9 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
         click.echo("ajug: interrupted", err=True)
     elif max_tasks is not None and worker.ran >= max_tasks:
         click.echo(f"ajug: ran {worker.ran} task(s) (--max-tasks {max_tasks}): exiting", err=True)
+    elif worker.idle_exited:
+        click.echo(f"ajug: no task for {idle_exit:g} s (--idle-exit): exiting; this worker ran "
+                   f"{worker.ran} task(s)", err=True)
     else:
         failed = f", {worker.failed} failed" if worker.failed else ""
         click.echo(f"ajug: the coordinator says all is done; this worker ran {worker.ran} "
@@ -444,23 +490,36 @@ def supervise(arg_lists: list[list[str]], env: dict[str, str]) -> int:
 @click.option("--no-progress", is_flag=True, help="No progress display.")
 @dashboard_options
 @coordinator_options
+@launch_options
 def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_progress: bool,
         store_url: str | None, dashboard: int | None, dashboard_host: str, **kw: Any) -> int:
-    """Run a jugfile on this machine: a coordinator and JOBS worker processes over loopback."""
+    """Run a jugfile: a coordinator and JOBS worker processes over loopback (or, with
+    --workers slurm, ..., worker jobs on a cluster)."""
     from .coordinator import Coordinator
+    from .launch import options as launch
     from .local import fork_workers
     from .progress import RunProgress
 
+    lo = launch.pop_launch_options(kw, "run")
+    host = "127.0.0.1"
+    if lo is not None:
+        if jobs is not None:
+            raise UsageError("-j starts local workers; with --workers, --job-cpus and --max-jobs "
+                             "size the jobs")
+        host = launch.listen_host(lo)
+        launch.prepare(lo, jugfile, kw)  # the jobs' token file (made now if there is none)
     if not (kw["token"] or kw["token_file"] or os.environ.get("AJUG_TOKEN")):
         kw["token"] = None
         os.environ["AJUG_TOKEN"] = secrets.token_hex(16)  # fresh per run, passed by environment
-    settings = _settings(jugfile, store_url, "127.0.0.1", port, **kw)
+    settings = _settings(jugfile, store_url, host, port, **kw)
     settings.finish_grace_s = 5.0
-    n = jobs or os.cpu_count() or 1
+    n = 0 if lo is not None else jobs or os.cpu_count() or 1
     ctx = RunContext(jugfile, store_url, settings.store_url)
     # forked now, before any thread or socket exists; they get the port once there is work
-    forks = fork_workers(n, _forked_main, {"AJUG_TOKEN": settings.token.decode()},
-                         settings.store_url)
+    forks = None
+    if n:
+        forks = fork_workers(n, _forked_main, {"AJUG_TOKEN": settings.token.decode()},
+                             settings.store_url)
     if forks is not None:
         log.info("started %d local workers by fork", n)
 
@@ -484,6 +543,7 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
 
         stop = _install_stop(coord, before=stop_workers)
         await _start_dashboard(coord, dashboard, dashboard_host)
+        launcher = await _start_launcher(coord, lo)
         env = dict(os.environ, AJUG_TOKEN=settings.token.decode())
         args = ["work", f"127.0.0.1:{coord.port}", "-j", "1", "--connect-timeout", "30",
                 "--announce", "none"]
@@ -508,6 +568,8 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         def tick(c: Any) -> None:
             st = c.status()
             prog.update(st)
+            if launcher is not None:
+                launcher.tick(c)
             if c.state == "finished" or stopping[0]:
                 return
             for i, p in enumerate(procs):
@@ -522,6 +584,8 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
             code = await coord.run(on_tick=tick)
         finally:
             loop = asyncio.get_running_loop()
+            if launcher is not None:
+                await launcher.close(finished=coord.state == "finished")
             if coord.state == "finished":  # they heard "finished" and exit; give them a moment
                 for p in procs:
                     try:

@@ -473,7 +473,9 @@ def config_cmd(as_json: bool, args: tuple[str, ...]) -> int:
         click.echo(f"[{name}]")
         for key, s in settings.items():
             v = s["value"]
-            shown = json.dumps(v) if isinstance(v, (str, int, float, bool)) else "(unset)"
+            if isinstance(v, (list, tuple)) and v:  # a repeatable option (job-setup)
+                v = list(v)
+            shown = json.dumps(v) if isinstance(v, (str, int, float, bool, list)) else "(unset)"
             click.echo(f"{key} = {shown}  # {s['source']}")
     return 0
 

@@ -123,6 +123,8 @@ class Coordinator:
         self._names: dict[str, str] = {}  # worker id -> name, remembered after it leaves
         #: stopping after everything was done (``serve --stay``): waiting workers are told so
         self._closing = False
+        #: extra sections of status(), by name (the launcher's "jobs")
+        self.status_sections: dict[str, Callable[[], Any]] = {}
 
     # -- startup ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -537,6 +539,7 @@ class Coordinator:
             "reclaimed": sched.reclaimed,
             "duplicates": sched.duplicates,
             "rate": round(rate, 2),
+            **{name: section() for name, section in self.status_sections.items()},
         }
 
 

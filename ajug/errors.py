@@ -17,6 +17,7 @@
     ├── ConnectError                the coordinator cannot be reached (after retries)
     │   └── TLSError                TLS failed: not retried
     ├── LeaseLost                   the coordinator reclaimed a lease
+    ├── LaunchError                 a batch system did not submit, list or cancel worker jobs
     └── TaskFailed                  a task raised; carries the remote traceback
 
 Lower-layer errors (OSError, msgpack's, redis's) are translated into this tree where they
@@ -93,6 +94,10 @@ class TLSError(ConnectError):
 
 class LeaseLost(AjugError):
     pass
+
+
+class LaunchError(AjugError):
+    """sbatch/qsub/bsub (or an exec command) failed: the launcher retries with backoff."""
 
 
 class TaskFailed(AjugError):

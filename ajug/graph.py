@@ -180,17 +180,30 @@ def build_graph(tasks: list[Task], jugdir: Path | None = None, encode: bool = Tr
         register_by_value(jugdir)
     g = Graph()
     fids: dict[int, int] = {}
-    index = g.index
-    for i, t in enumerate(tasks):
-        index[t.key] = i
+    g.keys = [t._key or t.key for t in tasks]
+    index = g.index = dict(zip(g.keys, range(len(g.keys))))
+    fn_append, ds_append = g.fn.append, g.dep_start.append
+    args_append, dep_idx, dumps = g.args.append, g.dep_idx, pickle.dumps
+    plain = PLAIN_TYPES.issuperset
+    last_f: Any = None
+    fid = -1
     for t in tasks:
-        fid = fids.get(id(t.f))
-        if fid is None:
-            fid = fids[id(t.f)] = len(g.functions)
-            code = pickle_function(t.f, t.name) if encode else b""
-            g.functions.append(Function(fid, t.name, source_hash(t.f), code))
-        g.keys.append(t.key)
-        g.fn.append(fid)
+        f = t.f
+        if f is not last_f:
+            got = fids.get(id(f))
+            if got is None:
+                got = fids[id(f)] = len(g.functions)
+                code = pickle_function(f, t.name) if encode else b""
+                g.functions.append(Function(got, t.name, source_hash(f), code))
+            last_f, fid = f, got
+        fn_append(fid)
+        if not t.kwargs and plain(map(type, t.args)):
+            # plain values only (most tasks of a big graph): no dependencies, and the same
+            # bytes encode_args would give
+            ds_append(len(dep_idx))
+            if encode:
+                args_append(dumps((t.args, t.kwargs), protocol=5))
+            continue
         seen: set[int] = set()
         for d in t.dependencies():
             j = index.get(d.key)

@@ -117,10 +117,12 @@ def unique_tasks(tasks: list[Task]) -> list[Task]:
     """First task of each identity, in order. Identities are computed in creation order, so each
     dependency's is cached before its dependents need it (no deep recursion on long chains)."""
     seen: set[str] = set()
+    add = seen.add
     out: list[Task] = []
+    append = out.append
     for t in tasks:
-        k = t.key
+        k = t._key or t.key
         if k not in seen:
-            seen.add(k)
-            out.append(t)
+            add(k)
+            append(t)
     return out

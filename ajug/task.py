@@ -376,9 +376,21 @@ class TaskGenerator:
         self.__doc__ = getattr(f, "__doc__", None)
         self.__module__ = getattr(f, "__module__", None)  # type: ignore[assignment]
         self.__wrapped__ = f
+        self._task_name: str | None = None  # Task's name for f, once a first Task made it
 
     def __call__(self, *args: Any, **kwargs: Any) -> Task:
-        return Task(self.f, *args, **kwargs)
+        name = self._task_name
+        if name is None:
+            t = Task(self.f, *args, **kwargs)  # the checks (lambda, partial) and the name
+            if t.f is self.f:
+                self._task_name = t.name
+            return t
+        # a million calls build a million Tasks: the same object Task() builds, without
+        # working out the name again
+        t = Task.__new__(Task)
+        t.name, t.f, t.args, t.kwargs, t._key = name, self.f, args, kwargs, None
+        alltasks.append(t)
+        return t
 
     def __jug_hash__(self) -> bytes:
         """As an argument, it hashes as jug's TaskGenerator does (by its pickle), so that tasks

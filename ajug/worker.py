@@ -289,6 +289,9 @@ class WorkerOptions:
     max_tasks: int | None = None
     #: says connecting / connected / lost to the user (``ajug work``); None: log lines
     say: Callable[[str], None] | None = None
+    #: exit (status 0) after this long connected with no task to run or report: frees a
+    #: batch job's node while the run waits on something else (a barrier, a long reduce)
+    idle_exit_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -308,6 +311,7 @@ class Worker:
         self.lease_ttl_s = 30.0
         self.ran = 0
         self.failed = 0  # tasks that raised here
+        self.idle_exited = False  # ended by --idle-exit, not by the coordinator
         self.avg_task_s = 0.0
         self.ident = f"{socket.gethostname()}:{os.getpid()}"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -316,6 +320,7 @@ class Worker:
         self.produced = RecentKeys()
         self._code_ready = False
         self.cache = ResultCache()
+        self.idle_since: float | None = None  # monotonic time this worker last became idle
 
     # -- main thread ------------------------------------------------------------------------
     def run(self) -> int:
@@ -507,6 +512,23 @@ class Worker:
         text = text.removeprefix(f"cannot reach the coordinator at {where}: ")
         return text.split("; is `ajug serve`")[0]
 
+    def _check_idle(self, reports: bool) -> None:
+        """--idle-exit: with no lease request in flight, nothing held and nothing to report for
+        ``idle_exit_s``, finish as if the run were done (a lease reply can no longer come)."""
+        if self.o.idle_exit_s is None or self.finished.is_set():
+            return
+        now = time.monotonic()
+        if self.queued or reports:
+            self.idle_since = None
+            return
+        if self.idle_since is None:
+            self.idle_since = now
+        elif now - self.idle_since >= self.o.idle_exit_s:
+            log.info("no task for %gs (--idle-exit): exiting", self.o.idle_exit_s)
+            self.idle_exited = True
+            self.finished.set()
+            self.leases.put(None)
+
     async def _connect(self, first: bool) -> Any:
         """Connect with backoff and jitter until connect_timeout; AuthError is final. The first
         failure is said at once, in one line; then one line when connected or given up."""
@@ -634,6 +656,7 @@ class Worker:
             return fut
 
         rtask = asyncio.ensure_future(reader())
+        self.idle_since = None  # a new connection: idle from its first empty answer on
         try:
             if not self._code_ready:
                 await self._fetch_code(request, conn)
@@ -716,6 +739,8 @@ class Worker:
                     on_leases(report_fut)
                     report_fut = None
                 reports = bool(self.reports_done or self.reports_failed)
+                if poll_fut is None and report_fut is None:
+                    self._check_idle(reports)
                 if self.finished.is_set() and poll_fut is None and report_fut is None and not reports:
                     conn.send(m.bye())
                     await conn.drain()
