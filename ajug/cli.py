@@ -38,7 +38,7 @@ from .cliparams import (
 )
 from .errors import AjugError, UsageError
 from .launch.options import launch_options
-from .runreport import RunContext, end_report, nothing_to_do, results_line
+from .runreport import RunContext, end_of_run, install_stop, look_for_stale, nothing_to_do
 
 log = logging.getLogger("ajug")
 
@@ -232,11 +232,11 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
         await _start_dashboard(coord, dashboard, dashboard_host)
         print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host}:{coord.port} "
               f"(store {coord.store.url})", flush=True)
-        stop = _install_stop(coord)
+        stop = install_stop(coord)
         launcher = await _start_launcher(coord, lo)
         from .progress import RunProgress
 
-        stale = _look_for_stale(coord, ctx)
+        stale = look_for_stale(coord, ctx)
         # bars on a terminal (as `ajug run`), a line every 10 s in a log
         prog = RunProgress(interval_s=10.0)
 
@@ -250,7 +250,7 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
         finally:
             if launcher is not None:
                 await launcher.close(finished=coord.state == "finished")
-        return await _end(coord, ctx, prog, stop, stale, code)
+        return await end_of_run(coord, ctx, prog, stop, stale, code)
 
     return _new_loop_runner()(main())
 
@@ -271,77 +271,6 @@ async def _start_launcher(coord: Any, lo: Any) -> Any:
     return launcher
 
 
-def _install_stop(coord: Any, before: Any = None) -> dict[str, int]:
-    """SIGINT and SIGTERM stop the coordinator (``before()`` first); the dict says which came."""
-    loop = asyncio.get_running_loop()
-    got: dict[str, int] = {}
-
-    def handler(sig: int) -> None:
-        got.setdefault("signal", sig)
-        if before is not None:
-            before()
-        coord.stop()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, handler, sig)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover
-            pass
-    return got
-
-
-def _look_for_stale(coord: Any, ctx: RunContext) -> asyncio.Future[Any] | None:
-    """Stored results from code that has changed: checked in a thread while the run starts,
-    said in one line when known."""
-    from .offline import stale_functions
-    from .runreport import STALE_SAMPLE, stale_warning
-    from .scheduler import DONE
-
-    sched, graph, store = coord.sched, coord.graph, coord.store
-    done = [s == DONE for s in sched.state]
-    if not any(done):
-        return None
-    fut = asyncio.get_running_loop().run_in_executor(None, stale_functions, graph, store, done,
-                                                     STALE_SAMPLE)
-
-    def said(f: asyncio.Future[Any]) -> None:
-        if f.cancelled() or f.exception() is not None:
-            return
-        line = stale_warning(ctx, f.result())
-        if line:
-            click.echo(line, err=True)
-
-    fut.add_done_callback(said)
-    return fut
-
-
-async def _end(coord: Any, ctx: RunContext, prog: Any, stop: dict[str, int],
-               stale: asyncio.Future[Any] | None, code: int, nothing: bool = False) -> int:
-    """The end of a run or serve: its report, and its exit status (130/143 when stopped by a
-    signal: 1 would say that a task failed)."""
-    if stale is not None:
-        try:
-            await asyncio.wait_for(asyncio.shield(stale), 30)
-        except Exception:  # noqa: BLE001 - only a warning was at stake
-            pass
-    st = coord.status(detail=True)
-    prog.close(st)
-    sig = stop.get("signal")
-    if st["state"] == "finished":  # stopped after the end (serve --stay): the run's own status
-        sig = None
-    said = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}.get(sig, "") \
-        if sig is not None else ""
-
-    def echo(line: str) -> None:
-        click.echo(line, err=True)
-
-    if nothing and not said:
-        echo(results_line(ctx))
-    else:
-        end_report(ctx, st, echo, said)
-    return 128 + int(sig) if sig is not None else code
-
-
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("address")
 @click.option("-j", "--jobs", type=AT_LEAST_ONE, default=1, show_default=True, help="Worker processes.")
@@ -350,7 +279,7 @@ async def _end(coord: Any, ctx: RunContext, prog: Any, stop: dict[str, int],
 @click.option("--store", "store_url", default=None, help="Override the store URL the coordinator announces.")
 @click.option("--name", default="", help="Name shown in status.")
 @click.option("--max-tasks", type=AT_LEAST_ONE, default=None, help="Exit after this many tasks.")
-@click.option("--idle-exit", type=POSITIVE_SECONDS, default=None, metavar="SECONDS",
+@click.option("--idle-exit", type=float, default=None, metavar="SECONDS",
               help="Exit after this long without a task (frees a batch job's node).")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="File holding the shared token (or set AJUG_TOKEN).")
@@ -541,7 +470,7 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
             for p in procs:
                 p.send_signal(signal.SIGTERM)
 
-        stop = _install_stop(coord, before=stop_workers)
+        stop = install_stop(coord, before=stop_workers)
         await _start_dashboard(coord, dashboard, dashboard_host)
         launcher = await _start_launcher(coord, lo)
         env = dict(os.environ, AJUG_TOKEN=settings.token.decode())
@@ -561,7 +490,7 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
             if forks is not None:
                 forks.cancel()
             click.echo(nothing_to_do(ctx, st0), err=True)
-        stale = _look_for_stale(coord, ctx)
+        stale = look_for_stale(coord, ctx)
         prog = RunProgress(enabled=not no_progress and not nothing)
         restarts = [0]
 
@@ -602,7 +531,7 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        return await _end(coord, ctx, prog, stop, stale, code, nothing)
+        return await end_of_run(coord, ctx, prog, stop, stale, code, nothing)
 
     try:
         return _new_loop_runner()(main())

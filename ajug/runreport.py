@@ -1,14 +1,19 @@
-"""What ``ajug run`` and ``ajug serve`` say before and after the work: nothing to do, results
-from code that changed, each failed task's traceback, where the results are and how to read
-them. The commands they name use the jugfile as the user typed it, so they can be pasted.
+"""What ``ajug run`` and ``ajug serve`` say before and after the work, and how they end: nothing
+to do, results from code that changed, each failed task's traceback, where the results are and
+how to read them; a signal stops the coordinator (130/143 unless the run was over). The
+commands they name use the jugfile as the user typed it, so they can be pasted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
+import signal
 from collections.abc import Callable
 from typing import Any
+
+import click
 
 from .config import mask
 from .status import plain_line
@@ -102,3 +107,74 @@ def end_report(ctx: RunContext, st: dict[str, Any], echo: Echo, interrupted: str
         echo(f"ajug: {interrupted}")
     elif st["totals"].get("done", 0):
         echo(results_line(ctx))
+
+
+# -- how run and serve end ------------------------------------------------------------------
+def install_stop(coord: Any, before: Any = None) -> dict[str, int]:
+    """SIGINT and SIGTERM stop the coordinator (``before()`` first); the dict says which came."""
+    loop = asyncio.get_running_loop()
+    got: dict[str, int] = {}
+
+    def handler(sig: int) -> None:
+        got.setdefault("signal", sig)
+        if before is not None:
+            before()
+        coord.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handler, sig)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover
+            pass
+    return got
+
+
+def look_for_stale(coord: Any, ctx: RunContext) -> asyncio.Future[Any] | None:
+    """Stored results from code that has changed: checked in a thread while the run starts,
+    said in one line when known."""
+    from .offline import stale_functions
+    from .scheduler import DONE
+
+    sched, graph, store = coord.sched, coord.graph, coord.store
+    done = [s == DONE for s in sched.state]
+    if not any(done):
+        return None
+    fut = asyncio.get_running_loop().run_in_executor(None, stale_functions, graph, store, done,
+                                                     STALE_SAMPLE)
+
+    def said(f: asyncio.Future[Any]) -> None:
+        if f.cancelled() or f.exception() is not None:
+            return
+        line = stale_warning(ctx, f.result())
+        if line:
+            click.echo(line, err=True)
+
+    fut.add_done_callback(said)
+    return fut
+
+
+async def end_of_run(coord: Any, ctx: RunContext, prog: Any, stop: dict[str, int],
+                     stale: asyncio.Future[Any] | None, code: int, nothing: bool = False) -> int:
+    """The end of a run or serve: its report, and its exit status (130/143 when stopped by a
+    signal: 1 would say that a task failed)."""
+    if stale is not None:
+        try:
+            await asyncio.wait_for(asyncio.shield(stale), 30)
+        except Exception:  # noqa: BLE001 - only a warning was at stake
+            pass
+    st = coord.status(detail=True)
+    prog.close(st)
+    sig = stop.get("signal")
+    if st["state"] == "finished":  # stopped after the end (serve --stay): the run's own status
+        sig = None
+    said = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}.get(sig, "") \
+        if sig is not None else ""
+
+    def echo(line: str) -> None:
+        click.echo(line, err=True)
+
+    if nothing and not said:
+        echo(results_line(ctx))
+    else:
+        end_report(ctx, st, echo, said)
+    return 128 + int(sig) if sig is not None else code

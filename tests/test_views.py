@@ -19,6 +19,90 @@ pytestmark = pytest.mark.timeout(120)
 LONG = "views.split_into_chunks_of_words"  # 32 characters: the table does not fit 80 columns
 
 
+# -- the decisions behind the views, in-process ----------------------------------------------
+def test_a_finished_function_keeps_its_average_rate() -> None:
+    """Fed the counts a run would give once a second, with a clock passed in."""
+    from ajug.progress import Pace
+
+    pace = Pace()
+    pace.update(0.0, 0, busy=True, left=60)
+    for t in range(1, 4):  # 20 tasks a second for 3 s
+        pace.update(float(t), 20 * t, busy=True, left=60 - 20 * t)
+    assert pace.rate(3.0) == pytest.approx(20.0)
+    assert pace.elapsed(3.0) == pytest.approx(3.0)
+    for t in range(4, 40):  # then nothing left for half a minute (a long reduce runs)
+        pace.update(float(t), 60, busy=False, left=0)
+    assert pace.rate(40.0) == pytest.approx(20.0)  # not 0/s
+    assert pace.elapsed(40.0) == pytest.approx(3.0)  # its own time, not the run's
+
+
+def test_a_waiting_function_has_no_time_yet_and_then_a_window_rate() -> None:
+    from ajug.progress import RATE_WINDOW_S, Pace
+
+    pace = Pace()
+    for t in range(5):
+        pace.update(float(t), 0, busy=False, left=10)
+    assert pace.elapsed(5.0) is None and pace.rate(5.0) == 0.0
+    for t in range(5, 30):  # 1 task every 2 s
+        pace.update(float(t), (t - 4) // 2, busy=True, left=10)
+    assert pace.rate(29.0) == pytest.approx(0.5, abs=0.11)
+    assert len(pace.samples) <= RATE_WINDOW_S + 2
+
+
+def test_status_puts_long_names_last_rather_than_cut_them() -> None:
+    import io
+
+    from rich.console import Console
+
+    from ajug.status import render
+
+    st = {"jugfile": "views.py", "state": "offline", "tasks": 61,
+          "functions": [{"name": LONG, "waiting": 0, "ready": 0, "running": 0, "done": 60,
+                         "failed": 0, "blocked": 0},
+                        {"name": "views.count_words_in_every_chunk", "waiting": 1, "ready": 0,
+                         "running": 0, "done": 0, "failed": 0, "blocked": 0}],
+          "totals": {"waiting": 1, "ready": 0, "running": 0, "done": 60, "failed": 0,
+                     "blocked": 0}}
+    for width, boxed in ((80, False), (140, True)):
+        out = io.StringIO()
+        render(st, Console(file=out, width=width, force_terminal=False))
+        text = out.getvalue()
+        assert LONG in text and "…" not in text, text
+        assert ("┃" in text) == boxed, text  # the table when it fits, else lines, name last
+        assert "views.py  [offline]" in text, text
+
+
+def test_running_counts_tasks_being_executed_not_leases() -> None:
+    """Per worker, the oldest lease that is not a follow-on is the one it executes."""
+    from ajug.coordinator import Coordinator, Settings
+    from ajug.graph import Function, Graph
+    from ajug.scheduler import Scheduler
+
+    g = Graph()
+    g.functions = [Function(0, "m.a", "s", b""), Function(1, "m.b", "s", b"")]
+    deps: list[list[int]] = [[], [], [], [], [0], [1]]  # 4 and 5 follow 0 and 1
+    for i, ds in enumerate(deps):
+        g.keys.append(f"{i:040x}")
+        g.index[g.keys[-1]] = i
+        g.fn.append(0 if i < 4 else 1)
+        g.dep_idx.extend(ds)
+        g.dep_start.append(len(g.dep_idx))
+        g.args.append(b"")
+    s = Scheduler(g)
+    s.start([False] * len(deps))
+    s.add_worker("w1")
+    s.add_worker("w2")
+    s.workers["w1"].follow = True
+    assert len(s.lease("w1", 3)) == 3  # 0, 1 and 2; or follow-ons of 0 and 1
+    assert len(s.lease("w2", 2)) >= 1
+    c = Coordinator(Settings("x.py", "memory:"))
+    c.sched, c.graph = s, g
+    executing = c._executing()
+    assert sum(executing) == 2  # two workers, each executing one task
+    assert sum(len(w.leases) for w in s.workers.values()) >= 4  # more leased than that
+    assert c.status()["executing"] == 2
+
+
 def bars_of(text: str, name: str) -> list[str]:
     """Every drawing of the bar of function ``name`` (short name, as the bars show it)."""
     return [ln for ln in text.splitlines() if ln.lstrip().startswith(name)]
