@@ -182,6 +182,7 @@ def test_traceback_from_a_worker_without_the_jugfile(procs: Procs, tmp_path: Pat
     check_traceback(f["tb"], jug)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_task_that_kills_its_workers_is_recorded(tmp_path: Path) -> None:
     copy_jugfile(tmp_path, "faulty.py")

@@ -235,6 +235,7 @@ def test_live_watch_ends_with_the_final_state(procs: Procs, tmp_path: Path) -> N
     assert err.strip().startswith("ajug: the run has finished"), err
 
 
+@pytest.mark.slow
 def test_live_watch_says_when_the_coordinator_went_away(procs: Procs, tmp_path: Path) -> None:
     jug = copy_jugfile(tmp_path, "views.py")
     e = env(AJUG_TEST_N="30", AJUG_TEST_STEP_S="0.5")
