@@ -99,6 +99,8 @@ class Coordinator:
         self.duration_sum_s = 0.0
         self._late_pending: set[int] = set()
         self.history: list[tuple[float, int]] = []  # (unix time, tasks done) for rates
+        self._verifying = False
+        self._vanished_logged = 0
 
     # -- startup ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -158,23 +160,22 @@ class Coordinator:
             retries=self.s.retries,
             clock=self.clock,
         )
+        gone: list[int] = []
         if old is not None and self.graph is not None:
-            # everything before the barrier was reported done: it must all be in the store now
-            gone = [k for k, d in zip(graph.keys, done) if not d and k in self.graph.index
-                    and old.state[self.graph.index[k]] == DONE]
-            if gone:
-                raise StoreError(
-                    f"{len(gone)} result(s) that workers reported done are not in the store "
-                    f"{self.store_url_for_workers()} (e.g. {gone[0]}): do all workers see the same "
-                    "store? (a worker's --store must point where the coordinator's does)"
-                )
+            # done before the barrier, missing now (a redis that lost its data, a deleted or
+            # damaged file): computed again, like any result that vanishes
+            old_index = self.graph.index
+            for i, (k, d) in enumerate(zip(graph.keys, done)):
+                if not d and k in old_index and old.state[old_index[k]] == DONE:
+                    gone.append(i)
+                    done[i] = True
         sched.start(done)
-        if old is not None:  # past a barrier: same workers, same counters
-            sched.workers = old.workers
-            for w in sched.workers.values():
-                w.leases = set()
-            sched.reclaimed, sched.completed = old.reclaimed, old.completed
-            sched.duplicates = old.duplicates
+        if old is not None and self.graph is not None:  # past a barrier: same workers, counters
+            sched.inherit(old, self.graph)
+        if gone:
+            sched.lost_results(gone)
+            log.warning("%d result(s) done before the barrier vanished from the store: computing "
+                        "them again", len(gone))
         self.loaded, self.graph, self.sched = loaded, graph, sched
         self.loads += 1
         self.state = "running"
@@ -201,9 +202,10 @@ class Coordinator:
 
     def _exists_all(self, keys: list[str]) -> list[bool]:
         """One call for the whole graph: the store batches it its own way (a listing per
-        fan-out directory, pipelines of a thousand keys on redis)."""
+        fan-out directory, pipelines of a thousand keys on redis). A damaged result (a file
+        cut short, not ajug's) does not count as done (``Store.intact``)."""
         assert self.store is not None
-        return self.store.exists(keys)
+        return self.store.intact(keys)
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self, on_tick: Callable[[Coordinator], None] | None = None) -> int:
@@ -232,6 +234,8 @@ class Coordinator:
                         await loop.run_in_executor(None, self._lock.renew)
                     except StoreError as e:
                         log.error("%s", e)
+                if self.sched.vanished > self._vanished_logged:
+                    self._log_vanished()
                 self.history.append((time.time(), self.sched.totals()[DONE]))
                 del self.history[:-120]
                 if on_tick is not None:
@@ -247,12 +251,25 @@ class Coordinator:
             await self.close()
         return self.exit_status()
 
+    def _log_vanished(self) -> None:
+        """One line per tick at most, however many results vanished meanwhile."""
+        sched = self.sched
+        assert sched is not None
+        n, self._vanished_logged = sched.vanished - self._vanished_logged, sched.vanished
+        log.warning(
+            "%d result(s) vanished from the store %s (deleted, damaged, or a redis that lost "
+            "its data): computing them again (%d vanished, %d recomputed so far)", n,
+            self.store.url if self.store else "", sched.vanished, sched.recomputed,
+        )
+
     async def _check_finished(self) -> None:
         sched = self.sched
         assert sched is not None and self.loaded is not None
         if self.state != "running" or self._reloading or not sched.finished():
             if self.state == "finished" and not sched.finished():
                 self.state = "running"  # work came back (invalidate)
+            return
+        if not await self._confirm_results():
             return
         t = sched.totals()
         if self.loaded.hit_barrier and t[FAILED] == 0 and t[BLOCKED] == 0:
@@ -271,6 +288,37 @@ class Coordinator:
         self.state = "finished"
         self._changed.set()
         self._notify()
+
+    async def _confirm_results(self) -> bool:
+        """Are the results done in this run still in the store? Asked in one batched call
+        before the run is called finished (or the jugfile is loaded past a barrier); what
+        vanished is computed again. True when everything done is confirmed present."""
+        loop = asyncio.get_running_loop()
+        while True:
+            sched, graph, store = self.sched, self.graph, self.store
+            assert sched is not None and graph is not None and store is not None
+            n = len(sched.unverified)
+            if n == 0:
+                return sched.finished()
+            if self._verifying:
+                return False
+            idxs = sched.unverified[:n]
+            self._verifying = True
+            try:
+                ok = await loop.run_in_executor(None, store.intact, [graph.keys[i] for i in idxs])
+            except StoreError as e:
+                log.warning("cannot confirm that this run's results are in the store (%s); "
+                            "asking again", e)
+                return False
+            finally:
+                self._verifying = False
+            if self.sched is not sched:
+                return False
+            del sched.unverified[:n]
+            if sched.lost_results([i for i, good in zip(idxs, ok) if not good]):
+                self._log_vanished()
+                self._notify()
+                return False
 
     def exit_status(self) -> int:
         if self.sched is None:
@@ -428,6 +476,8 @@ class Coordinator:
             "loads": self.loads,
             "reclaimed": sched.reclaimed,
             "duplicates": sched.duplicates,
+            "vanished": sched.vanished,
+            "recomputed": sched.recomputed,
             "rate": round(rate, 2),
         }
 
@@ -605,6 +655,11 @@ class ConnSession:
             i = graph.index.get(key)
             if i is None:
                 continue
+            j = self._missing_input(i, err)
+            if j is not None:  # not the task's fault: its input is computed again, it waits
+                sched.input_missing(self.wid, i, tok, j)
+                changed = True
+                continue
             r = sched.fail(self.wid, i, tok, err)
             if r != "stale":
                 changed = True
@@ -615,6 +670,19 @@ class ConnSession:
                         log.error("stopping at the first failure (--fail-fast)")
                         c.stop()
         return changed
+
+    def _missing_input(self, i: int, err: dict[str, Any]) -> int | None:
+        """The input of ``i`` that its worker found missing from the store, if ``err`` says
+        so and names one of the task's inputs (else the report is an ordinary failure)."""
+        if err.get("kind") != "input-missing":
+            return None
+        graph = self.c.graph
+        assert graph is not None
+        j = graph.index.get(err.get("input", ""))
+        if j is None:
+            return None
+        ds, di = graph.dep_start, graph.dep_idx
+        return j if any(di[q] == j for q in range(ds[i], ds[i + 1])) else None
 
     async def _late_done(self, i: int) -> None:
         c = self.c

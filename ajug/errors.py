@@ -55,6 +55,13 @@ class StoreFull(StoreError):
 
 
 class ResultMissing(StoreError, KeyError):
+    """``key``: the result that is missing or damaged, when the store knows it (a worker then
+    reports that input as missing, and the coordinator has it computed again)."""
+
+    def __init__(self, message: str = "result missing", key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "result missing"
 

@@ -15,6 +15,13 @@ Lease rules (DESIGN.md, "Leases and failures"):
 - a ``done`` for a lease that is no longer current is the caller's to verify in the store
   (``complete`` returns False) and then ``accept_late``.
 
+Results that vanish (a redis that lost its data, a deleted or damaged file): a worker that finds
+an input missing reports it (``input_missing``), and the coordinator checks the results of the
+run before it calls the run finished (``unverified``, then ``lost_results``). Either way the
+input is DONE no more: it is ready again, its dependents wait for it, and nothing counts as an
+attempt. A result that vanishes ``MAX_VANISHED`` times is failed as a store problem instead of
+being computed for ever.
+
 Follow-on leases (a worker that asks with ``follow``): a waiting task whose unfinished inputs
 are all leased to that worker is leased to it as well, to run right after them on the same
 machine. A chain then runs without a round trip per step, and a reduce runs where its inputs
@@ -35,6 +42,9 @@ from .graph import Graph
 
 WAITING, READY, RUNNING, DONE, FAILED, BLOCKED = range(6)
 STATE_NAMES = ("waiting", "ready", "running", "done", "failed", "blocked")
+#: A task whose result vanishes from the store this many times is failed (kind "store"): a
+#: store that keeps losing results (or a worker writing to another store) is not computed for ever.
+MAX_VANISHED = 5
 
 
 @dataclass
@@ -43,6 +53,8 @@ class Lease:
     worker: str
     tok: int
     deadline: float
+    #: when the task could start: granted, or (a follow-on lease) its last input done
+    since: float = 0.0
 
 
 @dataclass
@@ -65,7 +77,7 @@ class WorkerInfo:
 @dataclass
 class Failure:
     idx: int
-    kind: str  # "exception", "worker-lost", "store"
+    kind: str  # "exception", "worker-lost", "store", "input-missing"
     type: str
     msg: str
     tb: str
@@ -104,6 +116,13 @@ class Scheduler:
         self.reclaimed = 0
         self.completed = 0
         self.duplicates = 0
+        #: results that were done and then found missing or damaged; those done again since
+        self.vanished = 0
+        self.recomputed = 0
+        self.vanish_count: dict[int, int] = {}
+        self._vanished: set[int] = set()
+        #: tasks done in this run whose results the coordinator has not confirmed present yet
+        self.unverified = array("I")
         # dependents, as CSR, for making tasks ready when their inputs are done
         nd = array("I", bytes(4 * (n + 1)))
         for j in graph.dep_idx:
@@ -144,6 +163,25 @@ class Scheduler:
                 self._set(i, READY)
                 self.ready.append(i)
 
+    def inherit(self, old: Scheduler, old_graph: Graph) -> None:
+        """Past a barrier the graph is new, the run is not: same workers (holding nothing: the
+        coordinator reloads only when nothing runs), same counters, and each task's count of
+        vanished results, by key."""
+        self.workers = old.workers
+        for w in self.workers.values():
+            w.leases = set()
+            w.frontier.clear()
+        self.reclaimed, self.completed = old.reclaimed, old.completed
+        self.duplicates = old.duplicates
+        self.vanished, self.recomputed = old.vanished, old.recomputed
+        index, keys = self.graph.index, old_graph.keys
+        for i, n in old.vanish_count.items():
+            j = index.get(keys[i])
+            if j is not None:
+                self.vanish_count[j] = n
+                if i in old._vanished:
+                    self._vanished.add(j)
+
     def _set(self, i: int, s: int) -> None:
         c = self.counts[self.graph.fn[i]]
         c[self.state[i]] -= 1
@@ -169,8 +207,11 @@ class Scheduler:
     # -- leases ---------------------------------------------------------------------------
     def lease(self, wid: str, n: int) -> list[tuple[int, int]]:
         """Up to ``n`` tasks for ``wid``, as (task index, lease token): follow-on tasks of what
-        it already holds first (their inputs are on that machine), then ready tasks."""
-        w = self.workers[wid]
+        it already holds first (their inputs are on that machine), then ready tasks. Nothing
+        for a worker that is gone (a long poll that outlived its connection)."""
+        w = self.workers.get(wid)
+        if w is None:
+            return []
         now = self.clock()
         w.last_seen = now
         out: list[tuple[int, int]] = []
@@ -203,7 +244,7 @@ class Scheduler:
 
     def _grant(self, w: WorkerInfo, i: int, deadline: float, out: list[tuple[int, int]]) -> None:
         self._tok += 1
-        self.leases[i] = Lease(i, w.wid, self._tok, deadline)
+        self.leases[i] = Lease(i, w.wid, self._tok, deadline, deadline - self.lease_ttl_s)
         w.leases.add(i)
         self._set(i, RUNNING)
         out.append((i, self._tok))
@@ -313,6 +354,10 @@ class Scheduler:
     def _done(self, i: int) -> None:
         self._set(i, DONE)
         self.completed += 1
+        self.unverified.append(i)
+        if self._vanished and i in self._vanished:
+            self._vanished.discard(i)
+            self.recomputed += 1
         if self.lost_count:  # no longer a suspect; ``lease`` looks for suspects while any remain
             self.lost_count.pop(i, None)
         rs, ri, rem, st = self.rdep_start, self.rdep_idx, self.remaining, self.state
@@ -326,6 +371,8 @@ class Scheduler:
                     newly.append(j)
             elif st[j] == RUNNING and rem[j]:  # a follow-on lease: now one input fewer to wait for
                 rem[j] -= 1
+                if not rem[j] and (lz := self.leases.get(j)) is not None:
+                    lz.since = self.clock()  # it may start now: its running time counts from here
         # a finished task's dependents go first: the same worker usually gets them in the same
         # round trip and finds the input in its cache
         self.ready.extendleft(reversed(newly))
@@ -362,9 +409,89 @@ class Scheduler:
         )
         return "failed"
 
-    def _fail(self, i: int, failure: Failure) -> None:
-        self._set(i, FAILED)
-        self.failures[i] = failure
+    # -- results that vanished -------------------------------------------------------------
+    def input_missing(self, wid: str, i: int, tok: int, j: int) -> str:
+        """The worker of ``i`` found the result of its input ``j`` missing or damaged.
+
+        ``j`` is computed again (``lost_results``) and ``i`` waits for it; no attempt is counted,
+        whoever is to blame it is not ``i``. Returns "waiting", "blocked" (``j`` vanished too
+        often and was failed), or "stale" (the lease of ``i`` is not current: only ``j`` is
+        looked at)."""
+        self.lost_results([j])
+        lease = self.leases.get(i)
+        if lease is None or lease.tok != tok:
+            return "stale"
+        self._release(lease)
+        self._revoke_followers(i)
+        self._requeue(i)
+        return "blocked" if self.state[i] == BLOCKED else "waiting"
+
+    def lost_results(self, idxs: Iterable[int]) -> list[int]:
+        """These tasks were done but their results are gone (missing or damaged): they are
+        ready again and their dependents that did not start wait for them. Returns the tasks
+        that were done (the others are already being computed again)."""
+        st, rem, rs, ri = self.state, self.remaining, self.rdep_start, self.rdep_idx
+        lost = []
+        for j in idxs:
+            if st[j] != DONE:
+                continue
+            lost.append(j)
+            self.vanished += 1
+            n = self.vanish_count[j] = self.vanish_count.get(j, 0) + 1
+            if n >= MAX_VANISHED:
+                msg = (
+                    f"its result vanished from the store {n} times after it was computed: is "
+                    "something deleting results, or do some workers write to another store "
+                    "(a worker's --store must point where the coordinator's does)?"
+                )
+                self._fail(j, Failure(j, "store", "ResultVanished", msg, "", "", n))
+            else:
+                self._vanished.add(j)
+                self._requeue(j)
+            for p in range(rs[j], rs[j + 1]):
+                k = ri[p]
+                s = st[k]
+                if s == WAITING:
+                    rem[k] += 1
+                elif s == READY:  # not started: it waits for j again (left in the ready deque,
+                    rem[k] = 1  # which skips tasks that are no longer READY)
+                    self._set(k, WAITING)
+                elif s == RUNNING and rem[k]:  # a follow-on lease: j is not its worker's to run
+                    lease = self.leases.get(k)
+                    if lease is not None:
+                        self._release(lease)
+                    self._revoke_followers(k)
+                    self._set(k, WAITING)
+                    rem[k] += 1
+                # running for real: it has j (cached) or reports it missing; done, failed or
+                # blocked: nothing to change
+                if st[j] == FAILED and st[k] in (WAITING, READY):
+                    self._fail_downstream(k)
+        return lost
+
+    def _requeue(self, i: int) -> None:
+        """Back to waiting for its inputs, or ready; blocked if one of them failed."""
+        st, ds, di = self.state, self.graph.dep_start, self.graph.dep_idx
+        r = 0
+        for q in range(ds[i], ds[i + 1]):
+            s = st[di[q]]
+            if s == FAILED or s == BLOCKED:
+                self._set(i, BLOCKED)
+                self._fail_downstream(i)
+                return
+            if s != DONE:
+                r += 1
+        self.remaining[i] = r
+        if r:
+            self._set(i, WAITING)
+        else:
+            self._set(i, READY)
+            self.ready.appendleft(i)
+
+    def _fail_downstream(self, i: int) -> None:
+        """``i`` cannot run (an input failed): it and what waits on it are blocked."""
+        if self.state[i] in (WAITING, READY):
+            self._set(i, BLOCKED)
         stack = [i]
         rs, ri, st = self.rdep_start, self.rdep_idx, self.state
         while stack:
@@ -374,6 +501,11 @@ class Scheduler:
                 if st[j] in (WAITING, READY):
                     self._set(j, BLOCKED)
                     stack.append(j)
+
+    def _fail(self, i: int, failure: Failure) -> None:
+        self._set(i, FAILED)
+        self.failures[i] = failure
+        self._fail_downstream(i)
 
     def _release(self, lease: Lease) -> None:
         del self.leases[lease.idx]
@@ -442,7 +574,7 @@ class Scheduler:
         for i in idxs:
             if self.state[i] == READY:
                 self._tok += 1
-                self.leases[i] = Lease(i, wid, self._tok, now + self.lease_ttl_s)
+                self.leases[i] = Lease(i, wid, self._tok, now + self.lease_ttl_s, now)
                 w.leases.add(i)
                 self._set(i, RUNNING)
                 kept.append((i, self._tok))

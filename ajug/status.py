@@ -66,6 +66,9 @@ def plain_line(st: dict[str, Any]) -> str:
     parts = [f"{tot.get(c, 0)} {c}" for c in STATE_NAMES if tot.get(c, 0)]
     rate = st.get("rate")
     r = f", {rate:g} tasks/s" if rate else ""
+    if st.get("vanished"):
+        r += (f"; {st['vanished']} result(s) vanished from the store, "
+              f"{st.get('recomputed', 0)} computed again")
     return f"[{st.get('state', '')}] {tot.get('done', 0)}/{n} done ({', '.join(parts)}){r}"
 
 

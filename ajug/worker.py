@@ -31,6 +31,7 @@ from .errors import (
     AuthError,
     ConnectError,
     ProtocolError,
+    ResultMissing,
     StoreError,
     StoreFull,
     TLSError,
@@ -394,11 +395,19 @@ class Worker:
         kind = "store" if isinstance(e, StoreError) else "exception"
         tb = traceback.format_exc() if e.__traceback__ is not None else ""
         msg = str(e)
-        if isinstance(e, StoreFull):
-            msg = f"store is full: {e}"
-        log.warning("task %s (%s) failed: %s: %s", lease.func_name, lease.key[:12],
-                    type(e).__name__, msg)
-        err = {"type": type(e).__name__, "msg": msg[:2000], "tb": tb[-20000:], "kind": kind}
+        missing = e.key if isinstance(e, ResultMissing) and e.key != lease.key else None
+        if missing:
+            # not this task's fault: the coordinator has the input computed again, then this
+            # task runs again (no attempt counted)
+            kind = "input-missing"
+            log.info("task %s (%s): its input %s is missing from the store (%s); handed back",
+                     lease.func_name, lease.key[:12], missing[:12], msg)
+        else:
+            if isinstance(e, StoreFull):
+                msg = f"store is full: {e}"
+            log.warning("task %s (%s) failed: %s: %s", lease.func_name, lease.key[:12],
+                        type(e).__name__, msg)
+        err = m.task_error(type(e).__name__, msg[:2000], tb[-20000:], kind, missing)
         self._post([("failed", [lease.key, lease.tok, err])])
 
     def _post(self, reports: list[tuple[str, list[Any]]]) -> None:

@@ -237,7 +237,8 @@ class _Fast(_Type):
 
 
 MAP = _Map()
-TASK_ERROR = _Struct(type=STR, msg=STR, tb=STR, kind=STR)
+#: ``input``: with kind "input-missing", the key of the input whose result was not in the store
+TASK_ERROR = _Struct(type=STR, msg=STR, tb=STR, kind=STR, optional={"input": KEY})
 _KEY_MATCH = _KEY.fullmatch
 _KEYS = _List(KEY)
 
@@ -423,9 +424,13 @@ def welcome(*, session: str, access: str, info: Mapping[str, Any]) -> dict[str, 
     return {"op": "welcome", "session": session, "access": access, "info": dict(info)}
 
 
-def task_error(type: str, msg: str, tb: str, kind: str) -> dict[str, Any]:
-    """The ``err`` map of a failed task (``kind``: see SPEC.md)."""
-    return {"type": type, "msg": msg, "tb": tb, "kind": kind}
+def task_error(type: str, msg: str, tb: str, kind: str, input: str | None = None) -> dict[str, Any]:
+    """The ``err`` map of a failed task (``kind``: see SPEC.md; ``input``: the missing input's
+    key, with kind "input-missing")."""
+    err = {"type": type, "msg": msg, "tb": tb, "kind": kind}
+    if input is not None:
+        err["input"] = input
+    return err
 
 
 def lease(

@@ -210,6 +210,7 @@ class FileStore(Store):
             except OSError as e:
                 if e.errno == errno.ENOENT and attempt == 0:  # a directory vanished: redo it
                     self._made.clear()
+                    self._own_tmp = ""
                     continue
                 raise self._translate(e, enc.size) from e
             finally:
@@ -240,7 +241,7 @@ class FileStore(Store):
         try:
             f = open(path, "rb")
         except (FileNotFoundError, NotADirectoryError):
-            raise ResultMissing(f"no result for {key} in {self.root}") from None
+            raise ResultMissing(f"no result for {key} in {self.root}", key=key) from None
         except OSError as e:
             raise self._translate(e) from e
         with f:
@@ -255,7 +256,7 @@ class FileStore(Store):
                 return encoding.decode_jug(f, size)
             except ResultDamaged as e:
                 self._set_aside(key, path, os.fstat(f.fileno()).st_ino, e)
-                raise ResultMissing(f"result {key} in {self.root} is damaged ({e})") from e
+                raise ResultMissing(f"result {key} in {self.root} is damaged ({e})", key=key) from e
             except OSError as e:
                 raise self._translate(e) from e
 
@@ -535,10 +536,27 @@ class FileOwnerLock(OwnerLock):
 
     def renew(self) -> None:
         """Push the expiry forward. Once our lock has expired, another coordinator may be
-        taking it over: renewing is then a take-over like any other, and may lose."""
+        taking it over: renewing is then a take-over like any other, and may lose. A lock
+        file that was removed (the store directory deleted) is created again if nobody else
+        has meanwhile."""
         holder = self.read()
         if holder is None:
-            raise StoreLocked(f"the owner lock of store {self.store.root} was removed")
+            try:
+                self.store._ensure_root()
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.read()
+            except OSError as e:
+                raise self.store._translate(e) from e
+            else:
+                try:
+                    os.write(fd, self._encode(self._mine()))
+                finally:
+                    os.close(fd)
+                return
+            if holder is None:
+                raise StoreLocked(f"the owner lock of store {self.store.root} is being replaced "
+                                  "by another process")
         if holder.owner != self.owner:
             raise self._refuse(holder)
         if holder.expires_at <= time.time():

@@ -56,11 +56,11 @@ class MemoryStore(Store):
         with self._mutex:
             blob = self._data.get(check_key(key))
         if blob is None:
-            raise ResultMissing(f"no result for {key} in {self.url}")
+            raise ResultMissing(f"no result for {key} in {self.url}", key=key)
         try:
             return encoding.decode(blob)
         except ResultDamaged as e:  # only if a test damaged it on purpose
-            raise ResultMissing(f"result {key} in {self.url} is damaged ({e})") from e
+            raise ResultMissing(f"result {key} in {self.url} is damaged ({e})", key=key) from e
 
     def exists(self, keys: Sequence[str]) -> list[bool]:
         with self._mutex:

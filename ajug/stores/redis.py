@@ -412,7 +412,7 @@ class RedisStore(Store):
         for _attempt in range(3):
             data = self._call(lambda: self.r.get(rkey))
             if data is None:
-                raise ResultMissing(f"no result for {key} in redis at {self.addr}")
+                raise ResultMissing(f"no result for {key} in redis at {self.addr}", key=key)
             try:
                 if encoding.is_ajug(data):
                     return encoding.decode(data)
@@ -432,8 +432,8 @@ class RedisStore(Store):
                         self.addr,
                         e,
                     )
-                raise ResultMissing(f"result {key} in redis at {self.addr} is damaged ({e})") from e
-        raise ResultMissing(f"result {key} in redis at {self.addr} kept changing while being read")
+                raise ResultMissing(f"result {key} in redis at {self.addr} is damaged ({e})", key=key) from e
+        raise ResultMissing(f"result {key} in redis at {self.addr} kept changing while being read", key=key)
 
     def _load_chunked(self, key: str, m: dict[str, Any]) -> Any:
         rkey = self.keys.result(key)
