@@ -18,6 +18,7 @@ import socket
 import ssl as _ssl
 import time
 import uuid
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,9 @@ class Coordinator:
         self.history: list[tuple[float, int]] = []  # (unix time, tasks done) for rates
         self._verifying = False
         self._vanished_logged = 0
+        #: each result's encoded size as its worker reported it (0: not reported), for the
+        #: end-of-run check (a file store compares it with the file's size: one stat a result)
+        self.sizes = array("Q")
 
     # -- startup ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -177,6 +181,7 @@ class Coordinator:
             log.warning("%d result(s) done before the barrier vanished from the store: computing "
                         "them again", len(gone))
         self.loaded, self.graph, self.sched = loaded, graph, sched
+        self.sizes = array("Q", bytes(8 * len(graph)))
         self.loads += 1
         self.state = "running"
         t = sched.totals()
@@ -304,8 +309,9 @@ class Coordinator:
                 return False
             idxs = sched.unverified[:n]
             self._verifying = True
+            keys, sizes = [graph.keys[i] for i in idxs], [self.sizes[i] for i in idxs]
             try:
-                ok = await loop.run_in_executor(None, store.intact, [graph.keys[i] for i in idxs])
+                ok = await loop.run_in_executor(None, store.intact, keys, sizes)
             except StoreError as e:
                 log.warning("cannot confirm that this run's results are in the store (%s); "
                             "asking again", e)
@@ -641,6 +647,9 @@ class ConnSession:
             i = graph.index.get(key)
             if i is None:
                 continue
+            size = meta.get("size")
+            if type(size) is int and 0 <= size < 1 << 64:
+                c.sizes[i] = size
             if sched.complete(self.wid, i, tok):
                 changed = True
                 rt = meta.get("rt")

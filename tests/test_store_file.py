@@ -17,7 +17,7 @@ import pytest
 from store_helpers import GiB, dead_pid, files_under, hexkey, run_1gib_round_trip, subprocess_env
 
 from ajug.errors import ResultMissing, StoreFull, StoreLocked, StoreUnreachable
-from ajug.stores.file import LOCK_FILE, TMP_DIR, TMP_MAX_AGE_S, FileStore
+from ajug.stores.file import LOCK_FILE, MARKER_FILE, TMP_DIR, TMP_MAX_AGE_S, FileStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -246,7 +246,8 @@ def test_full_disk(small_tmpfs: Path) -> None:
     with pytest.raises(StoreFull, match=r"is full: free space") as err:
         store.save(key, noise)
     assert str(small_tmpfs / "s") in str(err.value)
-    assert files_under(small_tmpfs) == []  # neither a partial result nor a temp file
+    # neither a partial result nor a temp file (the marker says the store is ajug's)
+    assert [p.name for p in files_under(small_tmpfs)] == [MARKER_FILE]
     assert store.exists([key]) == [False]
     store.save(key, np.arange(1000))
     assert np.array_equal(store.load(key), np.arange(1000))

@@ -333,30 +333,87 @@ def read_metadata(src: Readable) -> dict[str, Any]:
     return _read_meta(src, h)
 
 
+def _table(h: _Header, table: bytes | bytearray) -> list[tuple[int, int]]:
+    if len(table) != h.nbuf * TABLE_ENTRY.size:
+        raise ResultDamaged("result truncated in its buffer table")
+    if zlib.crc32(table) != h.table_crc:
+        raise ResultDamaged("result buffer table checksum mismatch")
+    lengths = [TABLE_ENTRY.unpack_from(table, i * TABLE_ENTRY.size) for i in range(h.nbuf)]
+    if not h.flags & FLAG_ZLIB and (
+        h.pickle_len != h.pickle_raw_len or any(s != r for s, r in lengths)
+    ):
+        raise ResultDamaged("result lengths inconsistent")
+    return lengths
+
+
+def _length(h: _Header, lengths: list[tuple[int, int]]) -> int:
+    return (HEADER_BYTES + h.meta_len + h.nbuf * TABLE_ENTRY.size + h.pickle_len
+            + sum(stored for stored, _ in lengths))
+
+
+#: Bytes ``stated_length`` reads first: the header, the metadata and the buffer table of
+#: almost every result (a second read fetches a table that does not fit).
+HEAD_PEEK_BYTES = 4096
+
+
+def stated_length(read: Callable[[int, int], bytes]) -> int:
+    """The total length that an ajug result's header and buffer table state, their checksums
+    checked: with the container's size, a cheap test for a result cut short (two small reads
+    at most, whatever the size). ``read(offset, n)`` returns up to ``n`` bytes from there.
+    Raises ``ResultDamaged``."""
+    head = read(0, HEAD_PEEK_BYTES)
+    h = _parse_header(head[:HEADER_BYTES])
+    at, n = HEADER_BYTES + h.meta_len, h.nbuf * TABLE_ENTRY.size
+    table = head[at : at + n] if len(head) >= at + n else read(at, n)
+    return _length(h, _table(h, table))
+
+
+def _layout(src: Readable, total: int | None) -> tuple[_Header, dict[str, Any], list[tuple[int, int]]]:
+    """Read and check header, metadata and buffer table; ``src`` is then at the pickle stream."""
+    h = _parse_header(_read(src, HEADER_BYTES, "header"))
+    if total is not None and HEADER_BYTES + h.meta_len > total:
+        raise ResultDamaged("result truncated in its metadata")
+    meta = _read_meta(src, h)
+    table_len = h.nbuf * TABLE_ENTRY.size
+    if total is not None and HEADER_BYTES + h.meta_len + table_len > total:
+        raise ResultDamaged("result truncated in its buffer table")
+    lengths = _table(h, _read(src, table_len, "buffer table"))
+    expected = _length(h, lengths)
+    if total is not None and expected != total:
+        raise ResultDamaged(f"result is {total} bytes but its header says {expected}")
+    return h, meta, lengths
+
+
+def verify_from(src: Readable, total: int | None = None) -> dict[str, Any]:
+    """Check one ajug result whole (every checksum) without unpickling it, in bounded memory
+    (slices of ``IO_SLICE_BYTES``); return its metadata. Raises ``ResultDamaged``."""
+    h, meta, lengths = _layout(src, total)
+    crc = 0
+    buf = bytearray(min(IO_SLICE_BYTES, max(h.pickle_len, *(s for s, _ in lengths), 1)))
+    view = memoryview(buf)
+    for n, what in [(h.pickle_len, "pickle stream")] + [
+        (stored, f"buffer {i}") for i, (stored, _) in enumerate(lengths)
+    ]:
+        while n:
+            part = view[: min(n, len(view))]
+            _fill(src, part, what)
+            crc = zlib.crc32(part, crc)
+            n -= len(part)
+    if total is None and src.readinto(memoryview(bytearray(1))):
+        raise ResultDamaged("result has trailing bytes")
+    if crc != h.payload_crc:
+        raise ResultDamaged("result payload checksum mismatch")
+    return meta
+
+
 def decode_from(src: Readable, total: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Decode one ajug result from a stream; return ``(value, meta)``.
 
     ``total`` is the container's size (file size, manifest length): when given, lengths that
     disagree with it are refused before any large allocation.
     """
-    h = _parse_header(_read(src, HEADER_BYTES, "header"))
-    if total is not None and HEADER_BYTES + h.meta_len > total:
-        raise ResultDamaged("result truncated in its metadata")
-    meta = _read_meta(src, h)
-    table_len = h.nbuf * TABLE_ENTRY.size
-    so_far = HEADER_BYTES + h.meta_len + table_len
-    if total is not None and so_far > total:
-        raise ResultDamaged("result truncated in its buffer table")
-    table = _read(src, table_len, "buffer table")
-    if zlib.crc32(table) != h.table_crc:
-        raise ResultDamaged("result buffer table checksum mismatch")
-    lengths = [TABLE_ENTRY.unpack_from(table, i * TABLE_ENTRY.size) for i in range(h.nbuf)]
-    expected = so_far + h.pickle_len + sum(stored for stored, _ in lengths)
-    if total is not None and expected != total:
-        raise ResultDamaged(f"result is {total} bytes but its header says {expected}")
+    h, meta, lengths = _layout(src, total)
     compressed = bool(h.flags & FLAG_ZLIB)
-    if not compressed and (h.pickle_len != h.pickle_raw_len or any(s != r for s, r in lengths)):
-        raise ResultDamaged("result lengths inconsistent")
 
     data = _read(src, h.pickle_len, "pickle stream")
     crc = zlib.crc32(data)
@@ -402,6 +459,16 @@ def _np_read(stream: BinaryIO) -> Any:
         return np.lib.format.read_array(stream, allow_pickle=False)
     except (ValueError, EOFError, OSError) as e:
         raise ResultDamaged(f"jug .npy result unreadable: {e}") from e
+
+
+#: How each of jug 2.7's file formats starts: ``.npy``, zlib (any compression level), parquet.
+JUG_PREFIXES = (JUG_NPY_MAGIC, b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda", b"PAR1")
+
+
+def looks_like_jug(prefix: bytes) -> bool:
+    """Whether a file that is not ajug's starts as one of jug's formats (a cheap look: random
+    bytes usually do not)."""
+    return prefix.startswith(JUG_PREFIXES)
 
 
 def decode_jug(stream: BinaryIO, size: int) -> Any:

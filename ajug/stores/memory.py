@@ -62,6 +62,34 @@ class MemoryStore(Store):
         except ResultDamaged as e:  # only if a test damaged it on purpose
             raise ResultMissing(f"result {key} in {self.url} is damaged ({e})", key=key) from e
 
+    def intact(self, keys: Sequence[str], sizes: Sequence[int] | None = None) -> list[bool]:
+        """Present, with a header that states the blob's length (as the file store checks)."""
+        with self._mutex:
+            blobs = [self._data.get(check_key(k)) for k in keys]
+        out = []
+        for blob in blobs:
+            try:
+                out.append(blob is not None and encoding.stated_length(
+                    lambda at, n, b=blob: b[at : at + n]) == len(blob))
+            except ResultDamaged:
+                out.append(False)
+        return out
+
+    def verify(self, keys: Sequence[str], set_aside: bool = False) -> list[str | None]:
+        out: list[str | None] = []
+        for k in keys:
+            with self._mutex:
+                blob = self._data.get(check_key(k))
+            try:
+                if blob is not None:
+                    encoding.verify_from(encoding.ChunkReader.of([blob]), len(blob))
+                out.append(None)
+            except ResultDamaged as e:
+                out.append(str(e))
+                if set_aside:
+                    self.remove([k])
+        return out
+
     def exists(self, keys: Sequence[str]) -> list[bool]:
         with self._mutex:
             return [check_key(k) in self._data for k in keys]

@@ -150,6 +150,36 @@ return out
 """
 
 
+#: KEYS: result and metadata key of each result, in pairs. Per result: 1 if it is there, starts
+#: as a result or a manifest does, and its length (or its manifest's) is the size its metadata
+#: states; else 0 (a value cut short or overwritten).
+_INTACT_BATCH_LUA = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local head = redis.call('GETRANGE', KEYS[i], 0, 3)
+  local ok = 0
+  if head == 'AJUG' or head == 'AJCM' then
+    ok = 1
+    local m = redis.call('GET', KEYS[i + 1])
+    local good, meta = false, nil
+    if m then good, meta = pcall(cmsgpack.unpack, m) end
+    if good and type(meta) == 'table' and type(meta['size']) == 'number' then
+      local len
+      if head == 'AJCM' then
+        local g, man = pcall(cmsgpack.unpack, string.sub(redis.call('GET', KEYS[i]), 5))
+        len = (g and type(man) == 'table' and man['len']) or -1
+      else
+        len = redis.call('STRLEN', KEYS[i])
+      end
+      if len ~= meta['size'] then ok = 0 end
+    end
+  end
+  out[#out + 1] = ok
+end
+return out
+"""
+
+
 def _manifest(data: bytes | None) -> dict[str, Any] | None:
     if not data or not data.startswith(MANIFEST_MAGIC):
         return None
@@ -208,6 +238,7 @@ class RedisStore(Store):
             )
             self._save_batch = self.r.register_script(_SAVE_BATCH_LUA)
             self._exists_batch = self.r.register_script(_EXISTS_BATCH_LUA)
+            self._intact_batch = self.r.register_script(_INTACT_BATCH_LUA)
         except ValueError as e:
             raise UsageError(f"bad redis address {url!r}: {e}") from e
         kw = self.r.connection_pool.connection_kwargs
@@ -408,6 +439,25 @@ class RedisStore(Store):
     # --------------------------------------------------------------------------------- reads
 
     def load(self, key: str) -> Any:
+        return self._read(key, lambda src, total: encoding.decode_from(src, total)[0])
+
+    def verify(self, keys: Sequence[str], set_aside: bool = False) -> list[str | None]:
+        """Every checksum of each result, read in bounded memory, nothing unpickled."""
+        out: list[str | None] = []
+        for key in keys:
+            try:
+                self._read(key, encoding.verify_from)
+                out.append(None)
+            except ResultMissing as e:
+                damaged = isinstance(e.__cause__, ResultDamaged)
+                out.append(str(e.__cause__) if damaged else None)
+                if damaged and set_aside:
+                    self.remove([key])
+        return out
+
+    def _read(self, key: str, decode: Callable[[Any, int], T]) -> T:
+        """``decode(stream, total)`` over the value of ``key``, whole or chunked; damage and a
+        missing value raise ``ResultMissing``."""
         rkey = self.keys.result(check_key(key))
         for _attempt in range(3):
             data = self._call(lambda: self.r.get(rkey))
@@ -415,12 +465,12 @@ class RedisStore(Store):
                 raise ResultMissing(f"no result for {key} in redis at {self.addr}", key=key)
             try:
                 if encoding.is_ajug(data):
-                    return encoding.decode(data)
+                    return decode(encoding.ChunkReader.of([data]), len(data))
                 m = _manifest(data)
                 if m is None:
                     raise ResultDamaged("neither a result nor a chunk manifest")
                 del data
-                return self._load_chunked(key, m)
+                return self._read_chunked(key, m, decode)
             except _ChunksLost:
                 continue  # overwritten or removed while we read: look again
             except ResultDamaged as e:
@@ -435,7 +485,7 @@ class RedisStore(Store):
                 raise ResultMissing(f"result {key} in redis at {self.addr} is damaged ({e})", key=key) from e
         raise ResultMissing(f"result {key} in redis at {self.addr} kept changing while being read", key=key)
 
-    def _load_chunked(self, key: str, m: dict[str, Any]) -> Any:
+    def _read_chunked(self, key: str, m: dict[str, Any], decode: Callable[[Any, int], T]) -> T:
         rkey = self.keys.result(key)
 
         def fetch(i: int) -> bytes:
@@ -449,7 +499,20 @@ class RedisStore(Store):
                 raise ResultDamaged(f"chunk {i} of {m['n']} is missing")
             return chunk
 
-        return encoding.decode_from(encoding.ChunkReader(m["n"], fetch), m["len"])[0]
+        return decode(encoding.ChunkReader(m["n"], fetch), m["len"])
+
+    def intact(self, keys: Sequence[str], sizes: Sequence[int] | None = None) -> list[bool]:
+        """Present, with the length their metadata states (a script per thousand keys). Values
+        are written whole, so this finds results cut short by another program; a chunk that
+        went missing is found by ``load`` (and ``verify``)."""
+        out: list[bool] = []
+        for i in range(0, len(keys), BATCH_KEYS):
+            batch: list[str] = []
+            for k in keys[i : i + BATCH_KEYS]:
+                batch += [self.keys.result(check_key(k)), self.keys.meta(k)]
+            got = self._call(lambda batch=batch: self._intact_batch(keys=batch))
+            out.extend(bool(x) for x in got)
+        return out
 
     def exists(self, keys: Sequence[str]) -> list[bool]:
         out: list[bool] = []
