@@ -54,10 +54,12 @@ def test_damaged_result_is_never_a_value(store: Any, how: str) -> None:
     write(damage(read(), how))
     assert store.verify(keys) == [None, store.verify([keys[1]])[0], None]
     assert store.verify([keys[1]])[0]  # every kind of damage is found by reading it whole
-    # a cheap look (header and length, or the size the writer reported) finds all but a
-    # flipped payload bit
+    # a cheap look (header and length) finds all but a flipped payload bit; the file store's
+    # look at the size the writer reported (one stat) also misses a same-length overwrite
     expected = [True, how == "flip", True]
     assert store.intact(keys) == expected
+    if hasattr(store, "root") and how == "random":
+        expected[1] = True
     assert store.intact(keys, sizes) == expected
     with pytest.raises(ResultMissing, match="damaged") as e:
         store.load(keys[1])
