@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AjugError, ProtocolError, StoreError
+from .errors import AjugError, ProtocolError, StoreError, StoreLocked
 from .graph import Graph, build_graph
 from .jugfile import LoadedJugfile, load_jugfile
+from .lockkeeper import LockKeeper, lock_ttl_for
 from .protocol import connection as conn_mod
 from .protocol import messages as m
 from .protocol.messages import ERROR_CODES
@@ -90,7 +91,7 @@ class Coordinator:
         self._changed = asyncio.Event()  # wakes the main loop early: finished, a hang-up
         self._loaded = asyncio.Event()
         self._conns: dict[str, Any] = {}
-        self._lock = None
+        self.keeper: LockKeeper | None = None
         self._reloading = False
         self.loads = 0
         self.resume_until = 0.0
@@ -118,9 +119,12 @@ class Coordinator:
         ``load`` is done."""
         loop = asyncio.get_running_loop()
         self.store = await loop.run_in_executor(None, open_store, self.s.store_url)
-        self._lock = self.store.owner_lock(ttl_s=max(self.s.lease_ttl_s, 10.0))
-        await loop.run_in_executor(None, self._lock.acquire)
-        if self._lock.took_over:
+        ttl = lock_ttl_for(self.s.lease_ttl_s)
+        lock = self.store.owner_lock(ttl_s=ttl)
+        keeper = LockKeeper(lock, ttl, self.store.url)
+        await keeper.acquire()
+        self.keeper = keeper
+        if lock.took_over:
             # a restart: workers of the previous coordinator are reconnecting; let them say
             # what they are still running (resume) before anything is handed out again
             self.resume_until = time.monotonic() + self.s.resume_grace_s
@@ -132,7 +136,8 @@ class Coordinator:
                 backlog=1024,
             )
         except BaseException:
-            await loop.run_in_executor(None, self._lock.release)
+            self.keeper = None
+            await keeper.release()
             raise
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
@@ -216,11 +221,9 @@ class Coordinator:
     async def run(self, on_tick: Callable[[Coordinator], None] | None = None) -> int:
         """Serve until done (or shut down); return the exit status (0: all done)."""
         tick = min(1.0, self.s.lease_ttl_s / 6)
-        lock_every = max(self._lock_ttl() / 3, 0.5)
-        next_lock = time.monotonic() + lock_every
         finished_at: float | None = None
-        loop = asyncio.get_running_loop()
         first = True
+        lost: str | None = None
         try:
             while not self._stop.is_set():
                 self._changed.clear()
@@ -231,14 +234,12 @@ class Coordinator:
                         pass
                 first = False
                 assert self.sched is not None
+                if self.keeper is not None:
+                    await self.keeper.tick()
+                    if self.keeper.lost is not None:
+                        break
                 if self.sched.expire():
                     self._notify()
-                if time.monotonic() >= next_lock:
-                    next_lock = time.monotonic() + lock_every
-                    try:
-                        await loop.run_in_executor(None, self._lock.renew)
-                    except StoreError as e:
-                        log.error("%s", e)
                 if self.sched.vanished > self._vanished_logged:
                     self._log_vanished()
                 self.history.append((time.time(), self.sched.totals()[DONE]))
@@ -253,7 +254,11 @@ class Coordinator:
                     if not self._conns or time.monotonic() - finished_at > self.s.finish_grace_s:
                         break
         finally:
+            if self.keeper is not None:
+                lost = self.keeper.lost
             await self.close()
+        if lost is not None:
+            raise StoreLocked(lost)
         return self.exit_status()
 
     def _log_vanished(self) -> None:
@@ -349,17 +354,24 @@ class Coordinator:
             except (asyncio.TimeoutError, Exception):
                 pass
             self._server = None
-        if self._lock is not None:
-            lock, self._lock = self._lock, None
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, lock.release)
-            except StoreError as e:
-                log.warning("%s", e)
+        if self.keeper is not None:
+            keeper, self.keeper = self.keeper, None
+            if keeper.lost is None:
+                await keeper.release()
         if self.store is not None:
             self.store.close()
 
-    def _lock_ttl(self) -> float:
-        return max(self.s.lease_ttl_s, 10.0)
+    def lock_fresh(self) -> bool:
+        """The owner lock was renewed within its renewal period: leases may be handed out."""
+        return self.keeper is None or self.keeper.fresh()
+
+    async def may_hand_out(self) -> bool:
+        """Before a batch of leases (or a renewal of them): the owner lock is fresh, renewed
+        first if need be. False once it is lost: the coordinator then stops (``lockkeeper``)."""
+        if self.keeper is None or await self.keeper.ensure():
+            return True
+        self.stop()
+        return False
 
     def _notify(self) -> None:
         """Wake every lease request waiting for work."""
@@ -371,7 +383,8 @@ class Coordinator:
         here and now (the new tasks' inputs are in that worker's cache: chains stay on one
         worker), then the others are woken for whatever is left."""
         sched = self.sched
-        if sched is not None and self.state == "running" and time.monotonic() >= self.resume_until:
+        if (sched is not None and self.state == "running" and time.monotonic() >= self.resume_until
+                and self.lock_fresh()):
             for w in list(self._waiters):
                 if w.session is session and not w.leases:
                     w.leases = sched.lease(session.wid, w.want)
@@ -599,6 +612,8 @@ class ConnSession:
 
     async def on_lease(self, msg: dict[str, Any]) -> None:
         c = self.c
+        if not await c.may_hand_out():
+            return
         sched = c.sched
         assert sched is not None
         sched.touch(self.wid)
@@ -616,6 +631,10 @@ class ConnSession:
             sched = c.sched
             assert sched is not None
             if want and c.state == "running" and time.monotonic() >= c.resume_until:
+                if not await c.may_hand_out():
+                    return
+                sched = c.sched
+                assert sched is not None
                 leases = sched.lease(self.wid, want)
             if leases or not want or c.state == "finished" and not c.s.stay:
                 break
@@ -712,6 +731,10 @@ class ConnSession:
         c = self.c
         graph, sched = c.graph, c.sched
         assert graph is not None and sched is not None
+        if leases and not c.lock_fresh():  # frozen since the lock was checked: not these
+            for i, tok in leases:
+                sched.give_back(i, tok)
+            leases = []
         if self.graph_epoch != c.loads:  # the graph was rebuilt past a barrier
             self.graph_epoch = c.loads
             self.sent_funcs = set()
@@ -733,20 +756,27 @@ class ConnSession:
         self.conn.send(m.leases(rid, state=state, leases=out, funcs=funcs))
 
     async def on_renew(self, msg: dict[str, Any]) -> None:
-        sched, graph = self.c.sched, self.c.graph
-        assert sched is not None and graph is not None
-        items, lost = [], []
-        for key, tok in msg["leases"]:
-            i = graph.index.get(key)
-            if i is None:
-                lost.append(key)
-            else:
-                items.append((i, tok))
-        lost.extend(graph.keys[i] for i in sched.renew(self.wid, items))
+        while True:
+            if not await self.c.may_hand_out():
+                return
+            sched, graph = self.c.sched, self.c.graph
+            assert sched is not None and graph is not None
+            items, lost = [], []
+            for key, tok in msg["leases"]:
+                i = graph.index.get(key)
+                if i is None:
+                    lost.append(key)
+                else:
+                    items.append((i, tok))
+            lost.extend(graph.keys[i] for i in sched.renew(self.wid, items))
+            if self.c.lock_fresh():  # else frozen meanwhile: renew the lock, then these again
+                break
         self.conn.send(m.renewed(msg["id"], lost))
         await self.conn.drain()
 
     async def on_resume(self, msg: dict[str, Any]) -> None:
+        if not await self.c.may_hand_out():
+            return
         sched, graph = self.c.sched, self.c.graph
         assert sched is not None and graph is not None
         idxs, lost = [], []

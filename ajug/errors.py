@@ -71,7 +71,11 @@ class ResultDamaged(StoreError):
 
 
 class StoreLocked(StoreError):
-    pass
+    """``holder``: who holds the lock, as "another coordinator on HOST (pid N)", when known."""
+
+    def __init__(self, message: str, holder: str = "") -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class ProtocolError(AjugError):

@@ -297,6 +297,16 @@ class Scheduler:
         st, ds, di = self.state, self.graph.dep_start, self.graph.dep_idx
         return [di[q] for q in range(ds[i], ds[i + 1]) if st[di[q]] != DONE]
 
+    def give_back(self, i: int, tok: int) -> None:
+        """A lease granted but not sent (the coordinator was frozen meanwhile and must check
+        its owner lock first): as if never granted, no attempt counted."""
+        lease = self.leases.get(i)
+        if lease is None or lease.tok != tok:
+            return
+        self._release(lease)
+        self._revoke_followers(i)
+        self._back(i)
+
     def renew(self, wid: str, items: Iterable[tuple[int, int]]) -> list[int]:
         """Extend the worker's leases; return the task indices it no longer holds."""
         now = self.clock()

@@ -620,9 +620,10 @@ class FileOwnerLock(OwnerLock):
 
     def _refuse(self, info: LockInfo) -> StoreLocked:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.expires_at))
+        holder = f"another coordinator on {info.host} (pid {info.pid})"
         return StoreLocked(
-            f"store {self.store.root} is served by another coordinator on {info.host} "
-            f"(pid {info.pid}); stop it or wait until its lock expires at {when}"
+            f"store {self.store.root} is served by {holder}; stop it or wait until its lock "
+            f"expires at {when}", holder
         )
 
     @staticmethod

@@ -129,9 +129,10 @@ class _MemoryLock(OwnerLock):
     def _check(self) -> None:
         held = self.store._lock
         if held is not None and held.owner != self.owner and held.expires_at > time.time():
+            holder = f"another coordinator on {held.host} (pid {held.pid})"
             raise StoreLocked(
-                f"store {self.store.url} is served by another coordinator on {held.host} "
-                f"(pid {held.pid}); stop it or wait until its lock expires"
+                f"store {self.store.url} is served by {holder}; stop it or wait until its lock "
+                "expires", holder
             )
 
     def acquire(self) -> None:

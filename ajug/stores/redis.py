@@ -645,9 +645,10 @@ class RedisOwnerLock(OwnerLock):
             )
         except (ValueError, KeyError, TypeError):
             host, pid, when = "an unknown host", "?", "its expiry"
+        holder = f"another coordinator on {host} (pid {pid})"
         return StoreLocked(
-            f"store redis {self.store.addr} namespace {self.store.keys.ns!r} is served by another "
-            f"coordinator on {host} (pid {pid}); stop it or wait until its lock expires at {when}"
+            f"store redis {self.store.addr} namespace {self.store.keys.ns!r} is served by "
+            f"{holder}; stop it or wait until its lock expires at {when}", holder
         )
 
     def acquire(self) -> None:
