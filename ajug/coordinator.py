@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .codeship import MAX_BUNDLE_BYTES, collect_bundle
 from .errors import AjugError, ProtocolError, StoreError, StoreLocked
 from .graph import Graph, build_graph
 from .jugfile import LoadedJugfile, load_jugfile
@@ -106,6 +107,7 @@ class Coordinator:
         #: each result's encoded size as its worker reported it (0: not reported), for the
         #: end-of-run check (a file store compares it with the file's size: one stat a result)
         self.sizes = array("Q")
+        self._bundle: tuple[LoadedJugfile, list[Any]] | None = None
 
     # -- startup ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -158,6 +160,8 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         old = self.sched
         loaded = await loop.run_in_executor(None, load_jugfile, self.s.jugfile, self.store)
+        if self.loaded is not None:  # past a barrier: sys.path already holds what it added
+            loaded.code_roots = list(dict.fromkeys(self.loaded.code_roots + loaded.code_roots))
         jugdir = Path(loaded.path).parent
         graph = await loop.run_in_executor(None, build_graph, loaded.tasks, jugdir)
         self._release_tasks(loaded)
@@ -401,6 +405,19 @@ class Coordinator:
             "jugfile": str(self.s.jugfile),
         }
 
+    async def code_bundle(self) -> list[Any]:
+        """The modules under the jugfile's code roots, read once per load (in a thread)."""
+        loaded = self.loaded
+        assert loaded is not None
+        cached = self._bundle
+        if cached is not None and cached[0] is loaded:
+            return cached[1]
+        limit = min(MAX_BUNDLE_BYTES, self.s.max_frame_bytes // 2)
+        bundle = await asyncio.get_running_loop().run_in_executor(
+            None, collect_bundle, loaded.code_roots, [loaded.path.stem], limit)
+        self._bundle = (loaded, bundle)
+        return bundle
+
     def store_url_for_workers(self) -> str:
         """The URL workers open: the user's URL for redis (it carries options), the absolute
         directory for a file store (a relative path would be relative to the coordinator)."""
@@ -574,8 +591,9 @@ class ConnSession:
                     if ERROR_CODES.get(msg["code"], False):
                         return
                     continue
-                if op in ("lease", "renew", "resume", "shutdown", "invalidate") and (
-                    self.access != "full" or (self.role != "worker" and op in ("lease", "renew", "resume"))
+                if op in ("lease", "renew", "resume", "code", "shutdown", "invalidate") and (
+                    self.access != "full"
+                    or (self.role != "worker" and op in ("lease", "renew", "resume", "code"))
                 ):
                     self.error(msg.get("id"), "access", f"{op} needs a worker connection with the full token")
                     await self.conn.drain()
@@ -791,6 +809,19 @@ class ConnSession:
         if kept:
             log.info("worker %s resumed %d running task(s)", self.wid, len(kept))
         self.conn.send(m.resumed(msg["id"], [(graph.keys[i], t) for i, t in kept], lost))
+        await self.conn.drain()
+
+    async def on_code(self, msg: dict[str, Any]) -> None:
+        """Where the jugfile's code lives, and (if asked) the coordinator's copy of it, for a
+        worker on a machine without those directories (see codeship)."""
+        c = self.c
+        assert c.loaded is not None
+        modules: list[dict[str, Any]] = []
+        if msg["bundle"]:
+            bundle = await c.code_bundle()
+            modules = [m.module_item(x.name, x.path, x.is_pkg, x.source) for x in bundle]
+        self.conn.send(m.code_reply(msg["id"], jugfile=str(c.loaded.path),
+                                    roots=c.loaded.code_roots, modules=modules))
         await self.conn.drain()
 
     async def on_status(self, msg: dict[str, Any]) -> None:

@@ -196,6 +196,17 @@ def vectors() -> list[tuple[str, str, str, dict[str, Any]]]:
             "K3 kept under a new token, K4 lost",
             m.resumed(1, kept=[[K3, 1]], lost=[K4]),
         ),
+        ("code", "C>S", "where the jugfile's code lives, with the coordinator's copy",
+         m.code(3, bundle=True)),
+        (
+            "code-reply",
+            "S>C",
+            "roots, and one module of the bundle",
+            m.code_reply(3, jugfile="/home/u/project/analysis.py",
+                         roots=["/home/u/project", "/home/u/project/src"],
+                         modules=[m.module_item("helper", "/home/u/project/helper.py", False,
+                                                b"def f(x):\n    return x + 1\n")]),
+        ),
         ("bye", "C>S", "the worker leaves cleanly (no reply)", m.bye()),
         ("status", "C>S", "status request", m.status(65535, detail=True)),
         (
