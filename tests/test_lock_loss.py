@@ -3,15 +3,23 @@ leases at once and exits with one line: never two coordinators leasing the same 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from procs import Procs, copy_jugfile, env, read_log, status, values, wait_for
+from procs import (
+    Procs,
+    copy_jugfile,
+    env,
+    executions,
+    overlapping,
+    read_log,
+    status,
+    values,
+    wait_for,
+)
 
 from ajug.errors import StoreUnreachable
 from ajug.lockkeeper import LockKeeper, lock_ttl_for
@@ -80,24 +88,6 @@ async def test_lock_that_cannot_be_renewed_for_a_whole_ttl_is_lost() -> None:
     clock.t += 6
     assert await keeper.renew() is False
     assert keeper.lost is not None and "could not renew" in keeper.lost
-
-
-def executions(runlog: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in runlog.read_text().splitlines() if line.strip()]
-
-
-def overlapping(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Pairs of executions of one task that ran at the same time."""
-    by_task: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        by_task.setdefault(r["task"], []).append(r)
-    out = []
-    for rs in by_task.values():
-        rs.sort(key=lambda r: r["start"])
-        for a, b in zip(rs, rs[1:]):
-            if b["start"] < a["end"]:
-                out.append((a, b))
-    return out
 
 
 @pytest.mark.timeout(150)
