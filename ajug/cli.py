@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from typing import Any
 import click
 
 from .errors import AjugError, UsageError
+from .supervisor import RunWatch, Workers
 
 log = logging.getLogger("ajug")
 _VERBOSE = {"level": 0}
@@ -277,7 +279,12 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
             if v is not None:
                 args += [flag, str(v)]
         env = dict(os.environ, AJUG_TOKEN=tok.decode())
-        return supervise([[*args, "--name", f"{name or 'w'}{i}"] for i in range(jobs)], env)
+        from .supervisor import report_death, supervise
+
+        ctx = tls_context(False, tls_cert, tls_key, tls_ca)
+        return supervise([[*args, "--name", f"{name or 'w'}{i}"] for i in range(jobs)],
+                         worker_command, env,
+                         report=lambda death: report_death(host, port, tok, ctx, death))
     from .worker import Worker, WorkerOptions
 
     opts = WorkerOptions(
@@ -307,48 +314,6 @@ def worker_command(args: list[str]) -> list[str]:
 def _forked_main(argv: list[str]) -> None:
     """What a worker forked by ``ajug run`` runs: ``ajug work ...``, as a spawned one would."""
     main(argv)
-
-
-def worth_restarting(rc: int, restarts: int, jobs: int) -> bool:
-    """A worker process exited while the run goes on: start another? Not for 0 (all done) or
-    2 (an ajug error, e.g. coordinator unreachable, that another process would hit too); yes
-    for anything else (a signal, os._exit in a task, a crash), up to 20 restarts per job."""
-    return rc not in (0, 2) and restarts < 20 * jobs
-
-
-def supervise(arg_lists: list[list[str]], env: dict[str, str]) -> int:
-    """Run worker processes; restart one that was killed while the run goes on."""
-    procs = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
-    restarts = 0
-    codes: list[int | None] = [None] * len(procs)
-    try:
-        while any(c is None for c in codes):
-            time.sleep(0.2)
-            finished_ok = any(c == 0 for c in codes)
-            for i, p in enumerate(procs):
-                if codes[i] is not None:
-                    continue
-                rc = p.poll()
-                if rc is None:
-                    continue
-                if not finished_ok and worth_restarting(rc, restarts, len(procs)):
-                    log.warning("worker pid %d exited (%s); starting another", p.pid,
-                                f"signal {-rc}" if rc < 0 else f"status {rc}")
-                    restarts += 1
-                    procs[i] = subprocess.Popen(worker_command(arg_lists[i]), env=env)
-                else:
-                    codes[i] = rc
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        return 130
-    return 0 if all(c == 0 for c in codes) else max((c for c in codes if c), key=abs, default=1)
 
 
 @cli.command()
@@ -403,38 +368,33 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         elif forks is not None:
             forks.cancel()
         prog = RunProgress(enabled=not no_progress)
-        restarts = [0]
+        host = socket.gethostname()
+        # spawned when replaced, even if the first ones were forked: this process has threads now
+        workers = Workers(procs, lambda i: subprocess.Popen(worker_command(arg_lists[i]), env=env),
+                          lambda d: coord.worker_exited(host, d.pid, d.cause, d.detail))
+        watch = RunWatch(n)
 
         def tick(c: Any) -> None:
-            st = c.status()
-            prog.update(st)
-            if c.state == "finished":
+            prog.update(c.status())
+            if c.state == "finished" or not procs:
                 return
-            for i, p in enumerate(procs):
-                rc = p.poll()
-                if rc is not None and worth_restarting(rc, restarts[0], n):
-                    log.warning("worker pid %d exited (%d); starting another", p.pid, rc)
-                    restarts[0] += 1
-                    # spawned, even if the first ones were forked: this process has threads now
-                    procs[i] = subprocess.Popen(worker_command(arg_lists[i]), env=env)
+            deaths = workers.poll()
+            sched = c.sched
+            watch.reason = watch.why_stop(workers, deaths, (sched.completed, sched.reclaimed,
+                                                            len(sched.failures)))
+            if watch.reason:
+                c.stop()
 
         try:
             code = await coord.run(on_tick=tick)
         finally:
-            if coord.state != "finished":
-                # stopped (SIGINT, SIGTERM) or failed: the workers would keep trying for 30 s
-                # to reach a coordinator that is gone
-                for p in procs:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    await asyncio.get_running_loop().run_in_executor(None, p.wait, 10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            await _end_workers(workers, finished=coord.state == "finished")
         st = coord.status()
         prog.close(st)
         _summary(st)
+        if watch.reason:
+            click.echo(f"ajug: error: {watch.reason}", err=True)
+            return 1
         return code
 
     try:
@@ -442,6 +402,26 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
     finally:
         if forks is not None:
             forks.close()  # those never handed a port exit at EOF; none is left a zombie
+
+
+async def _end_workers(workers: Workers, finished: bool) -> None:
+    """After the coordinator stopped: a finished run's workers have heard so and leave; a
+    replacement started just before the end (still connecting) or the workers of a stopped
+    run would keep trying to reach a coordinator that is gone: they get SIGTERM."""
+    loop = asyncio.get_running_loop()
+    workers.replace = False
+    procs = workers.alive()
+    deadline = time.monotonic() + (2.0 if finished else 0.0)
+    while finished and any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            await loop.run_in_executor(None, p.wait, 10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 @cli.command()

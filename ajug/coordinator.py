@@ -365,6 +365,20 @@ class Coordinator:
         if self.store is not None:
             self.store.close()
 
+    def worker_exited(self, host: str, pid: int, cause: str, detail: str) -> None:
+        """How a worker process ended, from its supervisor: only the deaths a task caused count
+        against the tasks it was running (``Scheduler.worker_exited``)."""
+        sched = self.sched
+        if sched is None:
+            return
+        blamed = sched.worker_exited(host, pid, cause, detail)
+        if blamed and cause == "outside":
+            log.warning("worker pid %d on %s was killed from outside (%s): its %d task(s) are "
+                        "not blamed for it", pid, host, detail, len(blamed))
+            self._notify()
+        elif blamed:
+            log.info("worker pid %d on %s died: %s", pid, host, detail)
+
     def lock_fresh(self) -> bool:
         """The owner lock was renewed within its renewal period: leases may be handed out."""
         return self.keeper is None or self.keeper.fresh()
@@ -462,14 +476,20 @@ class Coordinator:
             funcs.append({"name": f.name, **{STATE_NAMES[s]: c[s] for s in range(6)}})
         totals = sched.totals()
         workers = []
+        leases, remaining = sched.leases, sched.remaining
         for w in sched.workers.values():
+            # longest running first: a hung task shows at the top, with how long it has run
+            # (None for a follow-on lease still waiting for its inputs on that worker)
+            held = sorted(w.leases, key=lambda i: leases[i].since)[:50]
             workers.append(
                 {
                     "id": w.wid,
                     "host": w.host,
                     "pid": w.pid,
                     "name": w.name,
-                    "running": [graph.keys[i] for i in sorted(w.leases)][:50],
+                    "running": [graph.keys[i] for i in held],
+                    "running_s": [None if remaining[i] else round(now - leases[i].since, 1)
+                                  for i in held],
                     "n_running": len(w.leases),
                     "done": w.done,
                     "failed": w.failed,
@@ -488,6 +508,7 @@ class Coordinator:
                     "msg": fl.msg,
                     "tb": tb,
                     "attempts": fl.attempts,
+                    "causes": fl.causes,
                     "worker": fl.worker,
                 }
             )
@@ -554,10 +575,12 @@ class ConnSession:
         sched = self.c.sched
         if sched is not None and self.wid in sched.workers:
             lost = sched.remove_worker(self.wid)
-            log.info("worker %s disconnected%s", self.wid,
-                     f", {len(lost)} lease(s) back to ready" if lost else "")
-            if lost:
+            if lost:  # a worker lost in the middle of its work: worth a line without -v
+                log.warning("worker %s disconnected, %d lease(s) back to ready", self.wid,
+                            len(lost))
                 self.c._notify()
+            else:
+                log.info("worker %s disconnected", self.wid)
 
     def error(self, re: int | None, code: str, msg: str) -> None:
         self.conn.send(m.error(re, code, msg))
@@ -591,7 +614,8 @@ class ConnSession:
                     if ERROR_CODES.get(msg["code"], False):
                         return
                     continue
-                if op in ("lease", "renew", "resume", "code", "shutdown", "invalidate") and (
+                if op in ("lease", "renew", "resume", "code", "shutdown", "invalidate",
+                          "exited") and (
                     self.access != "full"
                     or (self.role != "worker" and op in ("lease", "renew", "resume", "code"))
                 ):
@@ -833,6 +857,12 @@ class ConnSession:
         self.conn.send(m.ok(msg["id"]))
         await self.conn.drain()
         self.c.stop()
+
+    async def on_exited(self, msg: dict[str, Any]) -> None:
+        """A supervisor (``ajug work -j N``) says how one of its worker processes ended."""
+        self.c.worker_exited(msg["host"], msg["pid"], msg["cause"], msg["detail"])
+        self.conn.send(m.ok(msg["id"]))
+        await self.conn.drain()
 
     async def on_invalidate(self, msg: dict[str, Any]) -> None:
         sched, graph = self.c.sched, self.c.graph

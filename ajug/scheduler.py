@@ -15,12 +15,8 @@ Lease rules (DESIGN.md, "Leases and failures"):
 - a ``done`` for a lease that is no longer current is the caller's to verify in the store
   (``complete`` returns False) and then ``accept_late``.
 
-Results that vanish (a redis that lost its data, a deleted or damaged file): a worker that finds
-an input missing reports it (``input_missing``), and the coordinator checks the results of the
-run before it calls the run finished (``unverified``, then ``lost_results``). Either way the
-input is DONE no more: it is ready again, its dependents wait for it, and nothing counts as an
-attempt. A result that vanishes ``MAX_VANISHED`` times is failed as a store problem instead of
-being computed for ever.
+What to do when a result vanishes from the store, and whom to blame when a worker dies, is in
+``recovery`` (a part of this class).
 
 Follow-on leases (a worker that asks with ``follow``): a waiting task whose unfinished inputs
 are all leased to that worker is leased to it as well, to run right after them on the same
@@ -34,60 +30,31 @@ from __future__ import annotations
 import operator
 import time
 from array import array
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from itertools import accumulate, compress
 from typing import Any
 
 from .graph import Graph
-
-WAITING, READY, RUNNING, DONE, FAILED, BLOCKED = range(6)
-STATE_NAMES = ("waiting", "ready", "running", "done", "failed", "blocked")
-#: A task whose result vanishes from the store this many times is failed (kind "store"): a
-#: store that keeps losing results (or a worker writing to another store) is not computed for ever.
-MAX_VANISHED = 5
-
-
-@dataclass
-class Lease:
-    idx: int
-    worker: str
-    tok: int
-    deadline: float
-    #: when the task could start: granted, or (a follow-on lease) its last input done
-    since: float = 0.0
-
-
-@dataclass
-class WorkerInfo:
-    wid: str
-    host: str = ""
-    pid: int = 0
-    name: str = ""
-    connected_at: float = 0.0
-    last_seen: float = 0.0
-    done: int = 0
-    failed: int = 0
-    leases: set[int] = field(default_factory=set)
-    #: asks for follow-on leases (it runs a lease's ``after`` inputs first)
-    follow: bool = False
-    #: leased tasks whose dependents have not all been looked at: [task, next rdep position]
-    frontier: deque[list[int]] = field(default_factory=deque)
+from .recovery import Recovery
+from .taskstate import (
+    BLOCKED,
+    DONE,
+    FAILED,
+    MAX_NOTES,
+    MAX_REMEMBERED,
+    MAX_VANISHED,
+    READY,
+    RUNNING,
+    STATE_NAMES,
+    WAITING,
+    Failure,
+    Lease,
+    WorkerInfo,
+)
 
 
-@dataclass
-class Failure:
-    idx: int
-    kind: str  # "exception", "worker-lost", "store", "input-missing"
-    type: str
-    msg: str
-    tb: str
-    worker: str
-    attempts: int
-
-
-class Scheduler:
+class Scheduler(Recovery):
     def __init__(
         self,
         graph: Graph,
@@ -109,6 +76,12 @@ class Scheduler:
         self.leases: dict[int, Lease] = {}
         self.workers: dict[str, WorkerInfo] = {}
         self.lost_count: dict[int, int] = {}
+        #: per task that lost a worker: how, each time (for the failure record)
+        self.loss_notes: dict[int, list[str]] = {}
+        #: leases lost with a worker whose cause is not known yet, and causes not yet matched
+        #: (task, index of its note in loss_notes) per dead worker
+        self._departed: OrderedDict[tuple[str, int], list[tuple[int, int]]] = OrderedDict()
+        self._causes: OrderedDict[tuple[str, int], tuple[str, bool]] = OrderedDict()
         self.error_count: dict[int, int] = {}
         self.failures: dict[int, Failure] = {}
         self.counts = [[0] * 6 for _ in graph.functions]
@@ -213,13 +186,23 @@ class Scheduler:
         return w
 
     def remove_worker(self, wid: str) -> list[int]:
-        """The worker is gone (closed connection): its leases are ready again at once."""
+        """The worker is gone (closed connection): its leases are ready again at once. Each
+        counts as an attempt unless its supervisor has said (or says later: ``worker_exited``)
+        that it was killed from outside."""
         w = self.workers.pop(wid, None)
         if w is None:
             return []
         lost = list(w.leases)
+        cause = self._causes.pop((w.host, w.pid), None)
+        why, counts = ("connection closed", True) if cause is None else cause
+        lost_here = []  # each task that had started, with the place of this loss's note
         for i in lost:
-            self._lose(i, "connection closed")
+            if self._lose(i, why, counts):
+                lost_here.append((i, len(self.loss_notes[i]) - 1))
+        if cause is None and lost_here:
+            self._departed[(w.host, w.pid)] = lost_here
+            while len(self._departed) > MAX_REMEMBERED:
+                self._departed.popitem(last=False)
         return lost
 
     # -- leases ---------------------------------------------------------------------------
@@ -437,99 +420,6 @@ class Scheduler:
         )
         return "failed"
 
-    # -- results that vanished -------------------------------------------------------------
-    def input_missing(self, wid: str, i: int, tok: int, j: int) -> str:
-        """The worker of ``i`` found the result of its input ``j`` missing or damaged.
-
-        ``j`` is computed again (``lost_results``) and ``i`` waits for it; no attempt is counted,
-        whoever is to blame it is not ``i``. Returns "waiting", "blocked" (``j`` vanished too
-        often and was failed), or "stale" (the lease of ``i`` is not current: only ``j`` is
-        looked at)."""
-        self.lost_results([j])
-        lease = self.leases.get(i)
-        if lease is None or lease.tok != tok:
-            return "stale"
-        self._release(lease)
-        self._revoke_followers(i)
-        self._requeue(i)
-        return "blocked" if self.state[i] == BLOCKED else "waiting"
-
-    def lost_results(self, idxs: Iterable[int]) -> list[int]:
-        """These tasks were done but their results are gone (missing or damaged): they are
-        ready again and their dependents that did not start wait for them. Returns the tasks
-        that were done (the others are already being computed again)."""
-        st, rem, rs, ri = self.state, self.remaining, self.rdep_start, self.rdep_idx
-        lost = []
-        for j in idxs:
-            if st[j] != DONE:
-                continue
-            lost.append(j)
-            self.vanished += 1
-            n = self.vanish_count[j] = self.vanish_count.get(j, 0) + 1
-            if n >= MAX_VANISHED:
-                msg = (
-                    f"its result vanished from the store {n} times after it was computed: is "
-                    "something deleting results, or do some workers write to another store "
-                    "(a worker's --store must point where the coordinator's does)?"
-                )
-                self._fail(j, Failure(j, "store", "ResultVanished", msg, "", "", n))
-            else:
-                self._vanished.add(j)
-                self._requeue(j)
-            for p in range(rs[j], rs[j + 1]):
-                k = ri[p]
-                s = st[k]
-                if s == WAITING:
-                    rem[k] += 1
-                elif s == READY:  # not started: it waits for j again (left in the ready deque,
-                    rem[k] = 1  # which skips tasks that are no longer READY)
-                    self._set(k, WAITING)
-                elif s == RUNNING and rem[k]:  # a follow-on lease: j is not its worker's to run
-                    lease = self.leases.get(k)
-                    if lease is not None:
-                        self._release(lease)
-                    self._revoke_followers(k)
-                    self._set(k, WAITING)
-                    rem[k] += 1
-                # running for real: it has j (cached) or reports it missing; done, failed or
-                # blocked: nothing to change
-                if st[j] == FAILED and st[k] in (WAITING, READY):
-                    self._fail_downstream(k)
-        return lost
-
-    def _requeue(self, i: int) -> None:
-        """Back to waiting for its inputs, or ready; blocked if one of them failed."""
-        st, ds, di = self.state, self.graph.dep_start, self.graph.dep_idx
-        r = 0
-        for q in range(ds[i], ds[i + 1]):
-            s = st[di[q]]
-            if s == FAILED or s == BLOCKED:
-                self._set(i, BLOCKED)
-                self._fail_downstream(i)
-                return
-            if s != DONE:
-                r += 1
-        self.remaining[i] = r
-        if r:
-            self._set(i, WAITING)
-        else:
-            self._set(i, READY)
-            self.ready.appendleft(i)
-
-    def _fail_downstream(self, i: int) -> None:
-        """``i`` cannot run (an input failed): it and what waits on it are blocked."""
-        if self.state[i] in (WAITING, READY):
-            self._set(i, BLOCKED)
-        stack = [i]
-        rs, ri, st = self.rdep_start, self.rdep_idx, self.state
-        while stack:
-            k = stack.pop()
-            for p in range(rs[k], rs[k + 1]):
-                j = ri[p]
-                if st[j] in (WAITING, READY):
-                    self._set(j, BLOCKED)
-                    stack.append(j)
-
     def _fail(self, i: int, failure: Failure) -> None:
         self._set(i, FAILED)
         self.failures[i] = failure
@@ -565,26 +455,30 @@ class Scheduler:
             self._set(i, READY)
             self.ready.appendleft(i)
 
-    def _lose(self, i: int, why: str) -> None:
+    def _lose(self, i: int, why: str, counts: bool = True) -> bool:
+        """The lease of ``i`` is lost with its worker. True if the task had started (an
+        attempt, when ``counts``); a follow-on that never started just waits again."""
         lease = self.leases.get(i)
         if lease is None:
-            return
+            return False
         self._release(lease)
         self._revoke_followers(i)
         if self.remaining[i]:  # a follow-on that never started: no attempt lost
             self._set(i, WAITING)
-            return
+            return False
         self.reclaimed += 1
+        self.loss_notes.setdefault(i, []).append(why if counts else why + " (not counted)")
+        if not counts:
+            self._set(i, READY)
+            self.ready.appendleft(i)
+            return True
         n = self.lost_count[i] = self.lost_count.get(i, 0) + 1
         if n >= self.max_attempts:
-            msg = (
-                f"lost its worker {n} times (last: {why}); suspected of killing workers, "
-                "so it is not handed out again"
-            )
-            self._fail(i, Failure(i, "worker-lost", "WorkerLost", msg, "", lease.worker, n))
+            self._fail(i, self._suspect(i, lease.worker, n))
         else:
             self._set(i, READY)
             self.ready.appendleft(i)
+        return True
 
     def expire(self) -> list[int]:
         """Reclaim every lease past its deadline (a frozen or unreachable worker)."""
@@ -657,3 +551,7 @@ class Scheduler:
 
     def all_done(self) -> bool:
         return self.totals()[DONE] == len(self.state)
+
+
+__all__ = ["BLOCKED", "DONE", "FAILED", "MAX_NOTES", "MAX_REMEMBERED", "MAX_VANISHED", "READY",
+           "RUNNING", "STATE_NAMES", "WAITING", "Failure", "Lease", "Scheduler", "WorkerInfo"]

@@ -99,6 +99,7 @@ def test_damaged_results_are_computed_again_in_one_run(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     store = tmp_path / "steps.ajugdata"
+    assert list((store / "tmp").iterdir()) == []  # no writer's directory left behind
     code = ("import json, ajug\n"
             f"_, ns = ajug.init({str(jugfile)!r})\n"
             "print(json.dumps([t.key for t in ns['steps']] + [ns['total'].key]))\n")

@@ -27,6 +27,8 @@ NONCE_BYTES = 16
 PROOF_BYTES = 32
 
 ROLES = ("worker", "client")
+#: ``exited.cause``: the worker died by itself, was killed from outside, or nobody can tell.
+DEATH_CAUSES = ("task", "outside", "unknown")
 ACCESS = ("full", "read")
 LEASE_STATES = ("run", "idle", "finished")
 #: ``error`` codes, and whether the sender closes the connection after sending it.
@@ -45,9 +47,10 @@ ERROR_CODES: dict[str, bool] = {
 #: may also give client orders: it holds the full token, which would open a client connection.
 ROLE_OPS: dict[str, frozenset[str]] = {
     "worker": frozenset(
-        {"lease", "renew", "resume", "code", "bye", "status", "shutdown", "invalidate", "error"}
+        {"lease", "renew", "resume", "code", "bye", "status", "shutdown", "invalidate", "exited",
+         "error"}
     ),
-    "client": frozenset({"status", "shutdown", "invalidate", "bye", "error"}),
+    "client": frozenset({"status", "shutdown", "invalidate", "exited", "bye", "error"}),
 }
 #: Ops that a connection with access "read" may send.
 READ_OPS = frozenset({"status", "bye", "error"})
@@ -299,6 +302,8 @@ SCHEMAS: dict[Sender, dict[str, _Struct]] = {
         "status": _Struct(id=UINT, detail=BOOL),
         "shutdown": _Struct(id=UINT),
         "invalidate": _Struct(id=UINT, keys=_List(KEY)),
+        "exited": _Struct(id=UINT, host=STR, pid=INT, status=INT,
+                          cause=_enum(*DEATH_CAUSES), detail=STR),
         "error": _Struct(re=NIL_OR_UINT, code=STR, msg=STR),
     },
     "server": {
@@ -540,6 +545,13 @@ def shutdown(id: int) -> dict[str, Any]:
 
 def invalidate(id: int, keys: Iterable[str]) -> dict[str, Any]:
     return {"op": "invalidate", "id": id, "keys": list(keys)}
+
+
+def exited(id: int, host: str, pid: int, status: int, cause: str, detail: str) -> dict[str, Any]:
+    """A supervisor tells how one of its worker processes ended (``status``: an exit status,
+    or minus the signal that killed it)."""
+    return {"op": "exited", "id": id, "host": host, "pid": pid, "status": status,
+            "cause": cause, "detail": detail}
 
 
 def ok(re: int) -> dict[str, Any]:

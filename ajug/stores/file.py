@@ -577,6 +577,32 @@ class FileStore(Store):
     def owner_lock(self, ttl_s: float = 30.0) -> OwnerLock:
         return FileOwnerLock(self, ttl_s)
 
+    def close(self) -> None:
+        """This process's temporary directory goes, if empty (a writer killed leaves its own:
+        ``prune_tmp`` and ``cleanup`` remove it)."""
+        own, self._own_tmp = self._own_tmp, ""
+        if own:
+            try:
+                os.rmdir(own)
+            except OSError:
+                pass
+
+    def prune_tmp(self) -> None:
+        """Remove the empty temporary directories of writers that died on this host (cheap:
+        one listing of ``tmp/``; a coordinator does it when it starts)."""
+        try:
+            entries = list(os.scandir(self.tmpdir))
+        except OSError:
+            return
+        for entry in entries:
+            host, _, pid = entry.name.rpartition(".")
+            if host == HOST and pid.isdigit() and entry.is_dir(follow_symlinks=False) \
+                    and not pid_alive(int(pid)):
+                try:
+                    os.rmdir(entry.path)
+                except OSError:
+                    pass
+
 
 def _is_key(key: str) -> bool:
     return KEY_RE.fullmatch(key) is not None
@@ -652,6 +678,7 @@ class FileOwnerLock(OwnerLock):
             self.store._ensure_root()
         except OSError as e:
             raise self.store._translate(e) from e
+        self.store.prune_tmp()
         deadline = time.monotonic() + LOCK_WRITE_GRACE_S
         while True:
             try:

@@ -160,6 +160,19 @@ def vectors() -> list[tuple[str, str, str, dict[str, Any]]]:
             ),
         ),
         (
+            "lease-input-missing",
+            "C>S",
+            "a task handed back: the result of its input K1 is not in the store",
+            m.lease(
+                201,
+                want=1,
+                wait_ms=1000,
+                failed=[[K4, 9, m.task_error(
+                    "ResultMissing", f"no result for {K1} in /data/jugfile.ajugdata", "",
+                    "input-missing", K1)]],
+            ),
+        ),
+        (
             "lease-follow",
             "C>S",
             "a worker that honours after: may get follow-on leases",
@@ -237,7 +250,13 @@ def vectors() -> list[tuple[str, str, str, dict[str, Any]]]:
             "forget results so that they are computed again",
             m.invalidate(4, [K1, K2]),
         ),
-        ("ok", "S>C", "reply to shutdown or invalidate", m.ok(4)),
+        (
+            "exited",
+            "C>S",
+            "a supervisor says how one of its worker processes ended",
+            m.exited(5, "node1", 4243, -9, "outside", "SIGKILL from outside"),
+        ),
+        ("ok", "S>C", "reply to shutdown, invalidate or exited", m.ok(4)),
         (
             "error",
             "S>C",
