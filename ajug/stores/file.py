@@ -239,7 +239,7 @@ class FileStore(Store):
                     # one write(2) for small results: most tasks return something small
                     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
                     try:
-                        data = b"".join(enc.pieces)
+                        data = encoding.join(enc)
                         if os.write(fd, data) != len(data):
                             raise OSError(errno.ENOSPC, "short write")
                         if self.fsync:

@@ -46,7 +46,7 @@ class MemoryStore(Store):
     def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> int:
         check_key(key)
         enc = encoding.as_encoded(value, meta, self.compress)
-        blob = b"".join(enc.pieces)
+        blob = encoding.join(enc)
         with self._mutex:
             self._data[key] = blob
             self._meta[key] = enc.meta

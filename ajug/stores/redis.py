@@ -89,6 +89,8 @@ MANIFEST_PEEK_BYTES = 256
 #: commands carrying more than this go through the zero-copy client
 BULK_BYTES = 1024 * 1024
 DEFAULT_CHUNK_BYTES = 64 << 20
+#: A chunk is read in slices of this size (one GETRANGE each).
+READ_SLICE_BYTES = 16 << 20
 MAX_CHUNK_BYTES = 512 << 20  # redis refuses larger values
 #: An uncommitted chunk disappears after this even if nobody runs cleanup().
 CHUNK_TTL_MS = 24 * 3600 * 1000
@@ -289,7 +291,7 @@ class RedisStore(Store):
         enc = encoding.as_encoded(value, meta, self.compress)
         meta_bytes = enc.meta_bytes
         if enc.size <= self.chunk_bytes:
-            blob = b"".join(enc.pieces)
+            blob = encoding.join(enc)
             self._commit(key, blob, meta_bytes, None, 0)
             return enc.size
         for _attempt in range(3):
@@ -305,18 +307,23 @@ class RedisStore(Store):
         marker = self.keys.upload(key, upload)
         mark = json.dumps({"host": HOST, "pid": os.getpid(), "started": time.time()})
         n = 0
+
+        def emit(chunk: encoding.Piece) -> None:
+            """Each chunk goes as soon as it is whole: one chunk in memory at a time."""
+            nonlocal n
+            ck = self.keys.chunk(key, upload, n)
+
+            def put() -> None:
+                pipe = self.r_bulk.pipeline(transaction=False)
+                pipe.set(marker, mark, px=UPLOAD_MARK_TTL_MS)
+                pipe.set(ck, chunk, px=CHUNK_TTL_MS)
+                pipe.execute()
+
+            n += 1
+            self._call(put)
+
         try:
-            for i, chunk in enumerate(encoding.iter_chunks(enc, self.chunk_bytes)):
-                ck = self.keys.chunk(key, upload, i)
-
-                def put(ck: str = ck, chunk: encoding.Piece = chunk) -> None:
-                    pipe = self.r_bulk.pipeline(transaction=False)
-                    pipe.set(marker, mark, px=UPLOAD_MARK_TTL_MS)
-                    pipe.set(ck, chunk, px=CHUNK_TTL_MS)
-                    pipe.execute()
-
-                n = i + 1
-                self._call(put)
+            encoding.write_chunks(enc, self.chunk_bytes, emit)
             manifest = MANIFEST_MAGIC + msgpack.packb({"u": upload, "n": n, "len": enc.size})
             self._commit(key, manifest, meta_bytes, upload, n)
         except BaseException:
@@ -369,10 +376,10 @@ class RedisStore(Store):
             check_key(key)
             enc = encoding.as_encoded(value, meta, self.compress)
             if enc.size > self.chunk_bytes:
-                sizes[n] = self.save(key, value, meta)
+                sizes[n] = self.save(key, enc, None)  # encoded once: not pickled again
                 continue
             sizes[n] = enc.size
-            small.append((n, key, b"".join(enc.pieces), enc.meta_bytes))
+            small.append((n, key, encoding.join(enc), enc.meta_bytes))
         if not small:
             return sizes
 
@@ -486,20 +493,37 @@ class RedisStore(Store):
         raise ResultMissing(f"result {key} in redis at {self.addr} kept changing while being read", key=key)
 
     def _read_chunked(self, key: str, m: dict[str, Any], decode: Callable[[Any, int], T]) -> T:
+        """Chunks are read in slices of ``READ_SLICE_BYTES`` (GETRANGE), so that a reader holds
+        a slice, not a whole chunk and redis-py's buffer for it as well."""
         rkey = self.keys.result(key)
+        n, total = m["n"], m["len"]
 
-        def fetch(i: int) -> bytes:
-            chunk = self._call(lambda: self.r.get(self.keys.chunk(key, m["u"], i)))
-            if chunk is None:
-                now = _manifest(
-                    self._call(lambda: self.r.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1))
-                )
-                if now != m:
-                    raise _ChunksLost()
-                raise ResultDamaged(f"chunk {i} of {m['n']} is missing")
-            return chunk
+        def lost(i: int) -> Exception:
+            now = _manifest(self._call(lambda: self.r.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1)))
+            if now != m:
+                return _ChunksLost()
+            return ResultDamaged(f"chunk {i} of {n} is missing or cut short")
 
-        return decode(encoding.ChunkReader(m["n"], fetch), m["len"])
+        # every chunk but the last has the writer's chunk size: the first one's length
+        first = self._call(lambda: self.r.strlen(self.keys.chunk(key, m["u"], 0)))
+        if not first or (n - 1) * first >= total or n * first < total:
+            raise lost(0)
+        per = -(-first // READ_SLICE_BYTES)  # slices per chunk
+        last_len = total - (n - 1) * first
+        count = (n - 1) * per + -(-last_len // READ_SLICE_BYTES)
+
+        def fetch(j: int) -> bytes:
+            i, k = divmod(j, per)
+            size = first if i < n - 1 else last_len
+            start = k * READ_SLICE_BYTES
+            want = min(READ_SLICE_BYTES, size - start)
+            ck = self.keys.chunk(key, m["u"], i)
+            part = self._call(lambda: self.r.getrange(ck, start, start + want - 1))
+            if len(part) != want:
+                raise lost(i)
+            return part
+
+        return decode(encoding.ChunkReader(count, fetch), total)
 
     def intact(self, keys: Sequence[str], sizes: Sequence[int] | None = None) -> list[bool]:
         """Present, with the length their metadata states (a script per thousand keys). Values
