@@ -93,6 +93,8 @@ class Coordinator:
         self._loaded = asyncio.Event()
         self._conns: dict[str, Any] = {}
         self.keeper: LockKeeper | None = None
+        #: started on a store whose coordinator died mid-run (its expired lock taken over)
+        self.took_over = False
         self._reloading = False
         self.loads = 0
         self.resume_until = 0.0
@@ -126,6 +128,7 @@ class Coordinator:
         keeper = LockKeeper(lock, ttl, self.store.url)
         await keeper.acquire()
         self.keeper = keeper
+        self.took_over = lock.took_over
         if lock.took_over:
             # a restart: workers of the previous coordinator are reconnecting; let them say
             # what they are still running (resume) before anything is handed out again
@@ -165,7 +168,8 @@ class Coordinator:
         jugdir = Path(loaded.path).parent
         graph = await loop.run_in_executor(None, build_graph, loaded.tasks, jugdir)
         self._release_tasks(loaded)
-        done = await loop.run_in_executor(None, self._exists_all, graph.keys)
+        found = await loop.run_in_executor(None, self._exists_all, graph.keys)
+        done = [n is not None for n in found]
         sched = Scheduler(
             graph,
             lease_ttl_s=self.s.lease_ttl_s,
@@ -174,6 +178,7 @@ class Coordinator:
             clock=self.clock,
         )
         gone: list[int] = []
+        gone_set: set[int] = set()
         if old is not None and self.graph is not None:
             # done before the barrier, missing now (a redis that lost its data, a deleted or
             # damaged file): computed again, like any result that vanishes
@@ -186,11 +191,16 @@ class Coordinator:
         if old is not None and self.graph is not None:  # past a barrier: same workers, counters
             sched.inherit(old, self.graph)
         if gone:
+            gone_set = set(gone)
             sched.lost_results(gone)
             log.warning("%d result(s) done before the barrier vanished from the store: computing "
                         "them again", len(gone))
         self.loaded, self.graph, self.sched = loaded, graph, sched
-        self.sizes = array("Q", bytes(8 * len(graph)))
+        self.sizes = array("Q", (n or 0 for n in found))
+        if self.took_over and old is None:
+            # a restart in the middle of a run: what its previous coordinator had done is this
+            # run's too, and is confirmed present before the run is called finished
+            sched.unverified.extend(i for i, d in enumerate(done) if d and i not in gone_set)
         self.loads += 1
         self.state = "running"
         t = sched.totals()
@@ -214,12 +224,13 @@ class Coordinator:
             gc.collect()
             _trim_heap()
 
-    def _exists_all(self, keys: list[str]) -> list[bool]:
+    def _exists_all(self, keys: list[str]) -> list[int | None]:
         """One call for the whole graph: the store batches it its own way (a listing per
         fan-out directory, pipelines of a thousand keys on redis). A damaged result (a file
-        cut short, not ajug's) does not count as done (``Store.intact``)."""
+        cut short, not ajug's) does not count as done (``Store.intact``); the lengths of the
+        others are kept for the end-of-run check."""
         assert self.store is not None
-        return self.store.intact(keys)
+        return self.store.intact_sizes(keys)
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self, on_tick: Callable[[Coordinator], None] | None = None) -> int:

@@ -123,6 +123,12 @@ class Store(abc.ABC):
         check use this; ``verify`` reads all."""
         return self.exists(keys)
 
+    def intact_sizes(self, keys: Sequence[str]) -> list[int | None]:
+        """``intact`` with each result's encoded length where the backend knows it at no extra
+        cost (0: not known; None: missing or damaged). The coordinator's start-up scan keeps
+        them for its end-of-run check."""
+        return [0 if ok else None for ok in self.intact(keys)]
+
     def verify(self, keys: Sequence[str], set_aside: bool = False) -> list[str | None]:
         """Read each result whole and check every checksum (``ajug check --verify``): None per
         result that is whole or missing, else why it is damaged. ``set_aside``: a damaged

@@ -367,15 +367,20 @@ class FileStore(Store):
         (a load moves them)."""
         if sizes is not None:
             return self._sizes_match(keys, sizes)
-        out = self.exists(keys)
+        return [n is not None for n in self.intact_sizes(keys)]
+
+    def intact_sizes(self, keys: Sequence[str]) -> list[int | None]:
+        """``intact`` with each whole result's length (None: missing or damaged)."""
+        present = self.exists(keys)
+        out: list[int | None] = [None] * len(keys)
         damaged: list[tuple[str, str]] = []
         for i, key in enumerate(keys):
-            if out[i]:
-                why = self._head_damage(self._path(key))
-                if why is not None:
-                    out[i] = False
-                    if why:
-                        damaged.append((key, why))
+            if present[i]:
+                why, size = self._head_damage(self._path(key))
+                if why is None:
+                    out[i] = size
+                elif why:
+                    damaged.append((key, why))
         if damaged:
             key, why = damaged[0]
             log.warning("%d result(s) in %s are damaged (e.g. %s: %s): they count as missing "
@@ -398,7 +403,7 @@ class FileStore(Store):
             except OSError as e:
                 raise self._translate(e) from e
             if not ok:
-                ok = self._head_damage(path) is None
+                ok = self._head_damage(path)[0] is None
                 damaged += not ok
             out.append(ok)
         if damaged:
@@ -406,12 +411,12 @@ class FileStore(Store):
                         "as missing and are computed again", damaged, self.root)
         return out
 
-    def _head_damage(self, path: str) -> str | None:
-        """None if the file looks whole; else why not ("" if it vanished meanwhile)."""
+    def _head_damage(self, path: str) -> tuple[str | None, int]:
+        """(None, its size) if the file looks whole; else (why not, 0): "" if it vanished."""
         try:
             fd = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
-            return ""
+            return "", 0
         except OSError as e:
             raise self._translate(e) from e
         try:
@@ -421,13 +426,15 @@ class FileStore(Store):
                 stated = encoding.stated_length(
                     lambda at, n: head[at : at + n] if at + n <= len(head) else os.pread(fd, n, at)
                 )
-                return None if stated == size else f"{size} bytes, its header says {stated}"
+                if stated != size:
+                    return f"{size} bytes, its header says {stated}", 0
+                return None, size
             self._check_jug(size)
             if size and not encoding.looks_like_jug(head):
-                return "neither ajug's nor one of jug's formats"
-            return None
+                return "neither ajug's nor one of jug's formats", 0
+            return None, size
         except ResultDamaged as e:
-            return str(e)
+            return str(e), 0
         except OSError as e:
             raise self._translate(e) from e
         finally:

@@ -64,15 +64,19 @@ class MemoryStore(Store):
 
     def intact(self, keys: Sequence[str], sizes: Sequence[int] | None = None) -> list[bool]:
         """Present, with a header that states the blob's length (as the file store checks)."""
+        return [n is not None for n in self.intact_sizes(keys)]
+
+    def intact_sizes(self, keys: Sequence[str]) -> list[int | None]:
         with self._mutex:
             blobs = [self._data.get(check_key(k)) for k in keys]
-        out = []
+        out: list[int | None] = []
         for blob in blobs:
             try:
-                out.append(blob is not None and encoding.stated_length(
-                    lambda at, n, b=blob: b[at : at + n]) == len(blob))
+                ok = blob is not None and encoding.stated_length(
+                    lambda at, n, b=blob: b[at : at + n]) == len(blob)
             except ResultDamaged:
-                out.append(False)
+                ok = False
+            out.append(len(blob) if ok and blob is not None else None)
         return out
 
     def verify(self, keys: Sequence[str], set_aside: bool = False) -> list[str | None]:

@@ -152,29 +152,28 @@ return out
 """
 
 
-#: KEYS: result and metadata key of each result, in pairs. Per result: 1 if it is there, starts
-#: as a result or a manifest does, and its length (or its manifest's) is the size its metadata
-#: states; else 0 (a value cut short or overwritten).
+#: KEYS: result and metadata key of each result, in pairs. Per result: its length if it is
+#: there, starts as a result or a manifest does, and its length (or its manifest's) is the size
+#: its metadata states; else -1 (missing, cut short or overwritten).
 _INTACT_BATCH_LUA = """
 local out = {}
 for i = 1, #KEYS, 2 do
   local head = redis.call('GETRANGE', KEYS[i], 0, 3)
-  local ok = 0
+  local ok = -1
   if head == 'AJUG' or head == 'AJCM' then
-    ok = 1
+    local len
+    if head == 'AJCM' then
+      local g, man = pcall(cmsgpack.unpack, string.sub(redis.call('GET', KEYS[i]), 5))
+      len = (g and type(man) == 'table' and type(man['len']) == 'number' and man['len']) or -1
+    else
+      len = redis.call('STRLEN', KEYS[i])
+    end
+    ok = len
     local m = redis.call('GET', KEYS[i + 1])
     local good, meta = false, nil
     if m then good, meta = pcall(cmsgpack.unpack, m) end
-    if good and type(meta) == 'table' and type(meta['size']) == 'number' then
-      local len
-      if head == 'AJCM' then
-        local g, man = pcall(cmsgpack.unpack, string.sub(redis.call('GET', KEYS[i]), 5))
-        len = (g and type(man) == 'table' and man['len']) or -1
-      else
-        len = redis.call('STRLEN', KEYS[i])
-      end
-      if len ~= meta['size'] then ok = 0 end
-    end
+    if good and type(meta) == 'table' and type(meta['size']) == 'number'
+        and len ~= meta['size'] then ok = -1 end
   end
   out[#out + 1] = ok
 end
@@ -529,13 +528,16 @@ class RedisStore(Store):
         """Present, with the length their metadata states (a script per thousand keys). Values
         are written whole, so this finds results cut short by another program; a chunk that
         went missing is found by ``load`` (and ``verify``)."""
-        out: list[bool] = []
+        return [n is not None for n in self.intact_sizes(keys)]
+
+    def intact_sizes(self, keys: Sequence[str]) -> list[int | None]:
+        out: list[int | None] = []
         for i in range(0, len(keys), BATCH_KEYS):
             batch: list[str] = []
             for k in keys[i : i + BATCH_KEYS]:
                 batch += [self.keys.result(check_key(k)), self.keys.meta(k)]
             got = self._call(lambda batch=batch: self._intact_batch(keys=batch))
-            out.extend(bool(x) for x in got)
+            out.extend(int(x) if x >= 0 else None for x in got)
         return out
 
     def exists(self, keys: Sequence[str]) -> list[bool]:
