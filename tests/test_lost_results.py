@@ -159,6 +159,86 @@ async def test_run_is_finished_only_once_its_results_are_confirmed(tmp_path: Pat
     await coord.close()
 
 
+BARRIER = """
+from ajug import TaskGenerator, bvalue
+
+@TaskGenerator
+def double(x):
+    return 2 * x
+
+@TaskGenerator
+def add(xs):
+    return sum(xs)
+
+firsts = [double(i) for i in range(4)]
+total = bvalue(add(firsts))
+after = [double(total + i) for i in range(3)]
+"""
+
+
+async def test_results_lost_before_a_barrier_are_computed_again_not_failed_on(
+        tmp_path: Path) -> None:
+    """Before the jugfile is loaded past a barrier, what was done before it is confirmed; what
+    vanished meanwhile (even after that check) is computed again, where it used to stop the
+    run with a StoreError."""
+    from ajug.coordinator import Coordinator, Settings
+    from ajug.graph import decode_args
+    from ajug.stores.memory import MemoryStore
+    from ajug.task import Task, value
+
+    jugfile = tmp_path / "barrier.py"
+    jugfile.write_text(BARRIER)
+    coord = Coordinator(Settings(jugfile=str(jugfile), store_url="memory:"))
+    coord.store = store = MemoryStore()
+    await coord.load()
+
+    def run_all() -> list[int]:
+        """Run what is ready as a worker would: inputs from the store, result to the store."""
+        sched, graph = coord.sched, coord.graph
+        assert sched is not None and graph is not None
+        if "w" not in sched.workers:
+            sched.add_worker("w")
+        Task.store = store
+        done = []
+        while leased := sched.lease("w", 100):
+            for i, tok in leased:
+                (arg,), _ = decode_args(graph.args[i])
+                x = value(arg)
+                store.save(graph.keys[i], sum(x) if isinstance(x, list) else 2 * x)
+                assert sched.complete("w", i, tok)
+                done.append(i)
+        return done
+
+    assert len(run_all()) == 5  # the four doubles and their sum; the barrier stops there
+    assert coord.loaded is not None and coord.loaded.hit_barrier
+    first_keys = list(coord.graph.keys)  # type: ignore[union-attr]
+    store.remove([first_keys[1]])
+    await coord._check_finished()  # confirms before reloading: 1 is computed again first
+    assert coord.loads == 1 and coord.sched.vanished == 1  # type: ignore[union-attr]
+    assert run_all() == [1]
+    # now it is gone after the check, just before the reload reads the store
+    real_confirm = coord._confirm_results
+
+    async def confirm_then_lose() -> bool:
+        ok = await real_confirm()
+        if ok:
+            store.remove([first_keys[2]])
+        return ok
+
+    coord._confirm_results = confirm_then_lose  # type: ignore[method-assign]
+    await coord._check_finished()
+    assert coord.loads == 2 and coord.state == "running"  # reloaded: no StoreError
+    sched = coord.sched
+    assert sched is not None and sched.vanished == 2
+    assert sched.state[coord.graph.index[first_keys[2]]] == READY  # type: ignore[union-attr]
+    run_all()
+    coord._confirm_results = real_confirm  # type: ignore[method-assign]
+    await coord._check_finished()
+    assert coord.state == "finished" and coord.exit_status() == 0
+    assert all(store.exists(coord.graph.keys))  # type: ignore[union-attr]
+    await coord.close()
+
+
 # -- with real processes ------------------------------------------------------------------------
 
 STEPS_TOTAL = 3 * sum(range(40))
