@@ -279,12 +279,13 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
             if v is not None:
                 args += [flag, str(v)]
         env = dict(os.environ, AJUG_TOKEN=tok.decode())
-        from .supervisor import report_death, supervise
+        from .supervisor import FINISH_GRACE_S, report_death, supervise
 
         ctx = tls_context(False, tls_cert, tls_key, tls_ca)
         return supervise([[*args, "--name", f"{name or 'w'}{i}"] for i in range(jobs)],
                          worker_command, env,
-                         report=lambda death: report_death(host, port, tok, ctx, death))
+                         report=lambda death: report_death(host, port, tok, ctx, death),
+                         finish_grace_s=None if max_tasks is not None else FINISH_GRACE_S)
     from .worker import Worker, WorkerOptions
 
     opts = WorkerOptions(

@@ -49,6 +49,9 @@ WINDOW_S = 10.0
 FREE_PER_JOB = 20
 FIRST_DELAY_S = 0.5
 MAX_DELAY_S = 30.0
+#: ``ajug work -j N``: once a worker has seen the run finish, the others have this long to exit
+#: by themselves.
+FINISH_GRACE_S = 5.0
 #: ``ajug run`` gives up after this many deaths in a row (at least; 3 per job) during which no
 #: task finished, failed or lost its worker: the workers die before they take any work.
 BARREN_DEATHS = 10
@@ -194,7 +197,7 @@ class Workers:
             death = classify(p.pid, rc, self._oom, oom)
             self._oom = oom
             self.last = death
-            if rc != 0:
+            if rc != 0 and self.replace:  # (once the run is over, a death tells nothing)
                 deaths.append(death)
                 self.report(death)
             delay = self.policy.died(rc)
@@ -247,9 +250,14 @@ class RunWatch:
 
 def supervise(arg_lists: list[list[str]], command: Callable[[list[str]], list[str]],
               env: dict[str, str], report: Callable[[Death], None] | None = None,
-              poll_s: float = 0.2) -> int:
+              poll_s: float = 0.2, finish_grace_s: float | None = FINISH_GRACE_S) -> int:
     """``ajug work -j N``: run N worker processes until they are done; replace those that die
-    (``RestartPolicy``) and report each death (``report``, e.g. ``report_death``)."""
+    (``RestartPolicy``) and report each death (``report``, e.g. ``report_death``).
+
+    A worker that exits 0 saw the run finish: the others are not replaced any more, and those
+    still there ``finish_grace_s`` later (a replacement still trying to reach a coordinator
+    that has gone) get SIGTERM. None: wait for them (``--max-tasks``: exiting 0 then means
+    "my share is done", not "the run is")."""
 
     def spawn(i: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(command(arg_lists[i]), env=env)
@@ -262,14 +270,23 @@ def supervise(arg_lists: list[list[str]], command: Callable[[list[str]], list[st
                 log.debug("could not report the death of worker %d: %s", death.pid, e)
 
     workers = Workers([spawn(i) for i in range(len(arg_lists))], spawn, tell)
+    finished_at: float | None = None
+    stopped: set[int] = set()  # stopped by us once the run was over: not a failure
     try:
         while not workers.none_left():
             time.sleep(poll_s)
-            if 0 in workers.codes.values():
+            if 0 in workers.codes.values() and finished_at is None:
                 # one worker saw the run finish: the others are finishing too, and none of
                 # them is replaced any more
+                finished_at = time.monotonic()
                 workers.replace = False
                 workers.restart_at = dict.fromkeys(workers.restart_at, 0.0)
+            if (finished_at is not None and finish_grace_s is not None
+                    and time.monotonic() - finished_at > finish_grace_s):
+                for p in workers.alive():
+                    p.send_signal(signal.SIGTERM)
+                    stopped.add(p.pid)
+                finish_grace_s = None
             workers.poll()
     except KeyboardInterrupt:
         for p in workers.alive():
@@ -281,7 +298,7 @@ def supervise(arg_lists: list[list[str]], command: Callable[[list[str]], list[st
             except subprocess.TimeoutExpired:
                 p.kill()
         return 130
-    codes = list(workers.codes.values())
+    codes = [0 if stopped and c == -signal.SIGTERM else c for c in workers.codes.values()]
     return 0 if all(c == 0 for c in codes) else max((c for c in codes if c), key=abs, default=1)
 
 

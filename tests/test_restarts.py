@@ -172,7 +172,7 @@ def test_workers_killed_again_and_again_keep_being_replaced(procs: Procs, tmp_pa
         kills += 1
         wait_for(lambda k=kids[0]: k not in children(sup.pid), 10, every_s=0.02,
                  what="the killed worker to be reaped")
-        time.sleep(0.15)
+        time.sleep(0.3)  # ~2.5 deaths a second: under the rate that makes replacements wait
     assert kills == 50
     gate.write_text("")
     assert coord.wait(60) == 0, read_log(coord)[-3000:]
@@ -259,3 +259,15 @@ async def test_a_finished_run_does_not_wait_for_a_worker_still_connecting() -> N
     await _end_workers(workers, finished=True)
     assert slow.returncode == -signal.SIGTERM and quick.returncode == 0
     assert time.monotonic() - t0 < 8
+
+
+def test_supervisor_stops_a_worker_still_connecting_once_the_run_is_over() -> None:
+    """`ajug work -j N`: one worker saw the run finish (exit 0); another, a replacement still
+    trying to reach the coordinator that has gone, is stopped rather than waited for."""
+    from ajug.supervisor import FINISH_GRACE_S, supervise
+
+    scripts = [["import sys; sys.exit(0)"], ["import time; time.sleep(60)"]]
+    t0 = time.monotonic()
+    rc = supervise(scripts, lambda a: [sys.executable, "-c", *a], dict(os.environ))
+    assert rc == 0
+    assert time.monotonic() - t0 < FINISH_GRACE_S + 5
