@@ -228,12 +228,12 @@ def test_token_is_never_in_process_list_or_logs(procs: Procs, tmp_path: Path) ->
         assert token not in cmdline(pid)
     # wrong tokens are refused; neither token shows in what anyone sees
     wrong = "wrong-" + secrets.token_hex(12)
-    for args in (
-        ["status", f"127.0.0.1:{port}"],
-        ["work", f"127.0.0.1:{port}", "--connect-timeout", "5"],
+    for args, says in (
+        (["status", f"127.0.0.1:{port}"], "our token does not match the one of the coordinator"),
+        (["work", f"127.0.0.1:{port}", "--connect-timeout", "5"], "did not prove it has the token"),
     ):
         line = one_line_error(ajug(*args, env=run_env(wrong)))
-        assert "did not prove it has the token" in line
+        assert says in line and "AJUG_TOKEN" in line, line
         assert token not in line and wrong not in line
     gate.touch()
     assert coord.wait(60) == 0, read_log(coord)
