@@ -133,6 +133,11 @@ class Coordinator:
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
 
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets: what was actually bound (``access.check_bound`` looks)."""
+        return list(self._server.sockets) if self._server is not None else []
+
     async def load(self) -> None:
         try:
             await self._load()

@@ -244,23 +244,7 @@ def test_token_is_never_in_process_list_or_logs(procs: Procs, tmp_path: Path) ->
     assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
 
 
-def test_ajug_run_passes_its_token_by_environment_only(procs: Procs, tmp_path: Path) -> None:
-    jugfile, gate = steady(tmp_path)
-    # spawned workers: forked ones (the default on Linux) have no exec'd environment to read it
-    # from; test_run_fork covers them
-    e = run_env(None, gate, AJUG_WORKER_START="spawn")
-    run = procs.start(["-vv", "run", str(jugfile), "-j", "2", "--no-progress"], "run", env=e)
-    kids = wait_for(lambda: len(k := children(run.pid)) == 2 and k, 60, what="two workers")
-    # the token ajug run made up for this run: in the workers' environment, nowhere else
-    environ = Path(f"/proc/{kids[0]}/environ").read_bytes().split(b"\0")
-    token = next(v.split(b"=", 1)[1] for v in environ if v.startswith(b"AJUG_TOKEN=")).decode()
-    assert len(token) >= 16
-    for pid in (run.pid, *kids):
-        assert token not in cmdline(pid)
-    gate.touch()
-    assert run.wait(60) == 0, read_log(run)
-    assert token not in read_log(run)
-    assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
+# (the token's absence from the workers' and tasks' environments: tests/test_token_env.py)
 
 
 # --- TLS -------------------------------------------------------------------------------------
