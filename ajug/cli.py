@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from .access import (
+    bound_addresses,
     check_bound,
     check_listen,
     forget_tokens,
@@ -210,8 +211,9 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
             await coord.close()
             raise
         await coord.load()
-        print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host}:{coord.port} "
-              f"(store {coord.store.url})", flush=True)
+        every = "" if settings.host else f"every interface ({', '.join(bound_addresses(coord.sockets))}), "
+        print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host or '*'}:{coord.port} "
+              f"({every}store {coord.store.url})", flush=True)
         await _start_dashboard(coord, dashboard, dashboard_host)
         _install_stop(coord)
         from .progress import RunProgress
