@@ -86,8 +86,7 @@ class FrameMac:
     def tag(self, seq: int, prefix: bytes, body: bytes | memoryview) -> bytes:
         """The MAC of frame number ``seq`` (does not advance)."""
         h = self._base.copy()
-        h.update(SEQ.pack(seq))
-        h.update(prefix)
+        h.update(SEQ.pack(seq) + prefix)
         h.update(body)
         return h.digest()
 
