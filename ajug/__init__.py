@@ -9,7 +9,10 @@ from typing import Any
 
 from . import mapreduce
 from .barrier import BarrierError, barrier, bvalue
+from .compound import CompoundTask, CompoundTaskGenerator
 from .errors import AjugError
+from .jugfile import is_jug_running
+from .options import set_jugdir
 from .task import (
     CachedFunction,
     Task,
@@ -27,16 +30,20 @@ __all__ = [
     "AjugError",
     "BarrierError",
     "CachedFunction",
+    "CompoundTask",
+    "CompoundTaskGenerator",
     "Task",
     "TaskGenerator",
     "Tasklet",
     "barrier",
     "bvalue",
     "init",
+    "is_jug_running",
     "iteratetask",
     "mapreduce",
     "recursive_dependencies",
     "return_tuple",
+    "set_jugdir",
     "value",
 ]
 

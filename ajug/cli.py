@@ -548,6 +548,9 @@ def main(argv: list[str] | None = None) -> None:
     """The ``ajug`` command; exits with its status. A worker forked by ``ajug run`` calls it with
     its ``work ...`` arguments, to run exactly as a spawned one would."""
     argv = sys.argv[1:] if argv is None else argv
+    from .jugfile import set_running
+
+    set_running()  # jugfiles ask is_jug_running(), as under jug
     try:
         from .config import default_map_for
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .codeship import MAX_BUNDLE_BYTES, collect_bundle
 from .errors import AjugError, ProtocolError, StoreError
 from .graph import Graph, build_graph
 from .jugfile import LoadedJugfile, load_jugfile
@@ -101,6 +102,7 @@ class Coordinator:
         self._late_pending: set[int] = set()
         self.refusals = RefusalLog()  # failed handshakes: a few lines a minute, whatever comes
         self.history: list[tuple[float, int]] = []  # (unix time, tasks done) for rates
+        self._bundle: tuple[LoadedJugfile, list[Any]] | None = None
 
     # -- startup ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -154,6 +156,8 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         old = self.sched
         loaded = await loop.run_in_executor(None, load_jugfile, self.s.jugfile, self.store)
+        if self.loaded is not None:  # past a barrier: sys.path already holds what it added
+            loaded.code_roots = list(dict.fromkeys(self.loaded.code_roots + loaded.code_roots))
         jugdir = Path(loaded.path).parent
         graph = await loop.run_in_executor(None, build_graph, loaded.tasks, jugdir)
         self._release_tasks(loaded)
@@ -341,6 +345,19 @@ class Coordinator:
             "max_frame": self.s.max_frame_bytes,
             "jugfile": str(self.s.jugfile),
         }
+
+    async def code_bundle(self) -> list[Any]:
+        """The modules under the jugfile's code roots, read once per load (in a thread)."""
+        loaded = self.loaded
+        assert loaded is not None
+        cached = self._bundle
+        if cached is not None and cached[0] is loaded:
+            return cached[1]
+        limit = min(MAX_BUNDLE_BYTES, self.s.max_frame_bytes // 2)
+        bundle = await asyncio.get_running_loop().run_in_executor(
+            None, collect_bundle, loaded.code_roots, [loaded.path.stem], limit)
+        self._bundle = (loaded, bundle)
+        return bundle
 
     def store_url_for_workers(self) -> str:
         """The URL workers open: the user's URL for redis (it carries options), the absolute
@@ -696,6 +713,19 @@ class ConnSession:
         if kept:
             log.info("worker %s resumed %d running task(s)", self.wid, len(kept))
         self.conn.send(m.resumed(msg["id"], [(graph.keys[i], t) for i, t in kept], lost))
+        await self.conn.drain()
+
+    async def on_code(self, msg: dict[str, Any]) -> None:
+        """Where the jugfile's code lives, and (if asked) the coordinator's copy of it, for a
+        worker on a machine without those directories (see codeship)."""
+        c = self.c
+        assert c.loaded is not None
+        modules: list[dict[str, Any]] = []
+        if msg["bundle"]:
+            bundle = await c.code_bundle()
+            modules = [m.module_item(x.name, x.path, x.is_pkg, x.source) for x in bundle]
+        self.conn.send(m.code_reply(msg["id"], jugfile=str(c.loaded.path),
+                                    roots=c.loaded.code_roots, modules=modules))
         await self.conn.drain()
 
     async def on_status(self, msg: dict[str, Any]) -> None:

@@ -147,6 +147,11 @@ def execute(tasks: list[Task] | None = None, store: Any = None) -> ExecResult:
 def _run_one(t: Task, store: Any, res: ExecResult) -> bool:
     key = t.key
     start = time.perf_counter()
+    # each task gets its inputs as stored, loaded afresh: a task that changes an input in place
+    # must not change what the next one receives (as on workers; jug would hand on the live
+    # object here and a stored copy elsewhere)
+    for d in t.dependencies():
+        d.unload()
     try:
         result = t.execute()
         rt = time.perf_counter() - start
@@ -156,7 +161,8 @@ def _run_one(t: Task, store: Any, res: ExecResult) -> bool:
         log.warning("task %s (%s) failed: %s: %s", t.name, key[:12], type(e).__name__, e)
         res.failures[key] = Failure(key, t.name, e, tb)
         return False
-    t._result = result
+    for d in t.dependencies():
+        d.unload()  # jug's aggressive unload: what was loaded for this task is not kept
     res.executed.append(key)
     return True
 

@@ -8,6 +8,7 @@ coordinator's lease path.
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import pickle
@@ -59,6 +60,23 @@ class _NeedsCloudpickle(Exception):
     pass
 
 
+def _module_by_name(obj: Any) -> Any:
+    """A module from beside the jugfile goes by name: the worker imports it (see codeship).
+    By value (cloudpickle's way for registered modules) its ``vars()`` would be pickled, and a
+    package whose submodule imports the package would recurse until the stack gives out."""
+    if isinstance(obj, types.ModuleType) and obj.__name__ in _BY_VALUE:
+        return importlib.import_module, (obj.__name__,)
+    return NotImplemented
+
+
+class _CodePickler(cloudpickle.Pickler):
+    """cloudpickle, with the modules beside the jugfile pickled by name."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        r = _module_by_name(obj)
+        return r if r is not NotImplemented else super().reducer_override(obj)
+
+
 class _ArgPickler(pickle.Pickler):
     """Pickles arguments with every Task replaced by a reference to its identity.
 
@@ -80,7 +98,7 @@ class _ArgPickler(pickle.Pickler):
         return NotImplemented
 
 
-class _CloudArgPickler(cloudpickle.Pickler):
+class _CloudArgPickler(_CodePickler):
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, Task):
             return obj.key
@@ -139,8 +157,10 @@ def register_by_value(jugdir: Path) -> None:
 
 
 def pickle_function(f: Any, name: str) -> bytes:
+    buf = io.BytesIO()
     try:
-        return cloudpickle.dumps(f, protocol=5)
+        _CodePickler(buf, protocol=5).dump(f)
+        return buf.getvalue()
     except Exception as e:
         raise JugfileError(f"function {name} cannot be pickled to send to workers: {e}") from None
 
@@ -154,17 +174,30 @@ def build_graph(tasks: list[Task], jugdir: Path | None = None, encode: bool = Tr
         register_by_value(jugdir)
     g = Graph()
     fids: dict[int, int] = {}
-    index = g.index
-    for i, t in enumerate(tasks):
-        index[t.key] = i
+    g.keys = [t._key or t.key for t in tasks]
+    index = g.index = dict(zip(g.keys, range(len(g.keys))))
+    fn_append, ds_append = g.fn.append, g.dep_start.append
+    args_append, dep_idx, dumps = g.args.append, g.dep_idx, pickle.dumps
+    plain = PLAIN_TYPES.issuperset
+    last_f: Any = None
+    fid = -1
     for t in tasks:
-        fid = fids.get(id(t.f))
-        if fid is None:
-            fid = fids[id(t.f)] = len(g.functions)
-            code = pickle_function(t.f, t.name) if encode else b""
-            g.functions.append(Function(fid, t.name, source_hash(t.f), code))
-        g.keys.append(t.key)
-        g.fn.append(fid)
+        f = t.f
+        if f is not last_f:
+            got = fids.get(id(f))
+            if got is None:
+                got = fids[id(f)] = len(g.functions)
+                code = pickle_function(f, t.name) if encode else b""
+                g.functions.append(Function(got, t.name, source_hash(f), code))
+            last_f, fid = f, got
+        fn_append(fid)
+        if not t.kwargs and plain(map(type, t.args)):
+            # plain values only (most tasks of a big graph): no dependencies, and the same
+            # bytes encode_args would give
+            ds_append(len(dep_idx))
+            if encode:
+                args_append(dumps((t.args, t.kwargs), protocol=5))
+            continue
         seen: set[int] = set()
         for d in t.dependencies():
             j = index.get(d.key)

@@ -154,8 +154,53 @@ def hash_one(obj: Any, where: str = "") -> bytes:
     return m.hexdigest().encode()
 
 
+#: per function name: the hash state after the bytes every task of that function starts with
+_PREFIXES: dict[str, Any] = {}
+_NO_KWARGS = _pickled_name("kwargs") + b"dict"
+
+
+def _prefix(name: str) -> Any:
+    m = _PREFIXES.get(name)
+    if m is None:
+        m = hashlib.sha1()
+        hash_update(m, [("name", name.encode("utf-8"))], name)
+        m.update(_pickled_name("args") + _TUPLE_TAG)
+        if len(_PREFIXES) < 65536:
+            _PREFIXES[name] = m
+    return m
+
+
+_ONE_PLAIN: dict[str, Any] = {}
+
+
 def task_digest(name: str, args: tuple, kwargs: dict) -> str:
     """The identity of ``name(*args, **kwargs)``: a 40-character hex string."""
+    if not kwargs and type(args) is tuple and len(args) == 1 and type(args[0]) in PLAIN_TYPES:
+        # ``f(i)``, the commonest task of a big graph
+        m = _ONE_PLAIN.get(name)
+        if m is None:
+            m = _prefix(name).copy()
+            m.update(_pickled_name(0))
+            if len(_ONE_PLAIN) < 65536:
+                _ONE_PLAIN[name] = m
+        m = m.copy()
+        m.update(pickle.dumps(args[0], protocol=PICKLE_PROTOCOL) + _NO_KWARGS)
+        return m.hexdigest()
+    if not kwargs and type(args) is tuple:
+        # the common ``f(i, "x", 2.5)``: plain values only, no keywords. The same bytes as the
+        # general walk below, from a hash state that already holds the name's part
+        parts = []
+        plain, dumps, pname = PLAIN_TYPES, pickle.dumps, _pickled_name
+        for i, a in enumerate(args):
+            if type(a) not in plain:
+                break
+            parts.append(pname(i))
+            parts.append(dumps(a, protocol=PICKLE_PROTOCOL))
+        else:
+            m = _prefix(name).copy()
+            parts.append(_NO_KWARGS)
+            m.update(b"".join(parts))
+            return m.hexdigest()
     m = hashlib.sha1()
     hash_update(m, [("name", name.encode("utf-8")), ("args", args), ("kwargs", kwargs)], name)
     return m.hexdigest()

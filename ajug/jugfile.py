@@ -18,7 +18,9 @@ from typing import Any
 
 from . import task as _task
 from .barrier import BarrierError
+from .codeship import code_roots
 from .errors import AjugError, JugfileError
+from .options import note_jugfile
 from .task import Task
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,26 @@ class LoadedJugfile:
     tasks: list[Task]
     #: loading stopped at a barrier: more tasks will appear once these are done
     hit_barrier: bool
+    #: where the jugfile's own code lives: its directory and what it added to ``sys.path``
+    #: (workers import modules from there; see codeship)
+    code_roots: list[str] = field(default_factory=list)
     loads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: True inside an ``ajug`` command (its coordinator, workers, status...), as jug's flag is
+#: inside ``jug``: jugfiles use ``is_jug_running()`` to do extra work only when run by hand.
+_running = False
+
+
+def is_jug_running() -> bool:
+    """True when this code runs under ajug (not a plain ``python script.py``)."""
+    return _running
+
+
+def set_running(flag: bool = True) -> None:
+    global _running
+    _running = flag
 
 
 def default_store_url(jugfile: str | os.PathLike[str]) -> str:
@@ -64,8 +84,10 @@ def load_jugfile(jugfile: str | os.PathLike[str], store: Any) -> LoadedJugfile:
     jugdir = str(path.parent)
     if jugdir not in sys.path:
         sys.path.insert(0, jugdir)
+    path_before = set(sys.path)
     _task.reset()
     Task.store = store
+    note_jugfile(str(path), getattr(store, "url", "") or "")
     hit_barrier = False
     try:
         code = compile(path.read_bytes(), str(path), "exec")
@@ -86,17 +108,21 @@ def load_jugfile(jugfile: str | os.PathLike[str], store: Any) -> LoadedJugfile:
         err.details = tb  # type: ignore[attr-defined]
         raise err from None
     tasks = unique_tasks(_task.alltasks)
-    return LoadedJugfile(path=path, module=module, tasks=tasks, hit_barrier=hit_barrier)
+    roots = code_roots(jugdir, [p for p in sys.path if p not in path_before])
+    return LoadedJugfile(path=path, module=module, tasks=tasks, hit_barrier=hit_barrier,
+                         code_roots=roots)
 
 
 def unique_tasks(tasks: list[Task]) -> list[Task]:
     """First task of each identity, in order. Identities are computed in creation order, so each
     dependency's is cached before its dependents need it (no deep recursion on long chains)."""
     seen: set[str] = set()
+    add = seen.add
     out: list[Task] = []
+    append = out.append
     for t in tasks:
-        k = t.key
+        k = t._key or t.key
         if k not in seen:
-            seen.add(k)
-            out.append(t)
+            add(k)
+            append(t)
     return out

@@ -24,11 +24,13 @@ back to WAITING without counting an attempt, since it never ran.
 
 from __future__ import annotations
 
+import operator
 import time
 from array import array
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate, compress
 from typing import Any
 
 from .graph import Graph
@@ -98,22 +100,26 @@ class Scheduler:
         self.error_count: dict[int, int] = {}
         self.failures: dict[int, Failure] = {}
         self.counts = [[0] * 6 for _ in graph.functions]
-        for f in graph.fn:
-            self.counts[f][WAITING] += 1
+        for f, c in Counter(graph.fn).items():
+            self.counts[f][WAITING] = c
         self._tok = 0
         self.reclaimed = 0
         self.completed = 0
         self.duplicates = 0
+        # the number of inputs of each task, and the tasks that have any (iterated at C speed:
+        # a million-task graph is mostly tasks with none)
+        ds = graph.dep_start
+        self._ndeps = array("I", map(operator.sub, ds[1:], ds[:-1]))
+        with_deps = list(compress(range(n), self._ndeps))
         # dependents, as CSR, for making tasks ready when their inputs are done
-        nd = array("I", bytes(4 * (n + 1)))
-        for j in graph.dep_idx:
-            nd[j + 1] += 1
-        for i in range(n):
-            nd[i + 1] += nd[i]
+        di = graph.dep_idx
+        dependents = array("I", bytes(4 * n))
+        for j in di:
+            dependents[j] += 1
+        nd = array("I", accumulate(dependents, initial=0))
         fill = array("I", nd[:-1]) if n else array("I")
-        rev = array("I", bytes(4 * len(graph.dep_idx)))
-        ds, di = graph.dep_start, graph.dep_idx
-        for i in range(n):
+        rev = array("I", bytes(4 * len(di)))
+        for i in with_deps:
             for p in range(ds[i], ds[i + 1]):
                 j = di[p]
                 rev[fill[j]] = i
@@ -124,25 +130,37 @@ class Scheduler:
     # -- setup ----------------------------------------------------------------------------
     def start(self, done: Iterable[bool]) -> None:
         """Mark what the store already holds as done, then compute the ready set."""
-        st, fn, counts = self.state, self.graph.fn, self.counts
-        for i, d in enumerate(done):
-            if d:
-                st[i] = DONE
-                f = fn[i]
-                counts[f][WAITING] -= 1
-                counts[f][DONE] += 1
-        ds, di = self.graph.dep_start, self.graph.dep_idx
-        for i in range(len(st)):
+        st, fn, counts, n = self.state, self.graph.fn, self.counts, len(self.state)
+        done_idx = list(compress(range(n), done))
+        for i in done_idx:
+            st[i] = DONE
+        for f, c in Counter(map(fn.__getitem__, done_idx)).items():
+            counts[f][WAITING] -= c
+            counts[f][DONE] += c
+        ds, di, rem = self.graph.dep_start, self.graph.dep_idx, self.remaining
+        ready: list[int] = []
+        if done_idx:
+            no_deps = (i for i in range(n) if not self._ndeps[i] and st[i] != DONE)
+        else:
+            no_deps = compress(range(n), map(operator.not_, self._ndeps))
+        ready.extend(no_deps)
+        for i in compress(range(n), self._ndeps):
             if st[i] == DONE:
                 continue
             r = 0
             for p in range(ds[i], ds[i + 1]):
                 if st[di[p]] != DONE:
                     r += 1
-            self.remaining[i] = r
+            rem[i] = r
             if r == 0:
-                self._set(i, READY)
-                self.ready.append(i)
+                ready.append(i)
+        ready.sort()  # graph order
+        for i in ready:
+            st[i] = READY
+        for f, c in Counter(map(fn.__getitem__, ready)).items():
+            counts[f][WAITING] -= c
+            counts[f][READY] += c
+        self.ready.extend(ready)
 
     def _set(self, i: int, s: int) -> None:
         c = self.counts[self.graph.fn[i]]

@@ -26,6 +26,7 @@ from typing import Any
 
 import cloudpickle
 
+from . import codeship
 from .errors import (
     AjugError,
     AuthError,
@@ -38,7 +39,7 @@ from .errors import (
 from .graph import decode_args
 from .protocol import connection as conn_mod
 from .protocol import messages as m
-from .stores import open_store
+from .stores import encoding, open_store
 from .task import Task, value
 
 log = logging.getLogger(__name__)
@@ -112,52 +113,60 @@ class RecentKeys:
 
 
 class ResultCache:
-    """Recent results by key, so a chain's next task does not reload what this worker just
-    computed. Bounded by count and by (estimated) bytes."""
+    """Recent results by key, kept pickled (``encoding.Pickled``), so a chain's next task does
+    not reload what this worker just computed. Each use unpickles a new copy: a task that
+    changes its input in place changes only its own copy, never what another task receives
+    (every task gets its inputs equal to their stored values). Bounded by count and bytes."""
 
     def __init__(self, max_bytes: int = CACHE_BYTES, max_items: int = CACHE_ITEMS) -> None:
         self.max_bytes, self.max_items = max_bytes, max_items
-        self.items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self.items: OrderedDict[str, encoding.Pickled] = OrderedDict()
         self.bytes = 0
 
-    def get(self, key: str) -> tuple[bool, Any]:
+    def get(self, key: str) -> encoding.Pickled | None:
         hit = self.items.get(key)
-        if hit is None:
-            return False, None
-        self.items.move_to_end(key)
-        return True, hit[0]
+        if hit is not None:
+            self.items.move_to_end(key)
+        return hit
 
     def drop(self, key: str) -> None:
         hit = self.items.pop(key, None)
         if hit is not None:
-            self.bytes -= hit[1]
+            self.bytes -= hit.nbytes
 
-    def put(self, key: str, val: Any, size: int) -> None:
+    def put(self, key: str, p: encoding.Pickled) -> None:
+        size = p.nbytes
         if size > self.max_bytes // 4:
             return
-        old = self.items.pop(key, None)
-        if old is not None:
-            self.bytes -= old[1]
-        self.items[key] = (val, size)
+        self.drop(key)
+        self.items[key] = p
         self.bytes += size
         while self.items and (self.bytes > self.max_bytes or len(self.items) > self.max_items):
-            _, (_, s) = self.items.popitem(last=False)
-            self.bytes -= s
+            _, old = self.items.popitem(last=False)
+            self.bytes -= old.nbytes
 
 
 class CachingStore:
-    """The store as seen by task code on a worker (``Task.store``): loads go through the cache."""
+    """The store as seen by task code on a worker (``Task.store``): loads go through the cache,
+    and each load is a new copy of the stored value."""
 
     def __init__(self, store: Any, cache: ResultCache) -> None:
         self.store, self.cache = store, cache
         self.url = store.url
 
     def load(self, key: str) -> Any:
-        hit, v = self.cache.get(key)
-        if hit:
-            return v
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit.loads()
         v = self.store.load(key)
-        self.cache.put(key, v, _approx_size(v))
+        if _approx_size(v) <= self.cache.max_bytes // 4:
+            try:
+                p = encoding.pickle_value(v)
+            except Exception:  # noqa: BLE001 - loaded fine, just not cacheable
+                return v
+            # detached from ``v``, which the task may now change in place
+            p.raws = [memoryview(bytes(r)) for r in p.raws]
+            self.cache.put(key, p)
         return v
 
     def __getattr__(self, name: str) -> Any:
@@ -186,7 +195,7 @@ class SaveBatch:
 
     def __init__(self, store: Any, cache: ResultCache, worker: Worker) -> None:
         self.store, self.cache, self.worker = store, cache, worker
-        self.items: list[tuple[Lease, Any, dict[str, Any], float]] = []
+        self.items: list[tuple[Lease, encoding.Encoded, float]] = []
         self.bytes = 0
         self.first = 0.0
         self.lock = threading.Lock()  # held while saving: one save at a time
@@ -194,15 +203,15 @@ class SaveBatch:
         self._closed = False
         threading.Thread(target=self._flush_late, name="ajug-flush", daemon=True).start()
 
-    def add(self, lease: Lease, result: Any, meta: dict[str, Any], rt: float) -> None:
-        size = _approx_size(result)
-        self.cache.put(lease.key, result, size)
+    def add(self, lease: Lease, enc: encoding.Encoded, rt: float) -> None:
+        """A result, encoded as its task returned (so later changes to the object are not
+        what gets stored)."""
         with self.lock:
             if not self.items:
                 self.first = time.monotonic()
                 self._waiting.set()
-            self.items.append((lease, result, meta, rt))
-            self.bytes += size
+            self.items.append((lease, enc, rt))
+            self.bytes += enc.size
             if rt > self.MAX_DELAY_S or self.bytes >= self.MAX_BYTES:
                 self._flush()  # a slow task or a big result: no point in waiting for company
 
@@ -243,14 +252,14 @@ class SaveBatch:
             return
         reports: list[tuple[str, list[Any]]] = []
         try:
-            sizes = self.store.save_many([(lz.key, res, meta) for lz, res, meta, _ in items])
+            sizes = self.store.save_many([(lz.key, enc, None) for lz, enc, _ in items])
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:
             # one by one, so that each task gets its own outcome
-            for lz, res, meta, rt in items:
+            for lz, enc, rt in items:
                 try:
-                    size = self.store.save(lz.key, res, meta)
+                    size = self.store.save(lz.key, enc, None)
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException as e:
@@ -260,7 +269,7 @@ class SaveBatch:
                     continue
                 reports.append(("done", [lz.key, lz.tok, {"rt": rt, "size": size}]))
         else:
-            for (lz, _, _, rt), size in zip(items, sizes):
+            for (lz, _, rt), size in zip(items, sizes):
                 reports.append(("done", [lz.key, lz.tok, {"rt": rt, "size": size}]))
         if reports:
             self.worker._post(reports)
@@ -301,6 +310,8 @@ class Worker:
         self._kick: asyncio.Event | None = None
         self._funcs: dict[bytes, Any] = {}
         self.produced = RecentKeys()
+        self._code_ready = False
+        self.cache = ResultCache()
 
     # -- main thread ------------------------------------------------------------------------
     def run(self) -> int:
@@ -322,7 +333,7 @@ class Worker:
             self.fatal = e
             self._stop_net()
             return self._fatal_status()
-        cache = ResultCache()
+        cache = self.cache = ResultCache()
         Task.store = CachingStore(store, cache)
         batch = SaveBatch(store, cache, self)
         try:
@@ -373,17 +384,28 @@ class Worker:
                 f = self._funcs[lease.func_blob] = cloudpickle.loads(lease.func_blob)
             args, kwargs = decode_args(lease.args)
             result = f(*[value(a) for a in args], **{k: value(v) for k, v in kwargs.items()})
+            rt = time.perf_counter() - t0
+            # pickled now: what is stored, and what dependents get, is the result as it was
+            # returned, whatever the object goes through afterwards
+            pickled = encoding.pickle_value(result)
+            del result
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:
             self._post_failure(lease, e)
             self._count(time.perf_counter() - t0)
             return
-        rt = time.perf_counter() - t0
         meta = {"func": lease.func_name, "src": lease.func_src, "rt": rt, "worker": self.ident,
                 "ts": time.time()}
+        try:
+            enc = encoding.encode_pickled(pickled, meta, bool(getattr(batch.store, "compress", False)))
+        except Exception as e:  # noqa: BLE001 - metadata that does not pack: a usage error
+            self._post_failure(lease, e)
+            self._count(time.perf_counter() - t0)
+            return
+        self.cache.put(lease.key, pickled)
         self.produced.add(lease.key)
-        batch.add(lease, result, meta, rt)
+        batch.add(lease, enc, rt)
         self._count(time.perf_counter() - t0)
 
     def _count(self, dt: float) -> None:
@@ -515,6 +537,26 @@ class Worker:
             if done:
                 return
 
+    async def _fetch_code(self, request: Callable[[Callable[[int], dict[str, Any]]], Any],
+                          conn: Any) -> None:
+        """Make the code beside the jugfile importable here before any task runs (codeship):
+        its directories on sys.path where this machine has them, the coordinator's copy for
+        the rest."""
+        fut = request(lambda rid: m.code(rid, bundle=False))
+        await conn.drain()
+        rep = await fut
+        missing = codeship.prepare_worker(rep["jugfile"], rep["roots"])
+        if missing:
+            fut = request(lambda rid: m.code(rid, bundle=True))
+            await conn.drain()
+            rep = await fut
+            mods = [codeship.ModuleSource(x["name"], x["path"], x["pkg"], x["src"])
+                    for x in rep["modules"]]
+            codeship.install_bundle(mods)
+            log.info("%s is not on this machine: %d module(s) from the coordinator's copy",
+                     ", ".join(missing), len(mods))
+        self._code_ready = True
+
     async def _session(self, conn: Any, resume: bool) -> bool:
         ids = iter(range(1, 2**62))
         funcs: dict[int, tuple[bytes, str, str]] = {}
@@ -548,6 +590,8 @@ class Worker:
 
         rtask = asyncio.ensure_future(reader())
         try:
+            if not self._code_ready:
+                await self._fetch_code(request, conn)
             # reports that never got an answer go again, with the next request
             for done, failed in self.inflight.values():
                 self.reports_done[:0] = done

@@ -48,15 +48,15 @@ REPO = Path(__file__).resolve().parents[1]
 WORKLOAD_DIR = Path(__file__).resolve().parent / "workloads"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-WORKLOADS = ("independent", "chain", "mapreduce", "bulk", "scale", "connections")
+WORKLOADS = ("independent", "chain", "mapreduce", "bulk", "scale", "connections", "coordinator")
 #: Workloads that every system runs to completion (scale and connections are ajug's alone).
 GRAPH_WORKLOADS = ("independent", "chain", "mapreduce", "bulk")
 SYSTEMS = ("ajug-file", "ajug-redis", "floor-file", "floor-redis", "jug-file", "jug-redis")
 DEFAULT_SYSTEMS = "ajug-file,ajug-redis,floor,jug"
 SIZES = {"independent": 20_000, "chain": 2_000, "mapreduce": 10_000, "bulk": 1_000,
-         "scale": 1_000_000, "connections": 256}
+         "scale": 1_000_000, "connections": 256, "coordinator": 1_000_000}
 QUICK_SIZES = {"independent": 2_000, "chain": 500, "mapreduce": 1_000, "bulk": 100,
-               "scale": 100_000, "connections": 256}
+               "scale": 100_000, "connections": 256, "coordinator": 500_000}
 FANIN = 10
 #: A run is stopped after max(MIN_TIMEOUT_S, tasks / MIN_RATE) seconds unless --timeout says.
 MIN_TIMEOUT_S = 60.0
@@ -66,7 +66,7 @@ SERVE_TIMEOUT_S = 600.0
 JUG_WAIT_CYCLE_S = 0.05
 STATUS_SAMPLES = 10
 STATUS_SPACING_S = 0.2
-SCALE_WARMUP_S = 2.0
+SCALE_WARMUP_S = 0.5
 CHECK_SAMPLES = 50
 #: The floor writes results in batches as a worker does (ajug.worker.SaveBatch's limits).
 FLOOR_BATCH = 64
@@ -316,7 +316,7 @@ class Bench:
             shutil.rmtree(url, ignore_errors=True)
 
     def jugfile(self, workload: str) -> Path:
-        src = "independent" if workload in ("scale", "connections", "baseline") else workload
+        src = "independent" if workload in ("scale", "connections", "baseline", "coordinator") else workload
         dst = self.tmp / f"{workload}.py"
         if not dst.exists():
             shutil.copyfile(WORKLOAD_DIR / f"{src}.py", dst)
@@ -501,15 +501,18 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _serve(b: Bench, wl: str, kind: str, n: int, tag: str, stay: bool = False
+def _serve(b: Bench, wl: str, kind: str, n: int, tag: str, stay: bool = False,
+           prefix: list[str] | None = None
            ) -> tuple[subprocess.Popen[bytes], str, int, bytes, str, float]:
     """``ajug serve`` on a free port; returns once it prints its address. ``stay``: keep
-    serving once everything is done (to be asked about it afterwards)."""
+    serving once everything is done (to be asked about it afterwards). ``kind`` "memory": a
+    store of the coordinator's own (for simulated workers, which store nothing). ``prefix``:
+    what runs ``ajug`` (default ``python -m ajug``)."""
     token = secrets.token_hex(16)
-    store = b.store("ajug", kind, tag)
+    store = "memory:" if kind == "memory" else b.store("ajug", kind, tag)
     env = dict(b.wl_env(wl, "ajug", n), AJUG_TOKEN=token)
-    cmd = [sys.executable, "-m", "ajug", "serve", str(b.jugfile(wl)), "--port", "0",
-           "--store", store, *(["--stay"] if stay else [])]
+    cmd = [*(prefix or [sys.executable, "-m", "ajug"]), "serve", str(b.jugfile(wl)),
+           "--port", "0", "--store", store, *(["--stay"] if stay else [])]
     t0 = time.perf_counter()
     p = b.spawn(cmd, env, tag)
     deadline = time.monotonic() + SERVE_TIMEOUT_S
@@ -538,7 +541,9 @@ async def _status_samples(host: str, port: int, token: bytes, k: int) -> tuple[l
 def run_scale(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dict[str, Any]:
     tag = f"scale-{kind}-{rep}"
     workers: list[subprocess.Popen[bytes]] = []
-    coord, host, port, token, store, load_s = _serve(b, wl, kind, n, tag)
+    # held open (--stay): a small graph may be done before the samples, and then the
+    # coordinator would be gone (issue 17: the scale workload failed at 100k tasks)
+    coord, host, port, token, store, load_s = _serve(b, wl, kind, n, tag, stay=True)
     try:
         at_load = _proc_mem(coord.pid)
         env = dict(b.env, AJUG_TOKEN=token.decode())
@@ -554,8 +559,11 @@ def run_scale(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dic
         cpu1, c1 = [_proc_cpu(pid) for pid in pids], time.perf_counter()
         serving = _proc_mem(coord.pid)
         busy = [(b1 - b0) / (c1 - c0) * 100 for b0, b1 in zip(cpu0, cpu1)]
-        d0, d1 = sts[0]["totals"]["done"], sts[-1]["totals"]["done"]
-        span = sts[-1]["uptime_s"] - sts[0]["uptime_s"]
+        # the rate while serving: over the samples taken before everything was done
+        serving_sts = [s for s in sts if s["totals"]["done"] < n] or sts[:1]
+        last_st = next((s for s in sts if s["totals"]["done"] >= n), serving_sts[-1])
+        d0, d1 = sts[0]["totals"]["done"], last_st["totals"]["done"]
+        span = last_st["uptime_s"] - sts[0]["uptime_s"]
         out: dict[str, Any] = {
             "load_s": load_s,
             "rss_loaded_mib": at_load["VmRSS"] / 2**20,
@@ -576,11 +584,16 @@ def run_scale(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dic
             out["net_peak_b_per_task"] = (serving["VmHWM"] - base) / n
             out["net_steady_b_per_task"] = (serving["VmRSS"] - base) / n
         if b.o.full:
-            (rc,) = _wait([coord], b.timeout(wl, n))
+            deadline = time.monotonic() + b.timeout(wl, n)
+            while True:
+                st = asyncio.run(_status_samples(host, port, token, 1))[1][-1]
+                if st["totals"]["done"] >= n or st["state"] == "finished":
+                    break
+                if coord.poll() is not None or time.monotonic() > deadline:
+                    out["error"] = f"not finished: {st['totals']}: {b.log_tail(tag)}"
+                    break
             out["wall_s"] = time.perf_counter() - t0  # from the first worker's start
-            if rc != 0:
-                out["error"] = f"exit {rc}: {b.log_tail(tag)}"
-            else:
+            if "error" not in out:
                 out.update(b.check(wl, "ajug", store, n, last))
     finally:
         for w in workers:
@@ -655,6 +668,16 @@ def run_connections(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) 
 RUNNERS = {"ajug": run_ajug, "floor": run_floor, "jug": run_jug}
 
 
+def _run_coordinator(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dict[str, Any]:
+    from benchmarks.coordinator_load import run_coordinator
+
+    return run_coordinator(b, wl, kind, n, rep, last)
+
+
+#: workloads with a runner of their own (the others run through RUNNERS, per engine)
+SPECIAL = {"scale": run_scale, "connections": run_connections, "coordinator": _run_coordinator}
+
+
 def tasks_of(wl: str, n: int) -> int:
     if wl == "mapreduce":
         total, level = n, n
@@ -687,6 +710,12 @@ def summarize(wl: str, system: str, n: int, runs: list[dict[str, Any]]) -> dict[
     if wl == "scale":
         row["tasks"] = n
         row["tasks_per_s"] = med.get("serving_rate")
+    elif wl == "coordinator":
+        row["tasks"] = int(med.get("done_in_window", 0))
+        row["tasks_per_s"] = med.get("tasks_per_s")
+        prof = next((r["profile"] for r in good if "profile" in r), None)
+        if prof:
+            row["profile"] = prof
     elif wl == "connections":
         row["tasks"] = int(med.get("leases", 0))
         row["tasks_per_s"] = med["leases"] / med["lease_s"] if med.get("lease_s") else None
@@ -755,6 +784,9 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             at_most=True, unit="B")
         add(f"scale, ajug-{kind}: status while serving, ms", r, m.get("status_ms"), 50,
             at_most=True, unit="ms")
+    r = by.get(("coordinator", "ajug-memory"))
+    add("coordinator: tasks per coordinator core-second", r,
+        r and r["median"].get("tasks_per_core_s"), 100_000, unit="/s")
     for kind in ("file", "redis"):
         r = by.get(("connections", f"ajug-{kind}"))
         add(f"connections, ajug-{kind}: errors", r, r and r["median"].get("errors"), 0, at_most=True)
@@ -779,6 +811,13 @@ def notes(r: dict[str, Any]) -> str:
                 f"); status {_f(m.get('status_ms'), '.1f')} ms (max {_f(m.get('status_ms_max'), '.1f')});"
                 f" CPU while serving: coordinator {_f(m.get('coord_cpu_pct'), '.0f')}%, workers "
                 f"{_f(m.get('workers_cpu_pct'), '.0f')}%")
+    if r["workload"] == "coordinator":
+        top = ", ".join(f"{t['function']} {100 * t['share']:.0f}%"
+                        for t in r.get("profile", {}).get("top", [])[:4])
+        return (f"{_f(m.get('tasks_per_core_s'), ',.0f')} tasks per coordinator core-second, "
+                f"{_f(m.get('us_per_task'), '.1f')} µs/task, coordinator CPU "
+                f"{_f(m.get('coord_cpu_pct'), '.0f')}%, {_f(m.get('connections'), '.0f')} conns"
+                + (f"; profile: {top}" if top else ""))
     if r["workload"] == "connections":
         return (f"{r['n']} conns, {_f(m.get('errors'), '.0f')} errors, {_f(m.get('workers_seen'), '.0f')}"
                 f" seen; handshakes {_f(m.get('connect_s'))} s; {_f(m.get('leases'), '.0f')} leases "
@@ -828,7 +867,7 @@ def print_table(rows: list[dict[str, Any]], tgts: list[dict[str, Any]], meta: di
                   "coordinator / jug process / floor process; wkr: workers' peak; CPU s: main + "
                   "workers.", style="dim")
     if tgts:
-        tt = Table(title="targets (issue 5)", title_justify="left")
+        tt = Table(title="targets", title_justify="left")
         for c in ("target", "measured", "goal", ""):
             tt.add_column(c, justify="left" if c == "target" else "right")
         for g in tgts:
@@ -878,6 +917,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale-n", type=int, help="scale: tasks (default 1,000,000; --quick: 100,000)")
     p.add_argument("--conns", type=int, help="connections: concurrent connections (default 256)")
     p.add_argument("--rounds", type=int, default=4, help="connections: leases per connection")
+    p.add_argument("--coord-n", type=int, help="coordinator: tasks in the graph (default 1,000,000)")
+    p.add_argument("--coord-conns", type=int, default=8,
+                   help="coordinator: simulated worker connections (default 8)")
+    p.add_argument("--no-coord-profile", dest="coord_profile", action="store_false",
+                   help="coordinator: skip the profiled run")
     p.add_argument("--repeat", type=int, help="runs per measurement, median reported (default 3; --quick: 1)")
     p.add_argument("--scale-repeat", type=int, help="runs of scale (default: --repeat)")
     p.add_argument("--jobs", "-j", type=int, default=2, help="worker processes for ajug and jug")
@@ -889,11 +933,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     o = p.parse_args(argv)
     sizes = QUICK_SIZES if o.quick else SIZES
     for wl, attr in (("independent", "n"), ("chain", "chain_n"), ("mapreduce", "maps"),
-                     ("bulk", "bulk_n"), ("scale", "scale_n"), ("connections", "conns")):
+                     ("bulk", "bulk_n"), ("scale", "scale_n"), ("connections", "conns"),
+                     ("coordinator", "coord_n")):
         if getattr(o, attr) is None:
             setattr(o, attr, sizes[wl])
     o.sizes = {"independent": o.n, "chain": o.chain_n, "mapreduce": o.maps, "bulk": o.bulk_n,
-               "scale": o.scale_n, "connections": o.conns}
+               "scale": o.scale_n, "connections": o.conns, "coordinator": o.coord_n}
     if o.repeat is None:
         o.repeat = 1 if o.quick else 3
     if o.scale_repeat is None:
@@ -932,7 +977,10 @@ def run_all(o: argparse.Namespace, b: Bench) -> list[dict[str, Any]]:
     rows = []
     for wl in o.workloads:
         n = o.sizes[wl]
-        mine = systems if wl in GRAPH_WORKLOADS else [s for s in systems if s.startswith("ajug-")]
+        if wl == "coordinator":  # no store: the workers are simulated
+            mine = ["ajug-memory"]
+        else:
+            mine = systems if wl in GRAPH_WORKLOADS else [s for s in systems if s.startswith("ajug-")]
         if not mine:
             b.notes.append(f"{wl}: no ajug system chosen, nothing to run")
             continue
@@ -943,7 +991,7 @@ def run_all(o: argparse.Namespace, b: Bench) -> list[dict[str, Any]]:
                 if any(r.get("timed_out") for r in runs[s]):
                     continue  # no point in timing out again
                 engine, _, kind = s.partition("-")
-                fn = {"scale": run_scale, "connections": run_connections}.get(wl, RUNNERS[engine])
+                fn = SPECIAL.get(wl) or RUNNERS[engine]
                 try:
                     r = fn(b, wl, kind, n, rep, rep == repeat - 1)
                 except TimedOut as e:

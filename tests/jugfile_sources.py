@@ -278,9 +278,10 @@ z = zero()
 r0 = r[z]
 z2 = double(r0)
 z2_2, z3 = plus1(z2)
+z4 = double(z3)  # a task taking a return_tuple Tasklet: its identity is jug's too
 sl = r[2:5]
 """
-EXPECTED["slice_task"] = {"r0": 0, "z2": 0, "z2_2": 0, "z3": 1, "sl": [2, 3, 4]}
+EXPECTED["slice_task"] = {"r0": 0, "z2": 0, "z2_2": 0, "z3": 1, "z4": 2, "sl": [2, 3, 4]}
 
 SOURCES["custom_hash"] = """
 from PKG import TaskGenerator

@@ -40,9 +40,15 @@ class Procs:
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, args: list[str], name: str, **kw: Any) -> subprocess.Popen[str]:
+        return self.start_cmd(ajug_cmd(*args), name, **kw)
+
+    def start_cmd(self, cmd: list[str], name: str, **kw: Any) -> subprocess.Popen[str]:
+        """Any command, logged to ``<name>.<n>.log``, in a process group of its own (stopped as
+        a group: the workers an ``ajug run`` or ``ajug work -j N`` started go with it)."""
         log = open(self.tmp / f"{name}.{len(self.procs)}.log", "w")
+        kw.setdefault("start_new_session", True)
         p = subprocess.Popen(
-            ajug_cmd(*args), stdout=kw.pop("stdout", log), stderr=subprocess.STDOUT,
+            cmd, stdout=kw.pop("stdout", log), stderr=subprocess.STDOUT,
             env=kw.pop("env", env()), text=True, cwd=kw.pop("cwd", self.tmp), **kw,
         )
         log.close()  # the child has its own copy of the descriptor
@@ -88,7 +94,15 @@ class Procs:
 
     def stop_all(self) -> None:
         for p in self.procs:
-            if p.poll() is None:
+            alive = p.poll() is None
+            try:  # the group too: children outlive a parent that was killed or exited
+                group = os.getpgid(p.pid) if alive else p.pid
+                if group == p.pid:
+                    os.killpg(group, signal.SIGCONT)
+                    os.killpg(group, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if alive:
                 try:
                     os.kill(p.pid, signal.SIGCONT)
                 except ProcessLookupError:

@@ -309,6 +309,18 @@ def test_property_nested_structures_equal_jug(args: list[Any], kwargs: dict[str,
     assert a == j
 
 
+_plain = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+          | st.text(max_size=8) | st.binary(max_size=8))
+
+
+@settings(_SETTINGS, max_examples=200)
+@given(args=st.lists(_plain, max_size=4))
+def test_property_plain_arguments_equal_jug(args: list[Any]) -> None:
+    """The fast paths for plain positional arguments (one, or several) give jug's digest."""
+    j, a = jug_and_ajug(lambda m: m.Task(F.fkw, *args))
+    assert a == j
+
+
 @settings(_SETTINGS, max_examples=40)
 @given(
     arr=hnp.arrays(

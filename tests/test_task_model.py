@@ -151,6 +151,33 @@ def test_tasklets(store: Any) -> None:
         iter(t)
 
 
+def test_a_tasklet_depends_on_every_task_its_operation_reads(store: Any) -> None:
+    """``r[z]``, ``r[(z, 0)]``, a Tasklet of such a Tasklet, a partial's bound Task: each
+    Task the value needs is a dependency, so no walker (leasing, status, invalidation) lets
+    the dependent start before it (jug's slice_task.py shape failed 1 run in 6)."""
+    from functools import partial
+
+    from ajug.graph import build_graph
+
+    r = Task(F.pairs, 4)
+    z = Task(F.f0)
+    o = Task(F.f1, 1)
+    cases = {
+        "index": Task(F.f1, r[z]),
+        "tuple index": Task(F.f1, r[(z, 0)]),
+        "tasklet of tasklet": Task(F.f1, r[z][o]),
+        "partial": Task(F.f1, Tasklet(r, partial(F.add, o))),
+    }
+    want = {"index": {r, z}, "tuple index": {r, z}, "tasklet of tasklet": {r, z, o},
+            "partial": {r, o}}
+    for what, t in cases.items():
+        assert set(t.dependencies()) == want[what], what
+    g = build_graph(list(ajug.task.alltasks), encode=False)
+    for what, t in cases.items():
+        deps = {g.keys[j] for j in g.deps(g.index[t.key])}
+        assert deps == {d.key for d in want[what]}, what
+
+
 def test_iteratetask(store: Any) -> None:
     t = Task(F.pairs, 3)
     a, b, c = iteratetask(t, 3)

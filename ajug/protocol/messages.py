@@ -46,7 +46,7 @@ ERROR_CODES: dict[str, bool] = {
 #: may also give client orders: it holds the full token, which would open a client connection.
 ROLE_OPS: dict[str, frozenset[str]] = {
     "worker": frozenset(
-        {"lease", "renew", "resume", "bye", "status", "shutdown", "invalidate", "error"}
+        {"lease", "renew", "resume", "code", "bye", "status", "shutdown", "invalidate", "error"}
     ),
     "client": frozenset({"status", "shutdown", "invalidate", "bye", "error"}),
 }
@@ -267,6 +267,7 @@ LEASE_ITEM = _Fast(
     _Struct(key=KEY, tok=UINT, fn=UINT, args=BIN, optional={"after": _KEYS}), _lease_item_ok
 )
 FUNC_ITEM = _Struct(fn=UINT, name=STR, src=STR, code=BIN)
+MODULE_ITEM = _Struct(name=STR, path=STR, pkg=BOOL, src=BIN)
 KEY_TOK = _Tuple(("key", KEY), ("tok", UINT))
 
 #: The schema of every message, by the side that sends it. "status" is both a request (client)
@@ -293,6 +294,7 @@ SCHEMAS: dict[Sender, dict[str, _Struct]] = {
         ),
         "renew": _Struct(id=UINT, leases=_List(KEY_TOK)),
         "resume": _Struct(id=UINT, running=_List(KEY)),
+        "code": _Struct(id=UINT, bundle=BOOL),
         "bye": _Struct(),
         "status": _Struct(id=UINT, detail=BOOL),
         "shutdown": _Struct(id=UINT),
@@ -310,6 +312,7 @@ SCHEMAS: dict[Sender, dict[str, _Struct]] = {
         ),
         "renewed": _Struct(re=UINT, lost=_List(KEY)),
         "resumed": _Struct(re=UINT, kept=_List(KEY_TOK), lost=_List(KEY)),
+        "code": _Struct(re=UINT, jugfile=STR, roots=_List(STR), modules=_List(MODULE_ITEM)),
         "status": _Struct(re=UINT, status=MAP),
         "ok": _Struct(re=UINT),
         "error": _Struct(re=NIL_OR_UINT, code=STR, msg=STR),
@@ -507,6 +510,22 @@ def resumed(
     re: int, kept: Iterable[Sequence[Any]] = (), lost: Iterable[str] = ()
 ) -> dict[str, Any]:
     return {"op": "resumed", "re": re, "kept": [list(kt) for kt in kept], "lost": list(lost)}
+
+
+def code(id: int, bundle: bool = False) -> dict[str, Any]:
+    """Where the jugfile's code lives; with ``bundle``, the coordinator's copy of it too."""
+    return {"op": "code", "id": id, "bundle": bundle}
+
+
+def module_item(name: str, path: str, pkg: bool, src: bytes) -> dict[str, Any]:
+    return {"name": name, "path": path, "pkg": pkg, "src": src}
+
+
+def code_reply(
+    re: int, *, jugfile: str, roots: Iterable[str], modules: Iterable[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    return {"op": "code", "re": re, "jugfile": jugfile, "roots": list(roots),
+            "modules": [dict(x) for x in modules]}
 
 
 def bye() -> dict[str, Any]:

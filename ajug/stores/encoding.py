@@ -85,20 +85,44 @@ class Encoded:
 # ---------------------------------------------------------------------------------- encoding
 
 
-def _pickle(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], bool]:
+@dataclass
+class Pickled:
+    """A value as a pickle stream and its out-of-band buffers: what it was at the moment it
+    was pickled. A worker pickles a task's result as the task returns, so that what is stored
+    (and what its dependents receive) is that, whatever happens to the object afterwards.
+
+    ``raws`` may be views of the value's own arrays: the value must not change before they are
+    written out or copied (``loads`` copies them)."""
+
+    data: bytes
+    raws: list[memoryview]
+    cloudpickle: bool
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) + sum(r.nbytes for r in self.raws)
+
+    def loads(self) -> Any:
+        """A new copy of the value (buffers copied: a caller may change it in place)."""
+        if not self.raws:
+            return pickle.loads(self.data)
+        return pickle.loads(self.data, buffers=[bytearray(r) for r in self.raws])
+
+
+def pickle_value(value: Any) -> Pickled:
     """Plain pickle (fast) unless it fails or refers to ``__main__``; then cloudpickle."""
     buffers: list[pickle.PickleBuffer] = []
     try:
         data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
         if not any(name in data for name in BY_VALUE_MODULES):
-            return data, buffers, False
+            return Pickled(data, [pb.raw() for pb in buffers], False)
     except (pickle.PicklingError, AttributeError, TypeError):
         pass
     import cloudpickle
 
     buffers = []
     data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    return data, buffers, True
+    return Pickled(data, [pb.raw() for pb in buffers], True)
 
 
 def _compress(view: memoryview) -> bytes:
@@ -122,15 +146,28 @@ def _pack_meta(meta: dict[str, Any]) -> bytes:
 _META_LEN_GUESS: dict[int, int] = {}
 
 
+def as_encoded(value: Any, meta: dict[str, Any] | None, compress: bool) -> Encoded:
+    """``value`` itself if it was encoded already (a worker encodes a result as its task
+    returns; ``meta`` is then in it), else its encoding."""
+    if isinstance(value, Encoded):
+        return value
+    return encode(value, meta, compress)
+
+
 def encode(value: Any, meta: dict[str, Any] | None = None, compress: bool = False) -> Encoded:
     """Lay ``value`` out as pieces without copying its large buffers.
 
     ``meta`` is copied and completed: ``ts`` (time written) unless given, and ``size``, the
     exact total encoded length.
     """
-    data, pbufs, used_cloudpickle = _pickle(value)
-    raws = [pb.raw() for pb in pbufs]
-    flags = FLAG_CLOUDPICKLE if used_cloudpickle else 0
+    return encode_pickled(pickle_value(value), meta, compress)
+
+
+def encode_pickled(p: Pickled, meta: dict[str, Any] | None = None,
+                   compress: bool = False) -> Encoded:
+    """``encode`` of a value already pickled."""
+    data, raws = p.data, p.raws
+    flags = FLAG_CLOUDPICKLE if p.cloudpickle else 0
     pickle_raw_len = len(data)
     stored: list[Piece]
     if compress:

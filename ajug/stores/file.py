@@ -178,7 +178,7 @@ class FileStore(Store):
     def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> int:
         """Write to ``tmp/`` then rename into place; on any failure the temp file is removed."""
         check_key(key)
-        enc = encoding.encode(value, meta, self.compress)
+        enc = encoding.as_encoded(value, meta, self.compress)
         final = self._path(key)
         for attempt in range(2):
             tmp = ""

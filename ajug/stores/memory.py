@@ -45,7 +45,7 @@ class MemoryStore(Store):
 
     def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> int:
         check_key(key)
-        enc = encoding.encode(value, meta, self.compress)
+        enc = encoding.as_encoded(value, meta, self.compress)
         blob = b"".join(enc.pieces)
         with self._mutex:
             self._data[key] = blob

@@ -255,7 +255,7 @@ class RedisStore(Store):
 
     def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> int:
         check_key(key)
-        enc = encoding.encode(value, meta, self.compress)
+        enc = encoding.as_encoded(value, meta, self.compress)
         meta_bytes = enc.meta_bytes
         if enc.size <= self.chunk_bytes:
             blob = b"".join(enc.pieces)
@@ -336,7 +336,7 @@ class RedisStore(Store):
         small: list[tuple[int, str, bytes, bytes]] = []
         for n, (key, value, meta) in enumerate(items):
             check_key(key)
-            enc = encoding.encode(value, meta, self.compress)
+            enc = encoding.as_encoded(value, meta, self.compress)
             if enc.size > self.chunk_bytes:
                 sizes[n] = self.save(key, value, meta)
                 continue

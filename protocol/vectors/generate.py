@@ -271,6 +271,23 @@ def vectors() -> list[tuple[str, str, str, dict[str, Any], str | None]]:
             m.resumed(1, kept=[[K3, 1]], lost=[K4]),
             "full",
         ),
+        (
+            "code",
+            "C>S",
+            "where the jugfile's code lives, with the coordinator's copy",
+            m.code(3, bundle=True),
+            "full",
+        ),
+        (
+            "code-reply",
+            "S>C",
+            "roots, and one module of the bundle",
+            m.code_reply(3, jugfile="/home/u/project/analysis.py",
+                         roots=["/home/u/project", "/home/u/project/src"],
+                         modules=[m.module_item("helper", "/home/u/project/helper.py", False,
+                                                b"def f(x):\n    return x + 1\n")]),
+            "full",
+        ),
         ("shutdown", "C>S", "ask the coordinator to stop", m.shutdown(3), "full"),
         (
             "invalidate",
