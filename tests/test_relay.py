@@ -30,8 +30,10 @@ pytestmark = pytest.mark.timeout(120)
 
 N = 12
 JUGFILE = '''\
-"""Tasks that leave a file per execution, so that a test can count them."""
+"""Tasks that leave a file per execution, so that a test can count them; the last one waits
+for the file AJUG_TEST_GATE (so the run lasts until every worker is back)."""
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -48,6 +50,9 @@ def square(i):
 
 @TaskGenerator
 def total(xs):
+    deadline = time.monotonic() + 60
+    while not Path(os.environ["AJUG_TEST_GATE"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
     return sum(xs)
 
 
@@ -90,13 +95,16 @@ class Relay:
         self.port = self.listener.getsockname()[1]
         self.connections: list[SimpleNamespace] = []
         self.lock = threading.Lock()
+        self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def close(self) -> None:
-        self.listener.close()
-        for c in self.connections:
-            for s in (c.client, c.upstream):
-                s.close()
+        with self.lock:
+            self.closed = True
+            self.listener.close()
+            for c in self.connections:
+                for s in (c.client, c.upstream):
+                    s.close()
 
     def _accept(self) -> None:
         while True:
@@ -104,8 +112,16 @@ class Relay:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:  # the coordinator is gone: as a closed port would be
+                client.close()
+                continue
             with self.lock:
+                if self.closed:
+                    client.close()
+                    upstream.close()
+                    return
                 attacked = len(self.connections) < self.attack
                 c = SimpleNamespace(client=client, upstream=upstream, attacked=attacked,
                                     injected_re=None, after=[], worker_closed=threading.Event())
@@ -167,11 +183,16 @@ def test_a_relay_cannot_get_its_code_run(procs: Procs, tmp_path: Path) -> None:
     marks.mkdir()
     pwned = tmp_path / "pwned"
     token = "relay-" + secrets.token_hex(8)
-    e = env(AJUG_TOKEN=token, AJUG_TEST_MARKS=str(marks))
+    gate = tmp_path / "gate"
+    e = env(AJUG_TOKEN=token, AJUG_TEST_MARKS=str(marks), AJUG_TEST_GATE=str(gate))
     coord, port = procs.serve(jugfile, env=e)
     relay = Relay(port, attack=2, payload=pickle.dumps(Evil(pwned)))
     try:
         work = procs.start(["-v", "work", f"127.0.0.1:{relay.port}", "-j", "2"], "work", env=e)
+        # both workers attacked, and both back through the relay (which now only forwards)
+        wait_for(lambda: len(relay.connections) >= 4 and len(list(marks.iterdir())) == N, 60,
+                 what="both workers to reconnect and the squares to be done")
+        gate.touch()
         assert work.wait(90) == 0, read_log(work)
         assert coord.wait(30) == 0, read_log(coord)
     finally:
@@ -203,7 +224,8 @@ def test_a_relay_cannot_get_its_code_run(procs: Procs, tmp_path: Path) -> None:
     assert len(relay.connections) >= 4
     runs = sorted(int(p.name.split(".")[0]) for p in marks.iterdir())
     assert runs == list(range(N)), runs
-    assert values(jugfile, ["result"], AJUG_TEST_MARKS=str(marks))["result"] == sum(
+    assert values(jugfile, ["result"], AJUG_TEST_MARKS=str(marks),
+                  AJUG_TEST_GATE=str(gate))["result"] == sum(
         i * i for i in range(N)
     )
     assert token not in log + read_log(coord)
