@@ -2,13 +2,13 @@
 
 Every ``AjugError`` is printed as one line saying what is wrong and what to do; ``-v`` adds the
 traceback. The token is read from ``AJUG_TOKEN`` or ``--token-file`` so that it never shows in
-the process list (``--token`` works but is visible to other users of the machine).
+the process list (``--token`` works but is visible to other users of the machine), and then kept
+in memory only (``access.py``: out of the environment that jugfile and task code see).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -24,6 +24,16 @@ from typing import Any
 
 import click
 
+from .access import (
+    bound_addresses,
+    check_bound,
+    check_listen,
+    forget_tokens,
+    read_token,
+    read_token_fd,
+    spawn_with_token,
+    token_fd,
+)
 from .errors import AjugError, UsageError
 from .launch.options import launch_options
 
@@ -59,26 +69,6 @@ def parse_address(addr: str, default_port: int | None = None) -> tuple[str, int]
     except ValueError:
         raise UsageError(f"address {addr!r}: port must be a number from 0 to 65535") from None
     return host, p
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def read_token(token: str | None, token_file: str | None, env: str = "AJUG_TOKEN") -> bytes:
-    if token_file:
-        try:
-            return Path(token_file).read_text().strip().encode()
-        except OSError as e:
-            raise UsageError(f"cannot read the token file {token_file}: {e.strerror}") from None
-    if token:
-        return token.encode()
-    return os.environ.get(env, "").strip().encode()
 
 
 def tls_context(server: bool, cert: str | None, key: str | None, ca: str | None) -> ssl.SSLContext | None:
@@ -154,20 +144,19 @@ async def _start_dashboard(coord: Any, port: int | None, host: str) -> None:
     print(f"ajug: dashboard on {dashboard_url(server, host)}", flush=True)
 
 
-def _settings(jugfile: str, store_url: str | None, host: str, port: int, **kw: Any) -> Any:
+def _settings(jugfile: str, store_url: str | None, host: str, port: int,
+              made_token: bytes | None = None, **kw: Any) -> Any:
+    """The coordinator's settings; the tokens leave the environment here (``forget_tokens``)."""
     from .coordinator import Settings
     from .jugfile import check_jugfile, default_store_url
 
     path = check_jugfile(jugfile)
-    token = read_token(kw["token"], kw["token_file"])
+    token = made_token if made_token is not None else read_token(kw["token"], kw["token_file"])
     if kw["token"]:
         log.warning("--token is visible in the process list; prefer AJUG_TOKEN or --token-file")
-    if not token and not is_loopback(host):
-        raise UsageError(
-            f"refusing to listen on {host} without a token: anyone who can reach it could run "
-            "code on your workers. Set AJUG_TOKEN or --token-file (or bind to 127.0.0.1)"
-        )
+    check_listen(host, port, token)  # before anything is opened; check_bound after binding
     rt = read_token(None, kw["read_token_file"], "AJUG_READ_TOKEN") or None
+    forget_tokens()
     return Settings(
         jugfile=str(path),
         store_url=store_url or default_store_url(path),
@@ -224,9 +213,16 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
 
     async def main() -> int:
         coord = Coordinator(settings)
-        await coord.open()
-        print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host}:{coord.port} "
-              f"(store {coord.store.url})", flush=True)
+        await coord.listen()
+        try:
+            check_bound(settings.host, coord.sockets, settings.token)
+        except UsageError:
+            await coord.close()
+            raise
+        await coord.load()
+        every = "" if settings.host else f"every interface ({', '.join(bound_addresses(coord.sockets))}), "
+        print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host or '*'}:{coord.port} "
+              f"({every}store {coord.store.url})", flush=True)
         await _start_dashboard(coord, dashboard, dashboard_host)
         _install_stop(coord)
         launcher = await _start_launcher(coord, lo)
@@ -302,14 +298,18 @@ def _summary(st: dict[str, Any]) -> None:
 @click.option("--tls-ca", default=None, help="CA bundle to verify the coordinator's certificate (enables TLS).")
 @click.option("--tls-cert", default=None, help="Client certificate, if the coordinator requires one.")
 @click.option("--tls-key", default=None)
+@click.option("--token-fd", type=int, default=None, hidden=True,
+              help="Read the token from this inherited file descriptor (how ajug starts workers).")
 def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, store_url: str | None,
          name: str, max_tasks: int | None, idle_exit: float | None, token_file: str | None,
-         token: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> int:
+         token: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
+         token_fd: int | None) -> int:
     """Run tasks for the coordinator at ADDRESS (HOST:PORT) until it says all is done."""
     host, port = parse_address(address)
     if idle_exit is not None and not idle_exit > 0:
         raise UsageError(f"--idle-exit {idle_exit:g}: must be a positive number of seconds")
-    tok = read_token(token, token_file)
+    tok = read_token_fd(token_fd) if token_fd is not None else read_token(token, token_file)
+    forget_tokens()  # task code, and what it starts, must not find it in the environment
     if jobs > 1:
         args = ["work", address, "-j", "1", "--connect-timeout", str(connect_timeout)]
         for flag, v in (("--prefetch", prefetch), ("--store", store_url), ("--max-tasks", max_tasks),
@@ -317,8 +317,7 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
                         ("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
             if v is not None:
                 args += [flag, str(v)]
-        env = dict(os.environ, AJUG_TOKEN=tok.decode())
-        return supervise([[*args, "--name", f"{name or 'w'}{i}"] for i in range(jobs)], env)
+        return supervise([[*args, "--name", f"{name or 'w'}{i}"] for i in range(jobs)], tok)
     from .worker import Worker, WorkerOptions
 
     opts = WorkerOptions(
@@ -346,9 +345,10 @@ def worker_command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "ajug", *ajug_args(args)]
 
 
-def _forked_main(argv: list[str]) -> None:
-    """What a worker forked by ``ajug run`` runs: ``ajug work ...``, as a spawned one would."""
-    main(argv)
+def _forked_main(argv: list[str], token: bytes) -> None:
+    """What a worker forked by ``ajug run`` runs: ``ajug work ...``, as a spawned one would,
+    with the token from the run's memory (``--token-fd``), as a spawned one gets it."""
+    main([*argv, "--token-fd", str(token_fd(token))])
 
 
 def worth_restarting(rc: int, restarts: int, jobs: int) -> bool:
@@ -358,9 +358,10 @@ def worth_restarting(rc: int, restarts: int, jobs: int) -> bool:
     return rc not in (0, 2) and restarts < 20 * jobs
 
 
-def supervise(arg_lists: list[list[str]], env: dict[str, str]) -> int:
-    """Run worker processes; restart one that was killed while the run goes on."""
-    procs = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
+def supervise(arg_lists: list[list[str]], token: bytes) -> int:
+    """Run worker processes; restart one that was killed while the run goes on. Each gets the
+    token from this process's memory through a pipe (``--token-fd``)."""
+    procs = [spawn_with_token(worker_command(a), token) for a in arg_lists]
     restarts = 0
     codes: list[int | None] = [None] * len(procs)
     try:
@@ -377,7 +378,7 @@ def supervise(arg_lists: list[list[str]], env: dict[str, str]) -> int:
                     log.warning("worker pid %d exited (%s); starting another", p.pid,
                                 f"signal {-rc}" if rc < 0 else f"status {rc}")
                     restarts += 1
-                    procs[i] = subprocess.Popen(worker_command(arg_lists[i]), env=env)
+                    procs[i] = spawn_with_token(worker_command(arg_lists[i]), token)
                 else:
                     codes[i] = rc
     except KeyboardInterrupt:
@@ -419,17 +420,16 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
                              "size the jobs")
         host = launch.listen_host(lo)
         launch.prepare(lo, jugfile, kw)  # the jobs' token file (made now if there is none)
-    if not (kw["token"] or kw["token_file"] or os.environ.get("AJUG_TOKEN")):
-        kw["token"] = None
-        os.environ["AJUG_TOKEN"] = secrets.token_hex(16)  # fresh per run, passed by environment
-    settings = _settings(jugfile, store_url, host, port, **kw)
+    made = None
+    if not (kw["token"] or kw["token_file"] or os.environ.get("AJUG_TOKEN", "").strip()):
+        made = secrets.token_hex(16).encode()  # fresh per run, kept in memory
+    settings = _settings(jugfile, store_url, host, port, made_token=made, **kw)
     settings.finish_grace_s = 5.0
     n = 0 if lo is not None else jobs or os.cpu_count() or 1
     # forked now, before any thread or socket exists; they get the port once there is work
     forks = None
     if n:
-        forks = fork_workers(n, _forked_main, {"AJUG_TOKEN": settings.token.decode()},
-                             settings.store_url)
+        forks = fork_workers(n, _forked_main, settings.token, settings.store_url)
     if forks is not None:
         log.info("started %d local workers by fork", n)
 
@@ -444,7 +444,6 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         _install_stop(coord)
         await _start_dashboard(coord, dashboard, dashboard_host)
         launcher = await _start_launcher(coord, lo)
-        env = dict(os.environ, AJUG_TOKEN=settings.token.decode())
         args = ["work", f"127.0.0.1:{coord.port}", "-j", "1", "--connect-timeout", "30"]
         if prefetch is not None:
             args += ["--prefetch", str(prefetch)]
@@ -455,7 +454,7 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
             if forks is not None:
                 procs = forks.start([ajug_args(a) for a in arg_lists])
             else:
-                procs = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
+                procs = [spawn_with_token(worker_command(a), settings.token) for a in arg_lists]
         elif forks is not None:
             forks.cancel()
         prog = RunProgress(enabled=not no_progress)
@@ -474,7 +473,7 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
                     log.warning("worker pid %d exited (%d); starting another", p.pid, rc)
                     restarts[0] += 1
                     # spawned, even if the first ones were forked: this process has threads now
-                    procs[i] = subprocess.Popen(worker_command(arg_lists[i]), env=env)
+                    procs[i] = spawn_with_token(worker_command(arg_lists[i]), settings.token)
 
         try:
             code = await coord.run(on_tick=tick)

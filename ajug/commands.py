@@ -80,7 +80,8 @@ class Remote:
     """A coordinator at HOST:PORT, asked one question per call over a fresh connection."""
 
     def __init__(self, address: str, kw: dict[str, Any], access: str = "read") -> None:
-        from .cli import parse_address, read_token, tls_context
+        from .access import read_token
+        from .cli import parse_address, tls_context
 
         self.host, self.port = parse_address(address)
         tok = read_token(kw.get("token"), kw.get("token_file"))

@@ -30,6 +30,7 @@ from .jugfile import LoadedJugfile, load_jugfile
 from .protocol import connection as conn_mod
 from .protocol import messages as m
 from .protocol.messages import ERROR_CODES
+from .protocol.refusals import RefusalLog
 from .scheduler import BLOCKED, DONE, FAILED, READY, RUNNING, STATE_NAMES, WAITING, Scheduler
 from .stores import open_store
 from .stores.base import Store
@@ -99,6 +100,7 @@ class Coordinator:
         self.durations = [0] * (len(DURATION_BUCKETS_S) + 1)
         self.duration_sum_s = 0.0
         self._late_pending: set[int] = set()
+        self.refusals = RefusalLog()  # failed handshakes: a few lines a minute, whatever comes
         self.history: list[tuple[float, int]] = []  # (unix time, tasks done) for rates
         self._bundle: tuple[LoadedJugfile, list[Any]] | None = None
         #: extra sections of status(), by name (the launcher's "jobs")
@@ -134,6 +136,11 @@ class Coordinator:
             raise
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets: what was actually bound (``access.check_bound`` looks)."""
+        return list(self._server.sockets) if self._server is not None else []
 
     async def load(self) -> None:
         try:
@@ -292,6 +299,7 @@ class Coordinator:
         self._notify()
 
     async def close(self) -> None:
+        conn_mod.flush_refusals(self.refusals, force=True)
         if self._server is not None:
             self._server.close()
             for c in list(self._conns.values()):
@@ -370,9 +378,11 @@ class Coordinator:
                 handshake_timeout_s=self.s.handshake_timeout_s,
                 max_frame_bytes=self.s.max_frame_bytes,
                 welcome_info=self.welcome_info(),
+                refusals=self.refusals,
             )
         except Exception as e:  # never let one connection take the server down
-            log.warning("handshake failed: %s", e)
+            address = conn_mod.peer_address(writer)
+            conn_mod.note_refusal(self.refusals, address, f"handshake with {address} failed: {e}")
             writer.close()
             return
         if conn is None:
@@ -525,13 +535,14 @@ class ConnSession:
                     if ERROR_CODES.get(msg["code"], False):
                         return
                     continue
-                if op in ("lease", "renew", "resume", "code", "shutdown", "invalidate") and (
-                    self.access != "full"
-                    or (self.role != "worker" and op in ("lease", "renew", "resume", "code"))
-                ):
-                    self.error(msg.get("id"), "access", f"{op} needs a worker connection with the full token")
+                try:
+                    m.check_allowed(msg, self.role, self.access)
+                except m.AccessDenied as e:
+                    self.error(msg.get("id"), "access", str(e))
                     await self.conn.drain()
                     continue
+                except m.UnknownOp:
+                    pass  # hello or auth again: no handler below, an "op" error and the close
                 if op == "lease":
                     t = asyncio.ensure_future(self._guarded(self.on_lease, msg))
                     tasks.add(t)

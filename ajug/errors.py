@@ -12,7 +12,8 @@
     │   └── StoreLocked             another coordinator owns the store (names its host, pid)
     ├── ProtocolError               a frame or message that breaks protocol/SPEC.md
     │   ├── FrameTooLarge           length prefix over the limit
-    │   └── VersionMismatch         no protocol version in common
+    │   ├── VersionMismatch         no protocol version in common
+    │   └── BadMac                  a frame after the handshake failed authentication
     ├── AuthError                   wrong token, or the peer failed to prove it has it
     ├── ConnectError                the coordinator cannot be reached (after retries)
     │   └── TLSError                TLS failed: not retried
@@ -78,6 +79,12 @@ class FrameTooLarge(ProtocolError):
 
 class VersionMismatch(ProtocolError):
     pass
+
+
+class BadMac(ProtocolError):
+    """A frame's MAC does not match: injected, replayed, reordered, dropped before it, or
+    altered on the way. The connection is closed (a worker reconnects); not an ``AuthError``,
+    since the token was right: it is the path between the two sides that cannot be trusted."""
 
 
 class AuthError(AjugError):

@@ -596,6 +596,7 @@ class Worker:
                 for fut in pending.values():
                     if not fut.done():
                         fut.set_exception(e if isinstance(e, Exception) else ProtocolError(str(e)))
+                        fut.exception()  # the session reports the reader's error, once
                 pending.clear()
                 raise
 
