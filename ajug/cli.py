@@ -2,13 +2,13 @@
 
 Every ``AjugError`` is printed as one line saying what is wrong and what to do; ``-v`` adds the
 traceback. The token is read from ``AJUG_TOKEN`` or ``--token-file`` so that it never shows in
-the process list (``--token`` works but is visible to other users of the machine).
+the process list (``--token`` works but is visible to other users of the machine), and then kept
+in memory only (``access.py``: out of the environment that jugfile and task code see).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -25,7 +25,18 @@ from typing import Any
 
 import click
 
+from .access import (
+    bound_addresses,
+    check_bound,
+    check_listen,
+    forget_tokens,
+    read_token,
+    read_token_fd,
+    spawn_with_token,
+    token_fd,
+)
 from .errors import AjugError, UsageError
+from .launch.options import launch_options
 from .supervisor import RunWatch, Workers
 
 log = logging.getLogger("ajug")
@@ -60,26 +71,6 @@ def parse_address(addr: str, default_port: int | None = None) -> tuple[str, int]
     except ValueError:
         raise UsageError(f"address {addr!r}: port must be a number from 0 to 65535") from None
     return host, p
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def read_token(token: str | None, token_file: str | None, env: str = "AJUG_TOKEN") -> bytes:
-    if token_file:
-        try:
-            return Path(token_file).read_text().strip().encode()
-        except OSError as e:
-            raise UsageError(f"cannot read the token file {token_file}: {e.strerror}") from None
-    if token:
-        return token.encode()
-    return os.environ.get(env, "").strip().encode()
 
 
 def tls_context(server: bool, cert: str | None, key: str | None, ca: str | None) -> ssl.SSLContext | None:
@@ -155,20 +146,19 @@ async def _start_dashboard(coord: Any, port: int | None, host: str) -> None:
     print(f"ajug: dashboard on {dashboard_url(server, host)}", flush=True)
 
 
-def _settings(jugfile: str, store_url: str | None, host: str, port: int, **kw: Any) -> Any:
+def _settings(jugfile: str, store_url: str | None, host: str, port: int,
+              made_token: bytes | None = None, **kw: Any) -> Any:
+    """The coordinator's settings; the tokens leave the environment here (``forget_tokens``)."""
     from .coordinator import Settings
     from .jugfile import check_jugfile, default_store_url
 
     path = check_jugfile(jugfile)
-    token = read_token(kw["token"], kw["token_file"])
+    token = made_token if made_token is not None else read_token(kw["token"], kw["token_file"])
     if kw["token"]:
         log.warning("--token is visible in the process list; prefer AJUG_TOKEN or --token-file")
-    if not token and not is_loopback(host):
-        raise UsageError(
-            f"refusing to listen on {host} without a token: anyone who can reach it could run "
-            "code on your workers. Set AJUG_TOKEN or --token-file (or bind to 127.0.0.1)"
-        )
+    check_listen(host, port, token)  # before anything is opened; check_bound after binding
     rt = read_token(None, kw["read_token_file"], "AJUG_READ_TOKEN") or None
+    forget_tokens()
     return Settings(
         jugfile=str(path),
         store_url=store_url or default_store_url(path),
@@ -203,11 +193,19 @@ def cli(verbose: int, quiet: int) -> None:
               help="Seconds a new connection has to complete the handshake (default 10).")
 @dashboard_options
 @coordinator_options
+@launch_options
 def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: float | None,
           store_url: str | None, dashboard: int | None, dashboard_host: str, **kw: Any) -> int:
-    """Coordinate a jugfile's tasks: workers connect with `ajug work HOST:PORT`."""
+    """Coordinate a jugfile's tasks: workers connect with `ajug work HOST:PORT`, or are
+    started as batch jobs with --workers slurm (pbs, sge, lsf, exec:...)."""
     from .coordinator import Coordinator
+    from .launch import options as launch
 
+    lo = launch.pop_launch_options(kw, "serve")
+    if lo is not None:
+        if click.get_current_context().get_parameter_source("host") == click.core.ParameterSource.DEFAULT:
+            host = launch.listen_host(lo)
+        launch.prepare(lo, jugfile, kw)
     settings = _settings(jugfile, store_url, host, port, **kw)
     settings.stay = stay
     if handshake_timeout is not None:
@@ -217,21 +215,55 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
 
     async def main() -> int:
         coord = Coordinator(settings)
-        await coord.open()
-        print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host}:{coord.port} "
-              f"(store {coord.store.url})", flush=True)
+        await coord.listen()
+        try:
+            check_bound(settings.host, coord.sockets, settings.token)
+        except UsageError:
+            await coord.close()
+            raise
+        await coord.load()
+        every = "" if settings.host else f"every interface ({', '.join(bound_addresses(coord.sockets))}), "
+        print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host or '*'}:{coord.port} "
+              f"({every}store {coord.store.url})", flush=True)
         await _start_dashboard(coord, dashboard, dashboard_host)
         _install_stop(coord)
+        launcher = await _start_launcher(coord, lo)
         from .progress import RunProgress
 
         prog = RunProgress(interval_s=10.0, enabled=sys.stderr.isatty() is False)
-        code = await coord.run(on_tick=lambda c: prog.update(c.status()))
+
+        def tick(c: Any) -> None:
+            prog.update(c.status())
+            if launcher is not None:
+                launcher.tick(c)
+
+        try:
+            code = await coord.run(on_tick=tick)
+        finally:
+            if launcher is not None:
+                await launcher.close(finished=coord.state == "finished")
         st = coord.status()
         prog.close()
         _summary(st)
         return code
 
     return _new_loop_runner()(main())
+
+
+async def _start_launcher(coord: Any, lo: Any) -> Any:
+    """The launcher of --workers (None without); the coordinator closes if it cannot start."""
+    if lo is None:
+        return None
+    from .launch.options import start_launcher
+
+    try:
+        launcher = await start_launcher(coord, lo)
+    except BaseException:
+        await coord.close()
+        raise
+    print(f"ajug: workers: {lo.label} jobs named {launcher.name} (at most {lo.max_jobs}, "
+          f"{lo.cpus} CPU(s) each), scripts and logs in {launcher.job_dir}", flush=True)
+    return launcher
 
 
 def _install_stop(coord: Any) -> None:
@@ -261,29 +293,37 @@ def _summary(st: dict[str, Any]) -> None:
 @click.option("--store", "store_url", default=None, help="Override the store URL the coordinator announces.")
 @click.option("--name", default="", help="Name shown in status.")
 @click.option("--max-tasks", type=int, default=None, help="Exit after this many tasks.")
+@click.option("--idle-exit", type=float, default=None, metavar="SECONDS",
+              help="Exit after this long without a task (frees a batch job's node).")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None)
 @click.option("--token", default=None, hidden=True)
 @click.option("--tls-ca", default=None, help="CA bundle to verify the coordinator's certificate (enables TLS).")
 @click.option("--tls-cert", default=None, help="Client certificate, if the coordinator requires one.")
 @click.option("--tls-key", default=None)
+@click.option("--token-fd", type=int, default=None, hidden=True,
+              help="Read the token from this inherited file descriptor (how ajug starts workers).")
 def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, store_url: str | None,
-         name: str, max_tasks: int | None, token_file: str | None, token: str | None,
-         tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> int:
+         name: str, max_tasks: int | None, idle_exit: float | None, token_file: str | None,
+         token: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
+         token_fd: int | None) -> int:
     """Run tasks for the coordinator at ADDRESS (HOST:PORT) until it says all is done."""
     host, port = parse_address(address)
-    tok = read_token(token, token_file)
+    if idle_exit is not None and not idle_exit > 0:
+        raise UsageError(f"--idle-exit {idle_exit:g}: must be a positive number of seconds")
+    tok = read_token_fd(token_fd) if token_fd is not None else read_token(token, token_file)
+    forget_tokens()  # task code, and what it starts, must not find it in the environment
     if jobs > 1:
         args = ["work", address, "-j", "1", "--connect-timeout", str(connect_timeout)]
         for flag, v in (("--prefetch", prefetch), ("--store", store_url), ("--max-tasks", max_tasks),
+                        ("--idle-exit", idle_exit),
                         ("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
             if v is not None:
                 args += [flag, str(v)]
-        env = dict(os.environ, AJUG_TOKEN=tok.decode())
         from .supervisor import FINISH_GRACE_S, report_death, supervise
 
         ctx = tls_context(False, tls_cert, tls_key, tls_ca)
         return supervise([[*args, "--name", f"{name or 'w'}{i}"] for i in range(jobs)],
-                         worker_command, env,
+                         lambda a: spawn_with_token(worker_command(a), tok),
                          report=lambda death: report_death(host, port, tok, ctx, death),
                          finish_grace_s=None if max_tasks is not None else FINISH_GRACE_S)
     from .worker import Worker, WorkerOptions
@@ -298,6 +338,7 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
         store_url=store_url,
         ssl=tls_context(False, tls_cert, tls_key, tls_ca),
         max_tasks=max_tasks,
+        idle_exit_s=idle_exit,
     )
     return Worker(opts).run()
 
@@ -312,9 +353,10 @@ def worker_command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "ajug", *ajug_args(args)]
 
 
-def _forked_main(argv: list[str]) -> None:
-    """What a worker forked by ``ajug run`` runs: ``ajug work ...``, as a spawned one would."""
-    main(argv)
+def _forked_main(argv: list[str], token: bytes) -> None:
+    """What a worker forked by ``ajug run`` runs: ``ajug work ...``, as a spawned one would,
+    with the token from the run's memory (``--token-fd``), as a spawned one gets it."""
+    main([*argv, "--token-fd", str(token_fd(token))])
 
 
 @cli.command()
@@ -325,22 +367,34 @@ def _forked_main(argv: list[str]) -> None:
 @click.option("--no-progress", is_flag=True, help="No progress display.")
 @dashboard_options
 @coordinator_options
+@launch_options
 def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_progress: bool,
         store_url: str | None, dashboard: int | None, dashboard_host: str, **kw: Any) -> int:
-    """Run a jugfile on this machine: a coordinator and JOBS worker processes over loopback."""
+    """Run a jugfile: a coordinator and JOBS worker processes over loopback (or, with
+    --workers slurm, ..., worker jobs on a cluster)."""
     from .coordinator import Coordinator
+    from .launch import options as launch
     from .local import fork_workers
     from .progress import RunProgress
 
-    if not (kw["token"] or kw["token_file"] or os.environ.get("AJUG_TOKEN")):
-        kw["token"] = None
-        os.environ["AJUG_TOKEN"] = secrets.token_hex(16)  # fresh per run, passed by environment
-    settings = _settings(jugfile, store_url, "127.0.0.1", port, **kw)
+    lo = launch.pop_launch_options(kw, "run")
+    host = "127.0.0.1"
+    if lo is not None:
+        if jobs is not None:
+            raise UsageError("-j starts local workers; with --workers, --job-cpus and --max-jobs "
+                             "size the jobs")
+        host = launch.listen_host(lo)
+        launch.prepare(lo, jugfile, kw)  # the jobs' token file (made now if there is none)
+    made = None
+    if not (kw["token"] or kw["token_file"] or os.environ.get("AJUG_TOKEN", "").strip()):
+        made = secrets.token_hex(16).encode()  # fresh per run, kept in memory
+    settings = _settings(jugfile, store_url, host, port, made_token=made, **kw)
     settings.finish_grace_s = 5.0
-    n = jobs or os.cpu_count() or 1
+    n = 0 if lo is not None else jobs or os.cpu_count() or 1
     # forked now, before any thread or socket exists; they get the port once there is work
-    forks = fork_workers(n, _forked_main, {"AJUG_TOKEN": settings.token.decode()},
-                         settings.store_url)
+    forks = None
+    if n:
+        forks = fork_workers(n, _forked_main, settings.token, settings.store_url)
     if forks is not None:
         log.info("started %d local workers by fork", n)
 
@@ -354,7 +408,7 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
             raise UsageError("ajug run uses loopback only; TLS options are for serve/work")
         _install_stop(coord)
         await _start_dashboard(coord, dashboard, dashboard_host)
-        env = dict(os.environ, AJUG_TOKEN=settings.token.decode())
+        launcher = await _start_launcher(coord, lo)
         args = ["work", f"127.0.0.1:{coord.port}", "-j", "1", "--connect-timeout", "30"]
         if prefetch is not None:
             args += ["--prefetch", str(prefetch)]
@@ -365,18 +419,21 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
             if forks is not None:
                 procs = forks.start([ajug_args(a) for a in arg_lists])
             else:
-                procs = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
+                procs = [spawn_with_token(worker_command(a), settings.token) for a in arg_lists]
         elif forks is not None:
             forks.cancel()
         prog = RunProgress(enabled=not no_progress)
-        host = socket.gethostname()
+        here = socket.gethostname()
         # spawned when replaced, even if the first ones were forked: this process has threads now
-        workers = Workers(procs, lambda i: subprocess.Popen(worker_command(arg_lists[i]), env=env),
-                          lambda d: coord.worker_exited(host, d.pid, d.cause, d.detail))
+        workers = Workers(procs,
+                          lambda i: spawn_with_token(worker_command(arg_lists[i]), settings.token),
+                          lambda d: coord.worker_exited(here, d.pid, d.cause, d.detail))
         watch = RunWatch(n)
 
         def tick(c: Any) -> None:
             prog.update(c.status())
+            if launcher is not None:
+                launcher.tick(c)
             if c.state == "finished" or not procs:
                 return
             deaths = workers.poll()
@@ -389,6 +446,8 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         try:
             code = await coord.run(on_tick=tick)
         finally:
+            if launcher is not None:
+                await launcher.close(finished=coord.state == "finished")
             await _end_workers(workers, finished=coord.state == "finished")
         st = coord.status()
         prog.close(st)

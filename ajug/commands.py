@@ -82,7 +82,8 @@ class Remote:
     """A coordinator at HOST:PORT, asked one question per call over a fresh connection."""
 
     def __init__(self, address: str, kw: dict[str, Any], access: str = "read") -> None:
-        from .cli import parse_address, read_token, tls_context
+        from .access import read_token
+        from .cli import parse_address, tls_context
 
         self.host, self.port = parse_address(address)
         tok = read_token(kw.get("token"), kw.get("token_file"))
@@ -537,7 +538,9 @@ def config_cmd(as_json: bool, args: tuple[str, ...]) -> int:
         click.echo(f"[{name}]")
         for key, s in settings.items():
             v = s["value"]
-            shown = json.dumps(v) if isinstance(v, (str, int, float, bool)) else "(unset)"
+            if isinstance(v, (list, tuple)) and v:  # a repeatable option (job-setup)
+                v = list(v)
+            shown = json.dumps(v) if isinstance(v, (str, int, float, bool, list)) else "(unset)"
             click.echo(f"{key} = {shown}  # {s['source']}")
     return 0
 

@@ -51,6 +51,7 @@ class Key:
     param: str  # click's parameter name (``store_url``)
     name: str  # the name shown and documented (``store``)
     invert: bool = False  # set through a secondary flag name (``fail-fast`` for ``keep_going``)
+    multiple: bool = False  # a repeatable option: a list, or one string of lines
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
@@ -104,9 +105,10 @@ def settable_keys(cli: click.Group) -> dict[str, dict[str, Key]]:
                 continue
             longs = [o for o in p.opts if o.startswith("--")]
             shown = longs[0][2:] if longs else p.name or ""
-            keys[_norm(p.name or "")] = Key(cname, p.name or "", shown)
+            many = bool(getattr(p, "multiple", False))
+            keys[_norm(p.name or "")] = Key(cname, p.name or "", shown, multiple=many)
             for o in longs:
-                keys[_norm(o)] = Key(cname, p.name or "", shown)
+                keys[_norm(o)] = Key(cname, p.name or "", shown, multiple=many)
             for o in p.secondary_opts:
                 if o.startswith("--"):
                     keys[_norm(o)] = Key(cname, p.name or "", o[2:], invert=True)
@@ -118,6 +120,8 @@ def _set(layer: dict[str, dict[str, tuple[Any, str]]], key: Key, value: Any, sou
          base: Path | None) -> None:
     if key.invert:
         value = not _as_bool(value, key, source)
+    if key.multiple and isinstance(value, str):  # AJUG_JOB_SETUP="line 1<newline>line 2"
+        value = [line for line in value.splitlines() if line.strip()]
     if base is not None and key.param in PATH_KEYS and isinstance(value, str) and value:
         if key.param != "store_url" or not _has_scheme(value):
             value = str((base / os.path.expanduser(value)).resolve())

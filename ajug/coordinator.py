@@ -32,6 +32,7 @@ from .lockkeeper import LockKeeper, lock_ttl_for
 from .protocol import connection as conn_mod
 from .protocol import messages as m
 from .protocol.messages import ERROR_CODES
+from .protocol.refusals import RefusalLog
 from .scheduler import BLOCKED, DONE, FAILED, READY, RUNNING, STATE_NAMES, WAITING, Scheduler
 from .stores import open_store
 from .stores.base import Store
@@ -103,6 +104,7 @@ class Coordinator:
         self.durations = [0] * (len(DURATION_BUCKETS_S) + 1)
         self.duration_sum_s = 0.0
         self._late_pending: set[int] = set()
+        self.refusals = RefusalLog()  # failed handshakes: a few lines a minute, whatever comes
         self.history: list[tuple[float, int]] = []  # (unix time, tasks done) for rates
         self._verifying = False
         self._vanished_logged = 0
@@ -110,6 +112,8 @@ class Coordinator:
         #: end-of-run check (a file store compares it with the file's size: one stat a result)
         self.sizes = array("Q")
         self._bundle: tuple[LoadedJugfile, list[Any]] | None = None
+        #: extra sections of status(), by name (the launcher's "jobs")
+        self.status_sections: dict[str, Callable[[], Any]] = {}
 
     # -- startup ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -146,6 +150,11 @@ class Coordinator:
             raise
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets: what was actually bound (``access.check_bound`` looks)."""
+        return list(self._server.sockets) if self._server is not None else []
 
     async def load(self) -> None:
         try:
@@ -360,6 +369,7 @@ class Coordinator:
         self._notify()
 
     async def close(self) -> None:
+        conn_mod.flush_refusals(self.refusals, force=True)
         if self._server is not None:
             self._server.close()
             for c in list(self._conns.values()):
@@ -460,9 +470,11 @@ class Coordinator:
                 handshake_timeout_s=self.s.handshake_timeout_s,
                 max_frame_bytes=self.s.max_frame_bytes,
                 welcome_info=self.welcome_info(),
+                refusals=self.refusals,
             )
         except Exception as e:  # never let one connection take the server down
-            log.warning("handshake failed: %s", e)
+            address = conn_mod.peer_address(writer)
+            conn_mod.note_refusal(self.refusals, address, f"handshake with {address} failed: {e}")
             writer.close()
             return
         if conn is None:
@@ -547,6 +559,7 @@ class Coordinator:
             "vanished": sched.vanished,
             "recomputed": sched.recomputed,
             "rate": round(rate, 2),
+            **{name: section() for name, section in self.status_sections.items()},
         }
 
 
@@ -625,14 +638,14 @@ class ConnSession:
                     if ERROR_CODES.get(msg["code"], False):
                         return
                     continue
-                if op in ("lease", "renew", "resume", "code", "shutdown", "invalidate",
-                          "exited") and (
-                    self.access != "full"
-                    or (self.role != "worker" and op in ("lease", "renew", "resume", "code"))
-                ):
-                    self.error(msg.get("id"), "access", f"{op} needs a worker connection with the full token")
+                try:
+                    m.check_allowed(msg, self.role, self.access)
+                except m.AccessDenied as e:
+                    self.error(msg.get("id"), "access", str(e))
                     await self.conn.drain()
                     continue
+                except m.UnknownOp:
+                    pass  # hello or auth again: no handler below, an "op" error and the close
                 if op == "lease":
                     t = asyncio.ensure_future(self._guarded(self.on_lease, msg))
                     tasks.add(t)

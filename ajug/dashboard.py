@@ -105,6 +105,19 @@ def metrics_text(coord: Any) -> str:
            [("", int(bool(st.get("barrier"))))])
     metric("ajug_uptime_seconds", "gauge", "Seconds since the coordinator started.",
            [("", float(st.get("uptime_s", 0.0)))])
+    jobs = st.get("jobs")
+    if jobs:  # the launcher of --workers slurm (pbs, sge, lsf, exec)
+        metric("ajug_jobs", "gauge", "Worker jobs of this run by state.",
+               [(f'{{state="{s}"}}', jobs.get(s, 0))
+                for s in ("pending", "running", "submitting", "cancelling")])
+        metric("ajug_jobs_max", "gauge", "The most worker jobs at once (--max-jobs).",
+               [("", jobs.get("max", 0))])
+        metric("ajug_jobs_submitted_total", "counter", "Worker jobs submitted.",
+               [("", jobs.get("submitted", 0))])
+        metric("ajug_jobs_ended_total", "counter", "Worker jobs that left the queue.",
+               [("", jobs.get("ended_total", 0))])
+        metric("ajug_jobs_submit_failures", "gauge",
+               "Failed submissions in a row (0: submitting works).", [("", jobs.get("failures", 0))])
     hist = duration_histogram(coord)
     if hist is not None:
         bounds, cum, total = hist
@@ -184,11 +197,11 @@ class _Dashboard:
 
 async def start_dashboard(coord: Any, host: str, port: int) -> asyncio.base_events.Server:
     """Serve the dashboard for ``coord`` on host:port (0: a free port; see ``sockets``)."""
-    from .cli import is_loopback
+    from .access import all_loopback, bound_addresses
 
     d = _Dashboard(coord)
     server = await asyncio.start_server(d.handle, host, port, limit=MAX_LINE_BYTES)
-    if not is_loopback(host):
+    if not all_loopback(bound_addresses(server.sockets)):  # "" is every interface
         log.warning("the dashboard on %s:%d has no authentication: anyone who can reach it sees "
                     "task names, workers and tracebacks", host, server.sockets[0].getsockname()[1])
     return server

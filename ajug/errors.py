@@ -12,11 +12,13 @@
     │   └── StoreLocked             another coordinator owns the store (names its host, pid)
     ├── ProtocolError               a frame or message that breaks protocol/SPEC.md
     │   ├── FrameTooLarge           length prefix over the limit
-    │   └── VersionMismatch         no protocol version in common
+    │   ├── VersionMismatch         no protocol version in common
+    │   └── BadMac                  a frame after the handshake failed authentication
     ├── AuthError                   wrong token, or the peer failed to prove it has it
     ├── ConnectError                the coordinator cannot be reached (after retries)
     │   └── TLSError                TLS failed: not retried
     ├── LeaseLost                   the coordinator reclaimed a lease
+    ├── LaunchError                 a batch system did not submit, list or cancel worker jobs
     └── TaskFailed                  a task raised; carries the remote traceback
 
 Lower-layer errors (OSError, msgpack's, redis's) are translated into this tree where they
@@ -90,6 +92,12 @@ class VersionMismatch(ProtocolError):
     pass
 
 
+class BadMac(ProtocolError):
+    """A frame's MAC does not match: injected, replayed, reordered, dropped before it, or
+    altered on the way. The connection is closed (a worker reconnects); not an ``AuthError``,
+    since the token was right: it is the path between the two sides that cannot be trusted."""
+
+
 class AuthError(AjugError):
     pass
 
@@ -104,6 +112,10 @@ class TLSError(ConnectError):
 
 class LeaseLost(AjugError):
     pass
+
+
+class LaunchError(AjugError):
+    """sbatch/qsub/bsub (or an exec command) failed: the launcher retries with backoff."""
 
 
 class TaskFailed(AjugError):

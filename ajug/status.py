@@ -48,10 +48,36 @@ def _age(s: float) -> str:
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}"
 
 
+def jobs_table(jobs: dict[str, Any]) -> Table:
+    """The launcher's jobs (``--workers slurm``): each with its state and node."""
+    t = Table(title=f"{jobs['kind']} jobs {jobs['name']} (min {jobs['min']}, max {jobs['max']})",
+              title_justify="left")
+    for c in ("job", "state", "node", "workers", "age", "note"):
+        t.add_column(c, justify="right" if c in ("workers", "age") else "left")
+    for j in jobs.get("jobs", []):
+        note = j.get("reason") or ("kept (--min-jobs)" if j.get("base") else "")
+        t.add_row(j["id"], j["raw"].lower() if j["state"] != "cancelling" else "cancelling",
+                  j.get("node") or "", str(j.get("workers", 0)), f"{j.get('age_s', 0):.0f}s",
+                  note)
+    return t
+
+
+def render_jobs(jobs: dict[str, Any], console: Console) -> None:
+    console.print(jobs_table(jobs))
+    console.print(f"jobs: {jobs['reason']}", markup=False, highlight=False)
+    if jobs.get("error"):
+        console.print(f"[red]jobs: {jobs['error']}[/red]", highlight=False)
+    if jobs.get("list_error"):
+        console.print(f"[yellow]jobs: cannot list them: {jobs['list_error']}[/yellow]",
+                      highlight=False)
+
+
 def render(st: dict[str, Any], console: Console, failed_tracebacks: bool = False) -> None:
     console.print(status_table(st))
     if st.get("workers"):
         console.print(workers_table(st))
+    if st.get("jobs"):
+        render_jobs(st["jobs"], console)
     if st.get("barrier"):
         console.print("more tasks follow a barrier once these are done")
     for f in st.get("stale", []):
@@ -80,6 +106,11 @@ def plain_line(st: dict[str, Any]) -> str:
     if st.get("vanished"):
         r += (f"; {st['vanished']} result(s) vanished from the store, "
               f"{st.get('recomputed', 0)} computed again")
+    jobs = st.get("jobs")
+    if jobs:  # --workers slurm: the jobs too
+        r += f"; jobs: {jobs.get('running', 0)} running, {jobs.get('pending', 0)} pending"
+        if jobs.get("error"):
+            r += f" ({jobs['error']})"
     return f"[{st.get('state', '')}] {tot.get('done', 0)}/{n} done ({', '.join(parts)}){r}"
 
 

@@ -248,19 +248,20 @@ class RunWatch:
         return None
 
 
-def supervise(arg_lists: list[list[str]], command: Callable[[list[str]], list[str]],
-              env: dict[str, str], report: Callable[[Death], None] | None = None,
-              poll_s: float = 0.2, finish_grace_s: float | None = FINISH_GRACE_S) -> int:
-    """``ajug work -j N``: run N worker processes until they are done; replace those that die
-    (``RestartPolicy``) and report each death (``report``, e.g. ``report_death``).
+def supervise(arg_lists: list[list[str]], start: Callable[[list[str]], Any],
+              report: Callable[[Death], None] | None = None, poll_s: float = 0.2,
+              finish_grace_s: float | None = FINISH_GRACE_S) -> int:
+    """``ajug work -j N``: run N worker processes (``start(arguments)`` starts one) until they
+    are done; replace those that die (``RestartPolicy``) and report each death (``report``,
+    e.g. ``report_death``).
 
     A worker that exits 0 saw the run finish: the others are not replaced any more, and those
     still there ``finish_grace_s`` later (a replacement still trying to reach a coordinator
     that has gone) get SIGTERM. None: wait for them (``--max-tasks``: exiting 0 then means
     "my share is done", not "the run is")."""
 
-    def spawn(i: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(command(arg_lists[i]), env=env)
+    def spawn(i: int) -> Any:
+        return start(arg_lists[i])
 
     def tell(death: Death) -> None:
         if report is not None:

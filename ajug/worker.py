@@ -292,6 +292,9 @@ class WorkerOptions:
     store_url: str | None = None
     ssl: _ssl.SSLContext | None = None
     max_tasks: int | None = None
+    #: exit (status 0) after this long connected with no task to run or report: frees a
+    #: batch job's node while the run waits on something else (a barrier, a long reduce)
+    idle_exit_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -321,6 +324,7 @@ class Worker:
         #: set by the network thread after each renew (or resume) answer
         self._renewed = threading.Event()
         self._renew_now = False
+        self.idle_since: float | None = None  # monotonic time this worker last became idle
 
     # -- main thread ------------------------------------------------------------------------
     def run(self) -> int:
@@ -555,6 +559,22 @@ class Worker:
             want = min(want, self.o.max_tasks - self.ran - len(self.queued))
         return max(0, want)
 
+    def _check_idle(self, reports: bool) -> None:
+        """--idle-exit: with no lease request in flight, nothing held and nothing to report for
+        ``idle_exit_s``, finish as if the run were done (a lease reply can no longer come)."""
+        if self.o.idle_exit_s is None or self.finished.is_set():
+            return
+        now = time.monotonic()
+        if self.queued or reports:
+            self.idle_since = None
+            return
+        if self.idle_since is None:
+            self.idle_since = now
+        elif now - self.idle_since >= self.o.idle_exit_s:
+            log.info("no task for %gs (--idle-exit): exiting", self.o.idle_exit_s)
+            self.finished.set()
+            self.leases.put(None)
+
     async def _connect(self, first: bool) -> Any:
         """Connect with backoff and jitter until connect_timeout; AuthError is final."""
         deadline = time.monotonic() + self.o.connect_timeout_s
@@ -645,6 +665,7 @@ class Worker:
                 for fut in pending.values():
                     if not fut.done():
                         fut.set_exception(e if isinstance(e, Exception) else ProtocolError(str(e)))
+                        fut.exception()  # the session reports the reader's error, once
                 pending.clear()
                 raise
 
@@ -657,6 +678,7 @@ class Worker:
             return fut
 
         rtask = asyncio.ensure_future(reader())
+        self.idle_since = None  # a new connection: idle from its first empty answer on
         try:
             if not self._code_ready:
                 await self._fetch_code(request, conn)
@@ -755,6 +777,8 @@ class Worker:
                     on_leases(report_fut)
                     report_fut = None
                 reports = bool(self.reports_done or self.reports_failed)
+                if poll_fut is None and report_fut is None:
+                    self._check_idle(reports)
                 if self.finished.is_set() and poll_fut is None and report_fut is None and not reports:
                     conn.send(m.bye())
                     await conn.drain()

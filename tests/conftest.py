@@ -208,3 +208,38 @@ def procs(tmp_path: Path) -> Iterator[Any]:
     p = Procs(tmp_path)
     yield p
     p.stop_all()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real one-node SLURM cluster (tests/slurm_cluster.py) for the session: munged,
+    slurmdbd (accounting on the local MariaDB, for sacct), slurmctld and slurmd on their own
+    ports and files, stopped by pid at the end. Skipped where the binaries are missing, a
+    failure with AJUG_REQUIRE_SLURM=1 (CI)."""
+    from slurm_cluster import SlurmCluster, missing_binaries, mysql_reachable
+
+    required = os.environ.get("AJUG_REQUIRE_SLURM") == "1"
+    missing = missing_binaries(accounting=False)
+    if missing:
+        reason = f"SLURM binaries not found on PATH: {', '.join(missing)}"
+        if required:
+            pytest.fail(f"{reason} (AJUG_REQUIRE_SLURM=1)")
+        pytest.skip(reason)
+    accounting = not missing_binaries(accounting=True) and mysql_reachable()
+    if required and not accounting:
+        pytest.fail("slurmdbd, sacct or a MariaDB on AJUG_SLURM_MYSQL (127.0.0.1:3306) is "
+                    "missing: accounting (sacct) is required with AJUG_REQUIRE_SLURM=1")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), accounting=accounting)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def slurm(slurm_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The session's SLURM cluster, with SLURM_CONF set for this test's commands."""
+    for k, v in slurm_cluster.env.items():
+        monkeypatch.setenv(k, v)
+    return slurm_cluster

@@ -167,6 +167,28 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+def kill_mentioning(text: str) -> list[int]:
+    """SIGKILL every process whose command line mentions ``text`` (a test's own temporary
+    directory): what a test started outside its process groups, such as the workers of batch
+    jobs or of exec commands, which run in sessions of their own. Returns their pids."""
+    me = os.getpid()
+    killed = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == me:
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            try:
+                os.kill(int(d.name), signal.SIGKILL)
+                killed.append(int(d.name))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return killed
+
+
 def read_log(p: subprocess.Popen[str]) -> str:
     return Path(p.logfile).read_text()  # type: ignore[attr-defined]
 

@@ -5,8 +5,9 @@
   ``# exit N`` comment is the expected exit status (default 0). The lines after a command, up
   to the next one, are output it must print (stdout or stderr, any order); ``...`` inside a
   line matches anything, a line of just ``...`` stands for lines left out.
-- Fenced blocks tagged ``bash`` (cluster recipes, which need a cluster to run): bash must parse
-  them, and every ``--option`` they pass to an ``ajug`` command must exist.
+- Fenced blocks tagged ``bash`` (cluster recipes, which need a cluster to run), in the README
+  and in docs/cluster.md: bash must parse them, and every ``--option`` they pass to an ``ajug``
+  command must exist.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from procs import env
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+CLUSTER_DOC = ROOT / "docs" / "cluster.md"
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```$", re.M | re.S)
 
 
-def blocks(tag: str) -> list[str]:
-    return [body for t, body in FENCE.findall(README.read_text()) if t == tag]
+def blocks(tag: str, *docs: Path) -> list[str]:
+    text = "".join(d.read_text() for d in (README, *docs))
+    return [body for t, body in FENCE.findall(text) if t == tag]
 
 
 def console_steps() -> list[tuple[str, int, list[str]]]:
@@ -78,7 +81,7 @@ def test_readme_console_examples(tmp_path: Path) -> None:
 def test_readme_bash_recipes_parse_and_use_real_options() -> None:
     from ajug.cli import cli
 
-    recipes = blocks("bash")
+    recipes = blocks("bash", CLUSTER_DOC)
     assert any("#SBATCH --array" in b for b in recipes), "the SLURM array recipe is missing"
     assert any("ssh " in b for b in recipes), "the plain-ssh recipe is missing"
     for body in recipes:

@@ -268,6 +268,6 @@ def test_supervisor_stops_a_worker_still_connecting_once_the_run_is_over() -> No
 
     scripts = [["import sys; sys.exit(0)"], ["import time; time.sleep(60)"]]
     t0 = time.monotonic()
-    rc = supervise(scripts, lambda a: [sys.executable, "-c", *a], dict(os.environ))
+    rc = supervise(scripts, lambda a: subprocess.Popen([sys.executable, "-c", *a]))
     assert rc == 0
     assert time.monotonic() - t0 < FINISH_GRACE_S + 5

@@ -1,4 +1,4 @@
-"""The messages of protocol version 1: constructors, one schema table, and ``validate``.
+"""The messages of protocol version 2: constructors, one schema table, and ``validate``.
 
 Both sides call ``validate`` on every message they receive (and ``Connection.send`` on every
 message it sends), so the coordinator and the worker can trust field types after it and never
@@ -6,7 +6,7 @@ see a ``KeyError`` or ``TypeError`` from a peer's mistake. Constructors build ma
 fields in the order of protocol/SPEC.md, which is what makes the golden vectors byte-exact.
 
 Receivers ignore fields they do not know (a later minor revision may add some); senders of
-version 1 send exactly the fields listed here.
+version 2 send exactly the fields listed here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re as _re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from ajug.errors import AuthError, FrameTooLarge, ProtocolError, VersionMismatch
+from ajug.errors import AuthError, BadMac, FrameTooLarge, ProtocolError, VersionMismatch
 
 Sender = Literal["client", "server"]
 
@@ -39,6 +39,7 @@ ERROR_CODES: dict[str, bool] = {
     "field": True,  # a field missing or of the wrong type
     "version": True,  # no protocol version in common
     "auth": True,  # wrong proof
+    "mac": True,  # a frame after the handshake failed authentication
     "access": False,  # the op needs full access or another role; the request is refused
     "timeout": True,  # the handshake did not complete in time
     "internal": False,  # the request failed on the server; the connection carries on
@@ -191,7 +192,7 @@ _MISSING = object()
 
 class _Struct(_Type):
     """A map with named fields (extra fields are ignored). ``optional`` fields may be absent
-    (a later addition to version 1 that older peers neither send nor read)."""
+    (a later addition to the version that older peers neither send nor read)."""
 
     what = "map"
 
@@ -354,19 +355,29 @@ def check_allowed(msg: Mapping[str, Any], role: str, access: str) -> None:
     """Raise ``AccessDenied`` unless a peer with ``role``/``access`` may send ``msg``.
 
     The coordinator calls this per request after the handshake; the reply to a refused request
-    is ``error`` code "access" and the connection carries on.
+    is ``error`` code "access" and the connection carries on. An op that nobody may send after
+    the handshake (``hello``, ``auth``) raises ``UnknownOp`` (code "op", and the close).
     """
     op = msg.get("op")
+    if op not in ROLE_OPS["worker"]:  # hello, auth: the handshake is over
+        raise UnknownOp(f"unexpected operation {op!r} after the handshake")
     if op not in ROLE_OPS.get(role, ()):
+        if role == "client":
+            raise AccessDenied(f"{op} is for workers (ajug work); this is a client connection")
         raise AccessDenied(f"{op}: not allowed for a {role} connection")
     if access != "full" and op not in READ_OPS:
-        raise AccessDenied(f"{op}: needs the full token; this connection has read-only access")
+        raise AccessDenied(
+            f"{op} needs the full token; this connection has read-only access (it proved the "
+            "read-only token): use the coordinator's full token (AJUG_TOKEN or --token-file)"
+        )
 
 
 def error_code(exc: BaseException) -> str:
     """The ``error`` code that tells the peer about ``exc``."""
     if isinstance(exc, FrameTooLarge):
         return "frame"
+    if isinstance(exc, BadMac):
+        return "mac"
     if isinstance(exc, VersionMismatch):
         return "version"
     if isinstance(exc, UnknownOp):
@@ -406,7 +417,7 @@ def hello(
     host: str,
     pid: int,
     name: str,
-    versions: Iterable[int] = (1,),
+    versions: Iterable[int] = (2,),
 ) -> dict[str, Any]:
     return {
         "op": "hello",

@@ -1,0 +1,333 @@
+"""How many worker jobs a run should have: decisions without I/O.
+
+The launcher's glue (``runner.py``) tells a ``JobPolicy`` what it sees — the queue's listing of
+the run's jobs, submissions that came back, and once per tick the tasks ready and the workers
+connected — and asks it what to do now (``decide``): how many jobs to submit and which to
+cancel, with a sentence saying why. Time is passed in, so a test drives it with a fake clock.
+
+The rules (docs/cluster.md says them to users):
+
+- *Demand*: tasks ready but not leased. *Supply*: idle connected workers, plus the worker slots
+  of jobs submitted but whose workers have not connected yet (pending, or just started). Jobs
+  are submitted for the unmet demand, ``slots_per_job`` slots each, up to ``max_jobs`` jobs; none
+  while idle workers and jobs on their way can take everything ready.
+- Running jobs are never cancelled while the run goes on: their workers leave by themselves
+  after ``idle_exit_s`` without a task (``ajug work --idle-exit``), which frees the node even
+  when the remaining work is one long task behind a barrier or a reduce. Pending jobs that
+  supply more than the demand for ``idle_exit_s`` are cancelled, the newest first.
+- ``min_jobs`` jobs (*base* jobs, whose workers do not exit when idle) are kept while the run
+  goes on.
+- A job that ends while the run goes on (time limit, preemption, ``scancel``, node failure)
+  needs nothing special: its workers' leases come back as for any lost worker, the demand
+  rises and a replacement is submitted by the rule above.
+- A submission that fails, or ``MAX_EARLY_ENDS`` jobs in a row that end before any of their
+  workers connected (a broken environment setup, a wrong worker command), stop submissions
+  for a backoff that doubles from ``BACKOFF_S`` to ``MAX_BACKOFF_S``; the message is logged
+  once and shown in status until a submission works again.
+- Jobs of this run found in the queue when the coordinator starts (a restart) are adopted if
+  their workers will reach this coordinator (``adoptable``), cancelled otherwise; nothing is
+  submitted before that first listing.
+- When the run is finished, pending jobs are cancelled (running ones end as their workers hear
+  that the run is done; the glue cancels whatever is left when the coordinator exits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+PENDING, RUNNING, ENDING, ENDED = "pending", "running", "ending", "ended"
+BACKOFF_S = 5.0
+MAX_BACKOFF_S = 300.0
+MAX_EARLY_ENDS = 3
+#: a submitted job that no listing has shown for this long is taken as gone
+UNSEEN_GRACE_S = 60.0
+ENDED_KEPT = 20
+
+
+@dataclass
+class Listed:
+    """One job as the queue lists it."""
+
+    id: str
+    state: str  # PENDING, RUNNING, ENDING or ENDED
+    raw: str = ""  # the scheduler's own word: PENDING, RUNNING, TIMEOUT, CANCELLED, ...
+    node: str = ""
+    reason: str = ""  # why it waits, when the scheduler says
+
+
+@dataclass
+class WorkerView:
+    """A connected worker process: the job it runs in (None: started some other way), and
+    whether it holds leases."""
+
+    job: str | None
+    busy: bool
+
+
+@dataclass
+class Job:
+    id: str
+    base: bool
+    since: float  # submitted (or adopted) at
+    state: str = PENDING
+    raw: str = "SUBMITTED"
+    node: str = ""
+    reason: str = ""
+    workers: int = 0  # connected now
+    had_worker: bool = False
+    seen: bool = False  # shown by a listing at least once
+    cancelled: bool = False  # we asked for it to go
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+@dataclass
+class Decision:
+    submit: int = 0
+    submit_base: int = 0
+    cancel: list[str] = field(default_factory=list)
+
+
+class JobPolicy:
+    def __init__(self, *, max_jobs: int, min_jobs: int = 0, slots_per_job: int = 1,
+                 idle_exit_s: float = 60.0, submit_word: str = "submission",
+                 max_option: str = "--max-jobs") -> None:
+        if not 0 <= min_jobs <= max_jobs or max_jobs < 1 or slots_per_job < 1:
+            raise ValueError("need 0 <= min_jobs <= max_jobs, max_jobs >= 1, slots_per_job >= 1")
+        self.max_jobs, self.min_jobs = max_jobs, min_jobs
+        self.slots = slots_per_job
+        self.idle_exit_s = idle_exit_s
+        self.submit_word = submit_word
+        self.max_option = max_option
+        self.jobs: dict[str, Job] = {}
+        self.ended: deque[Job] = deque(maxlen=ENDED_KEPT)
+        self.known = False  # the first listing has come back
+        self.adoptable = True
+        self.submitting = 0
+        self.submitting_base = 0
+        self.submitted_total = 0
+        self.adopted_total = 0
+        self.ended_total = 0
+        self.error: str | None = None
+        self.failures = 0
+        self.retry_at = 0.0
+        self.early_ends = 0
+        self.surplus_since: float | None = None
+        self.reason = "starting"
+        self.finished = False
+        self._stale: list[str] = []  # jobs of an earlier coordinator that cannot reach this one
+        #: lines worth an error in the log (a new reason why nothing can be submitted)
+        self.alerts: list[str] = []
+
+    # -- what the glue reports --------------------------------------------------------------
+    def listed(self, jobs: list[Listed], asked_at: float, now: float) -> list[str]:
+        """A listing of the run's jobs, asked for at ``asked_at``. Returns lines worth logging."""
+        events: list[str] = []
+        first = not self.known
+        self.known = True
+        seen = set()
+        for lj in jobs:
+            seen.add(lj.id)
+            j = self.jobs.get(lj.id)
+            if j is None:
+                if lj.state == ENDED:
+                    continue  # an old job of this run, already over
+                if first and not self.adoptable:
+                    self._stale.append(lj.id)
+                    events.append(f"job {lj.id} of an earlier coordinator of this run reaches it "
+                                  "at another address: cancelling it")
+                    j = self.jobs[lj.id] = Job(lj.id, False, now, cancelled=True)
+                else:
+                    base = sum(x.base for x in self._live()) < self.min_jobs
+                    j = self.jobs[lj.id] = Job(lj.id, base, now)
+                    self.adopted_total += 1
+                    events.append(f"job {lj.id} ({lj.raw.lower() or lj.state}) is this run's: "
+                                  "adopted")
+            j.seen = True
+            j.raw, j.node, j.reason = lj.raw or lj.state.upper(), lj.node, lj.reason
+            if lj.state in (RUNNING, ENDING) and j.started_at is None:
+                j.started_at = now
+            if lj.state == ENDED:
+                events.extend(self._end(j, now))
+            else:
+                j.state = lj.state
+        for j in list(self.jobs.values()):
+            if j.id in seen or j.since > asked_at:
+                continue
+            if j.seen or now - j.since > UNSEEN_GRACE_S:  # left the queue's memory
+                j.raw = j.raw if j.state == ENDED else "GONE"
+                events.extend(self._end(j, now))
+        return events
+
+    def _end(self, j: Job, now: float) -> list[str]:
+        self.jobs.pop(j.id, None)
+        j.state, j.ended_at, j.workers = ENDED, now, 0
+        self.ended.append(j)
+        self.ended_total += 1
+        if j.cancelled or self.finished:
+            return []
+        where = f" on {j.node}" if j.node else ""
+        if j.had_worker:
+            return [f"job {j.id} ended ({j.raw}){where} while the run goes on"]
+        self.early_ends += 1
+        line = f"job {j.id} ended ({j.raw}){where} before any of its workers connected"
+        if self.early_ends >= MAX_EARLY_ENDS:
+            msg = (f"{self.early_ends} jobs in a row ended before their workers connected "
+                   f"(last: job {j.id}, {j.raw}); see its log")
+            self._failed(msg, now)
+        return [line]
+
+    def submitted(self, job_id: str, base: bool, now: float) -> list[str]:
+        self._settle(base)
+        self.submitted_total += 1
+        events = []
+        if self.error is not None:
+            events.append(f"{self.submit_word} works again (job {job_id})")
+        self.error, self.failures = None, 0
+        j = self.jobs.get(job_id)
+        if j is None:
+            self.jobs[job_id] = Job(job_id, base, now)
+        else:  # a listing got there first and adopted it
+            j.base = j.base or base
+        return events
+
+    def submit_failed(self, message: str, base: bool, now: float) -> list[str]:
+        self._settle(base)
+        return self._failed(message, now)
+
+    def _settle(self, base: bool) -> None:
+        self.submitting = max(0, self.submitting - 1)
+        if base:
+            self.submitting_base = max(0, self.submitting_base - 1)
+
+    def _failed(self, message: str, now: float) -> list[str]:
+        """Back off; a message is worth a log line (returned, and kept in ``alerts``) only
+        when it is new."""
+        if now < self.retry_at:
+            # several submissions of one decision failed together: one backoff step for all
+            lines = [] if message == self.error else [message]
+        else:
+            self.failures += 1
+            delay = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (self.failures - 1))
+            self.retry_at = now + delay
+            lines = [f"{message}; retrying in {delay:g}s"] if message != self.error else []
+            self.reason = f"{message}; next try in {delay:.0f}s"
+        self.error = message
+        self.early_ends = 0
+        self.alerts += lines
+        return lines
+
+    def take_alerts(self) -> list[str]:
+        out, self.alerts = self.alerts, []
+        return out
+
+    # -- the decision -----------------------------------------------------------------------
+    def _live(self) -> list[Job]:
+        return [j for j in self.jobs.values() if not j.cancelled and j.state != ENDED]
+
+    def decide(self, now: float, ready: int, workers: list[WorkerView],
+               finished: bool = False) -> Decision:
+        d = Decision()
+        for j in self.jobs.values():
+            j.workers = 0
+        free = 0
+        for w in workers:
+            j = self.jobs.get(w.job) if w.job is not None else None
+            if j is not None:
+                j.workers += 1
+                if not j.had_worker:
+                    j.had_worker = True
+                    self.early_ends = 0
+            if not w.busy:
+                free += 1
+        if self._stale:
+            d.cancel, self._stale = self._stale, []
+        live = self._live()
+        if finished:
+            self.finished = True
+            pending = [j for j in live if j.state == PENDING and not j.had_worker]
+            for j in pending:
+                j.cancelled = True
+            d.cancel += [j.id for j in pending]
+            left = len(live) - len(pending)
+            self.reason = ("the run is finished" + (f": {left} job(s) ending" if left else ""))
+            return d
+        if not self.known:
+            self.reason = "looking for jobs of this run already in the queue"
+            return d
+        coming_jobs = self.submitting + sum(1 for j in live if not j.had_worker)
+        coming = coming_jobs * self.slots
+        unmet = ready - free - coming
+        active = len(live) + self.submitting
+        room = self.max_jobs - active
+        bases = sum(j.base for j in live) + self.submitting_base
+        want_base = max(0, self.min_jobs - bases)
+        want = max(0, math.ceil(unmet / self.slots)) if unmet > 0 else 0
+        supply = f"{free} idle worker(s)" + (f", {coming_jobs} job(s) starting" if coming_jobs else "")
+        demand = f"{ready} task(s) ready"
+        if (want or want_base) and now < self.retry_at:
+            self.reason = (f"{demand}, {supply}: {self.error}; next try in "
+                           f"{self.retry_at - now:.0f}s")
+            return d
+        d.submit_base = min(want_base, room)
+        room -= d.submit_base
+        d.submit = min(max(0, want - d.submit_base), room)
+        n = d.submit + d.submit_base
+        self.submitting += n
+        self.submitting_base += d.submit_base
+        if n:
+            self.surplus_since = None
+            why = f"{demand}, {supply}: submitting {n} job(s)"
+            if d.submit_base:
+                why += f" ({d.submit_base} to keep --min-jobs {self.min_jobs})"
+            if want > d.submit + d.submit_base:
+                why += f", then at the maximum ({self.max_option} {self.max_jobs})"
+            self.reason = why
+            return d
+        if want:
+            self.reason = (f"{demand}, {supply}: at the maximum ({self.max_option} "
+                           f"{self.max_jobs}, {active} job(s))")
+            self.surplus_since = None
+            return d
+        # supply exceeds demand: pending jobs not needed for idle_exit_s go
+        spare = (-unmet) // self.slots if unmet < 0 else 0
+        pending = sorted((j for j in live if j.state == PENDING and not j.had_worker
+                          and not j.base), key=lambda j: j.since, reverse=True)
+        surplus = pending[:spare]
+        if surplus:
+            if self.surplus_since is None:
+                self.surplus_since = now
+            waited = now - self.surplus_since
+            if waited >= self.idle_exit_s:
+                for j in surplus:
+                    j.cancelled = True
+                d.cancel += [j.id for j in surplus]
+                self.reason = (f"{demand}, {supply}: {len(surplus)} pending job(s) not needed "
+                               f"for {self.idle_exit_s:g}s: cancelling")
+                self.surplus_since = None
+            else:
+                self.reason = (f"{demand}, {supply}: {len(surplus)} pending job(s) not needed; "
+                               f"cancelled if still so in {self.idle_exit_s - waited:.0f}s")
+            return d
+        self.surplus_since = None
+        busy = len(workers) - free
+        if ready:
+            self.reason = f"{demand}, {supply}: enough"
+        elif busy:
+            self.reason = (f"no task ready, {busy} worker(s) busy: idle workers exit after "
+                           f"{self.idle_exit_s:g}s")
+        else:
+            self.reason = "no task ready"
+        return d
+
+    # -- for status -------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        live = self._live()
+        return {
+            "pending": sum(j.state == PENDING for j in live),
+            "running": sum(j.state in (RUNNING, ENDING) for j in live),
+            "submitting": self.submitting,
+            "cancelling": sum(j.cancelled and j.state != ENDED for j in self.jobs.values()),
+        }
