@@ -66,7 +66,7 @@ def check_run(
     (Path(e["AJUG_TEST_GATE"])).touch()
     assert main.wait(60) == 0, read_log(main)
     log = logs()
-    killed = re.findall(r"worker pid (\d+) exited \((?:status )?3\); starting another", log)
+    killed = re.findall(r"worker pid (\d+) died \(exit status 3\b.*?\); starting another", log)
     assert len(killed) == 1, log
     assert len(connected(log)) == 3 and killed[0] in connected(log), log
     results = values(jugfile, ["seen", "done"])
