@@ -2,18 +2,19 @@
 
 Every ``AjugError`` is printed as one line saying what is wrong and what to do; ``-v`` adds the
 traceback. The token is read from ``AJUG_TOKEN`` or ``--token-file`` so that it never shows in
-the process list (``--token`` works but is visible to other users of the machine).
+the process list (``--token`` works but is visible to other users of the machine), and then kept
+in memory only (``access.py``: out of the environment that jugfile and task code see).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -24,6 +25,16 @@ from typing import Any
 
 import click
 
+from .access import (
+    bound_addresses,
+    check_bound,
+    check_listen,
+    forget_tokens,
+    read_token,
+    read_token_fd,
+    spawn_with_token,
+    token_fd,
+)
 from .cliparams import (
     AT_LEAST_ONE,
     AT_LEAST_ZERO,
@@ -39,6 +50,7 @@ from .cliparams import (
 from .errors import AjugError, UsageError
 from .launch.options import launch_options
 from .runreport import RunContext, end_of_run, install_stop, look_for_stale, nothing_to_do
+from .supervisor import RunWatch, Workers
 
 log = logging.getLogger("ajug")
 
@@ -58,26 +70,6 @@ def parse_address(addr: str, default_port: int | None = None) -> tuple[str, int]
     except ValueError:
         raise UsageError(f"address {addr!r}: port must be a number from 0 to 65535") from None
     return host, p
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def read_token(token: str | None, token_file: str | None, env: str = "AJUG_TOKEN") -> bytes:
-    if token_file:
-        try:
-            return Path(token_file).read_text().strip().encode()
-        except OSError as e:
-            raise UsageError(f"cannot read the token file {token_file}: {e.strerror}") from None
-    if token:
-        return token.encode()
-    return os.environ.get(env, "").strip().encode()
 
 
 def tls_context(server: bool, cert: str | None, key: str | None, ca: str | None) -> ssl.SSLContext | None:
@@ -156,20 +148,19 @@ async def _start_dashboard(coord: Any, port: int | None, host: str) -> None:
     print(f"ajug: dashboard on {dashboard_url(server, host)}", flush=True)
 
 
-def _settings(jugfile: str, store_url: str | None, host: str, port: int, **kw: Any) -> Any:
+def _settings(jugfile: str, store_url: str | None, host: str, port: int,
+              made_token: bytes | None = None, **kw: Any) -> Any:
+    """The coordinator's settings; the tokens leave the environment here (``forget_tokens``)."""
     from .coordinator import Settings
     from .jugfile import check_jugfile, default_store_url
 
     path = check_jugfile(jugfile)
-    token = read_token(kw["token"], kw["token_file"])
+    token = made_token if made_token is not None else read_token(kw["token"], kw["token_file"])
     if kw["token"]:
         log.warning("--token is visible in the process list; prefer AJUG_TOKEN or --token-file")
-    if not token and not is_loopback(host):
-        raise UsageError(
-            f"refusing to listen on {host} without a token: anyone who can reach it could run "
-            "code on your workers. Set AJUG_TOKEN or --token-file (or bind to 127.0.0.1)"
-        )
+    check_listen(host, port, token)  # before anything is opened; check_bound after binding
     rt = read_token(None, kw["read_token_file"], "AJUG_READ_TOKEN") or None
+    forget_tokens()
     return Settings(
         jugfile=str(path),
         store_url=store_url or default_store_url(path),
@@ -228,10 +219,17 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
 
     async def main() -> int:
         coord = Coordinator(settings)
-        await coord.open()
+        await coord.listen()
+        try:
+            check_bound(settings.host, coord.sockets, settings.token)
+        except UsageError:
+            await coord.close()
+            raise
+        await coord.load()
         await _start_dashboard(coord, dashboard, dashboard_host)
-        print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host}:{coord.port} "
-              f"(store {coord.store.url})", flush=True)
+        every = "" if settings.host else f"every interface ({', '.join(bound_addresses(coord.sockets))}), "
+        print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host or '*'}:{coord.port} "
+              f"({every}store {coord.store.url})", flush=True)
         stop = install_stop(coord)
         launcher = await _start_launcher(coord, lo)
         from .progress import RunProgress
@@ -287,6 +285,8 @@ async def _start_launcher(coord: Any, lo: Any) -> Any:
 @click.option("--tls-ca", default=None, help="CA bundle to verify the coordinator's certificate (enables TLS).")
 @click.option("--tls-cert", default=None, help="Client certificate, if the coordinator requires one.")
 @click.option("--tls-key", default=None, help="Private key for --tls-cert.")
+@click.option("--token-fd", type=int, default=None, hidden=True,
+              help="Read the token from this inherited file descriptor (how ajug starts workers).")
 @click.option("--announce", type=click.Choice(["all", "connect", "none"]), default="all",
               hidden=True, help="What this worker says: all (connecting, a task count on a "
               "terminal, how it ended), connect, or none (the workers of ajug run).")
@@ -294,12 +294,13 @@ async def _start_launcher(coord: Any, lo: Any) -> Any:
 def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, store_url: str | None,
          name: str, max_tasks: int | None, idle_exit: float | None, token_file: str | None,
          token: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
-         announce: str) -> int:
+         token_fd: int | None, announce: str) -> int:
     """Run tasks for the coordinator at ADDRESS (HOST:PORT) until it says all is done."""
     host, port = parse_address(address)
     if idle_exit is not None and not idle_exit > 0:
         raise UsageError(f"--idle-exit {idle_exit:g}: must be a positive number of seconds")
-    tok = read_token(token, token_file)
+    tok = read_token_fd(token_fd) if token_fd is not None else read_token(token, token_file)
+    forget_tokens()  # task code, and what it starts, must not find it in the environment
     if jobs > 1:
         args = ["work", address, "-j", "1", "--connect-timeout", str(connect_timeout)]
         for flag, v in (("--prefetch", prefetch), ("--store", store_url), ("--max-tasks", max_tasks),
@@ -307,11 +308,16 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
                         ("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
             if v is not None:
                 args += [flag, str(v)]
-        env = dict(os.environ, AJUG_TOKEN=tok.decode())
+        from .supervisor import FINISH_GRACE_S, report_death, supervise
+
+        ctx = tls_context(False, tls_cert, tls_key, tls_ca)
         # the first one says when they connect (for all of them); the others say nothing
         says = ["connect" if announce != "none" else "none"] + ["none"] * (jobs - 1)
         rc = supervise([[*args, "--name", f"{name or 'w'}{i}", "--announce", says[i]]
-                        for i in range(jobs)], env)
+                        for i in range(jobs)],
+                       lambda a: spawn_with_token(worker_command(a), tok),
+                       report=lambda death: report_death(host, port, tok, ctx, death),
+                       finish_grace_s=None if max_tasks is not None else FINISH_GRACE_S)
         if announce != "none":
             click.echo("ajug: interrupted" if rc == 130 else
                        f"ajug: {jobs} worker processes ended (status {rc})" if rc else
@@ -364,51 +370,10 @@ def worker_command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "ajug", *ajug_args(args)]
 
 
-def _forked_main(argv: list[str]) -> None:
-    """What a worker forked by ``ajug run`` runs: ``ajug work ...``, as a spawned one would."""
-    main(argv)
-
-
-def worth_restarting(rc: int, restarts: int, jobs: int) -> bool:
-    """A worker process exited while the run goes on: start another? Not for 0 (all done) or
-    2 (an ajug error, e.g. coordinator unreachable, that another process would hit too); yes
-    for anything else (a signal, os._exit in a task, a crash), up to 20 restarts per job."""
-    return rc not in (0, 2) and restarts < 20 * jobs
-
-
-def supervise(arg_lists: list[list[str]], env: dict[str, str]) -> int:
-    """Run worker processes; restart one that was killed while the run goes on."""
-    procs = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
-    restarts = 0
-    codes: list[int | None] = [None] * len(procs)
-    try:
-        while any(c is None for c in codes):
-            time.sleep(0.2)
-            finished_ok = any(c == 0 for c in codes)
-            for i, p in enumerate(procs):
-                if codes[i] is not None:
-                    continue
-                rc = p.poll()
-                if rc is None:
-                    continue
-                if not finished_ok and worth_restarting(rc, restarts, len(procs)):
-                    log.warning("worker pid %d exited (%s); starting another", p.pid,
-                                f"signal {-rc}" if rc < 0 else f"status {rc}")
-                    restarts += 1
-                    procs[i] = subprocess.Popen(worker_command(arg_lists[i]), env=env)
-                else:
-                    codes[i] = rc
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        return 130
-    return 0 if all(c == 0 for c in codes) else max((c for c in codes if c), key=abs, default=1)
+def _forked_main(argv: list[str], token: bytes) -> None:
+    """What a worker forked by ``ajug run`` runs: ``ajug work ...``, as a spawned one would,
+    with the token from the run's memory (``--token-fd``), as a spawned one gets it."""
+    main([*argv, "--token-fd", str(token_fd(token))])
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS, epilog=EXIT_STATUSES)
@@ -437,18 +402,17 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
                              "size the jobs")
         host = launch.listen_host(lo)
         launch.prepare(lo, jugfile, kw)  # the jobs' token file (made now if there is none)
-    if not (kw["token"] or kw["token_file"] or os.environ.get("AJUG_TOKEN")):
-        kw["token"] = None
-        os.environ["AJUG_TOKEN"] = secrets.token_hex(16)  # fresh per run, passed by environment
-    settings = _settings(jugfile, store_url, host, port, **kw)
+    made = None
+    if not (kw["token"] or kw["token_file"] or os.environ.get("AJUG_TOKEN", "").strip()):
+        made = secrets.token_hex(16).encode()  # fresh per run, kept in memory
+    settings = _settings(jugfile, store_url, host, port, made_token=made, **kw)
     settings.finish_grace_s = 5.0
     n = 0 if lo is not None else jobs or os.cpu_count() or 1
     ctx = RunContext(jugfile, store_url, settings.store_url)
     # forked now, before any thread or socket exists; they get the port once there is work
     forks = None
     if n:
-        forks = fork_workers(n, _forked_main, {"AJUG_TOKEN": settings.token.decode()},
-                             settings.store_url)
+        forks = fork_workers(n, _forked_main, settings.token, settings.store_url)
     if forks is not None:
         log.info("started %d local workers by fork", n)
 
@@ -461,19 +425,21 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         if settings.ssl is not None:
             raise UsageError("ajug run uses loopback only; TLS options are for serve/work")
         procs: list[Any] = []  # subprocess.Popen or ForkedProcess
+        crew: list[Workers] = []  # the Workers keeping procs going, once started
         stopping = [False]
 
         def stop_workers() -> None:
             """Stopped by a signal: the workers go first, so that none of them sees the
             coordinator close and logs that it lost it."""
             stopping[0] = True
-            for p in procs:
+            for w in crew:
+                w.replace = False
+            for p in (crew[0].alive() if crew else procs):
                 p.send_signal(signal.SIGTERM)
 
         stop = install_stop(coord, before=stop_workers)
         await _start_dashboard(coord, dashboard, dashboard_host)
         launcher = await _start_launcher(coord, lo)
-        env = dict(os.environ, AJUG_TOKEN=settings.token.decode())
         args = ["work", f"127.0.0.1:{coord.port}", "-j", "1", "--connect-timeout", "30",
                 "--announce", "none"]
         if prefetch is not None:
@@ -485,59 +451,71 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
             if forks is not None:
                 procs[:] = forks.start([ajug_args(a) for a in arg_lists])
             else:
-                procs[:] = [subprocess.Popen(worker_command(a), env=env) for a in arg_lists]
+                procs[:] = [spawn_with_token(worker_command(a), settings.token) for a in arg_lists]
         else:
             if forks is not None:
                 forks.cancel()
             click.echo(nothing_to_do(ctx, st0), err=True)
         stale = look_for_stale(coord, ctx)
         prog = RunProgress(enabled=not no_progress and not nothing)
-        restarts = [0]
+        here = socket.gethostname()
+        # spawned when replaced, even if the first ones were forked: this process has threads now
+        workers = Workers(procs,
+                          lambda i: spawn_with_token(worker_command(arg_lists[i]), settings.token),
+                          lambda d: coord.worker_exited(here, d.pid, d.cause, d.detail))
+        crew.append(workers)
+        watch = RunWatch(n)
 
         def tick(c: Any) -> None:
-            st = c.status()
-            prog.update(st)
+            prog.update(c.status())
             if launcher is not None:
                 launcher.tick(c)
-            if c.state == "finished" or stopping[0]:
+            if c.state == "finished" or not procs or stopping[0]:
                 return
-            for i, p in enumerate(procs):
-                rc = p.poll()
-                if rc is not None and worth_restarting(rc, restarts[0], n):
-                    log.warning("worker pid %d exited (%d); starting another", p.pid, rc)
-                    restarts[0] += 1
-                    # spawned, even if the first ones were forked: this process has threads now
-                    procs[i] = subprocess.Popen(worker_command(arg_lists[i]), env=env)
+            deaths = workers.poll()
+            sched = c.sched
+            watch.reason = watch.why_stop(workers, deaths, (sched.completed, sched.reclaimed,
+                                                            len(sched.failures)))
+            if watch.reason:
+                c.stop()
 
         try:
             code = await coord.run(on_tick=tick)
         finally:
-            loop = asyncio.get_running_loop()
             if launcher is not None:
                 await launcher.close(finished=coord.state == "finished")
-            if coord.state == "finished":  # they heard "finished" and exit; give them a moment
-                for p in procs:
-                    try:
-                        await loop.run_in_executor(None, p.wait, 3)
-                    except subprocess.TimeoutExpired:
-                        break
-            # stopped (SIGINT, SIGTERM), failed, or one replaced just before the end: they would
-            # keep trying for 30 s to reach a coordinator that is gone
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    await loop.run_in_executor(None, p.wait, 10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        return await end_of_run(coord, ctx, prog, stop, stale, code, nothing)
+            await _end_workers(workers, finished=coord.state == "finished")
+        code = await end_of_run(coord, ctx, prog, stop, stale, code, nothing)
+        if watch.reason:
+            click.echo(f"ajug: error: {watch.reason}", err=True)
+            return 1
+        return code
 
     try:
         return _new_loop_runner()(main())
     finally:
         if forks is not None:
             forks.close()  # those never handed a port exit at EOF; none is left a zombie
+
+
+async def _end_workers(workers: Workers, finished: bool) -> None:
+    """After the coordinator stopped: a finished run's workers have heard so and leave; a
+    replacement started just before the end (still connecting) or the workers of a stopped
+    run would keep trying to reach a coordinator that is gone: they get SIGTERM."""
+    loop = asyncio.get_running_loop()
+    workers.replace = False
+    procs = workers.alive()
+    deadline = time.monotonic() + (2.0 if finished else 0.0)
+    while finished and any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            await loop.run_in_executor(None, p.wait, 10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -41,6 +41,8 @@ log = logging.getLogger("ajug")
 SLEEP_INTERVAL_S = 2.0
 #: Keys per ``invalidate`` message to a coordinator (about 45 bytes each on the wire).
 INVALIDATE_BATCH = 100_000
+#: ``check --verify`` asks the store about this many results at a time.
+VERIFY_BATCH = 1000
 
 
 def _human(n: float) -> str:
@@ -81,7 +83,8 @@ class Remote:
     """A coordinator at HOST:PORT, asked one question per call over a fresh connection."""
 
     def __init__(self, address: str, kw: dict[str, Any], access: str = "read") -> None:
-        from .cli import parse_address, read_token, tls_context
+        from .access import read_token
+        from .cli import parse_address, tls_context
 
         self.host, self.port = parse_address(address)
         tok = read_token(kw.get("token"), kw.get("token_file"))
@@ -244,9 +247,17 @@ def _remote_all_done(st: dict[str, Any]) -> bool:
 @click.command()
 @click.argument("target")
 @store_option
+@click.option("--verify", is_flag=True,
+              help="Read every stored result whole and check its checksum; list the damaged ones "
+                   "and set them aside (the next run computes them again). Needs the jugfile.")
 @client_options
-def check(target: str, store_url: str | None, **kw: Any) -> int:
+def check(target: str, store_url: str | None, verify: bool, **kw: Any) -> int:
     """Exit 0 when every task of TARGET (a jugfile, or HOST:PORT) is done, 1 otherwise."""
+    if verify:
+        if not _is_jugfile(target):
+            raise UsageError("--verify reads the store itself: give the jugfile (and --store "
+                             "URL), not a coordinator's address")
+        return _verify(target, store_url)
     if not _is_jugfile(target):
         st = Remote(target, kw).status()
         ok = _remote_all_done(st)
@@ -259,6 +270,28 @@ def check(target: str, store_url: str | None, **kw: Any) -> int:
         click.echo(f"ajug: {n}/{len(off.graph)} tasks done"
                    f"{' (more follow a barrier)' if off.partial else ''}")
         return 0 if n == len(off.graph) and not off.partial else 1
+    finally:
+        off.close()
+
+
+def _verify(jugfile: str, store_url: str | None) -> int:
+    """``check --verify``: every result of the graph that is in the store, read whole."""
+    off = open_offline(jugfile, store_url)
+    try:
+        g = off.graph
+        present = [i for i, e in enumerate(off.store.exists(g.keys)) if e]
+        damaged = 0
+        for b in range(0, len(present), VERIFY_BATCH):
+            batch = present[b : b + VERIFY_BATCH]
+            for i, why in zip(batch, off.store.verify([g.keys[i] for i in batch], set_aside=True)):
+                if why is not None:
+                    damaged += 1
+                    click.echo(f"ajug: damaged: {g.keys[i]} {g.functions[g.fn[i]].name}: {why}")
+        n = len(present) - damaged
+        click.echo(f"ajug: {n}/{len(g)} tasks done; {len(present)} stored result(s) read whole, "
+                   f"{damaged} damaged" + (" (set aside: the next run computes them again)"
+                                           if damaged else ""))
+        return 0 if n == len(g) and not off.partial else 1
     finally:
         off.close()
 

@@ -19,19 +19,22 @@ import socket
 import ssl as _ssl
 import time
 import uuid
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .codeship import MAX_BUNDLE_BYTES, collect_bundle
-from .errors import AjugError, ProtocolError, StoreError, UsageError
+from .errors import AjugError, ProtocolError, StoreError, StoreLocked, UsageError
 from .failures import FailureRecords, failure_record
 from .graph import Graph, build_graph
 from .jugfile import LoadedJugfile, load_jugfile
+from .lockkeeper import LockKeeper, lock_ttl_for
 from .protocol import connection as conn_mod
 from .protocol import messages as m
 from .protocol.messages import ERROR_CODES
+from .protocol.refusals import RefusalLog
 from .scheduler import BLOCKED, DONE, FAILED, READY, RUNNING, STATE_NAMES, WAITING, Scheduler
 from .stores import open_store
 from .stores.base import Store
@@ -107,7 +110,9 @@ class Coordinator:
         self._changed = asyncio.Event()  # wakes the main loop early: finished, a hang-up
         self._loaded = asyncio.Event()
         self._conns: dict[str, Any] = {}
-        self._lock = None
+        self.keeper: LockKeeper | None = None
+        #: started on a store whose coordinator died mid-run (its expired lock taken over)
+        self.took_over = False
         self._reloading = False
         self.loads = 0
         self.resume_until = 0.0
@@ -116,7 +121,13 @@ class Coordinator:
         self.durations = [0] * (len(DURATION_BUCKETS_S) + 1)
         self.duration_sum_s = 0.0
         self._late_pending: set[int] = set()
+        self.refusals = RefusalLog()  # failed handshakes: a few lines a minute, whatever comes
         self.history: list[tuple[float, int]] = []  # (unix time, tasks done) for rates
+        self._verifying = False
+        self._vanished_logged = 0
+        #: each result's encoded size as its worker reported it (0: not reported), for the
+        #: end-of-run check (a file store compares it with the file's size: one stat a result)
+        self.sizes = array("Q")
         self._bundle: tuple[LoadedJugfile, list[Any]] | None = None
         #: failure records in the store (``ajug.failures``); set once the store is open
         self.records: FailureRecords | None = None
@@ -139,9 +150,13 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         self.store = await loop.run_in_executor(None, open_store, self.s.store_url)
         self.records = FailureRecords(self.store)
-        self._lock = self.store.owner_lock(ttl_s=max(self.s.lease_ttl_s, 10.0))
-        await loop.run_in_executor(None, self._lock.acquire)
-        if self._lock.took_over:
+        ttl = lock_ttl_for(self.s.lease_ttl_s)
+        lock = self.store.owner_lock(ttl_s=ttl)
+        keeper = LockKeeper(lock, ttl, self.store.url)
+        await keeper.acquire()
+        self.keeper = keeper
+        self.took_over = lock.took_over
+        if lock.took_over:
             # a restart: workers of the previous coordinator are reconnecting; let them say
             # what they are still running (resume) before anything is handed out again
             self.resume_until = time.monotonic() + self.s.resume_grace_s
@@ -153,12 +168,18 @@ class Coordinator:
                 backlog=1024,
             )
         except BaseException as e:
-            await loop.run_in_executor(None, self._lock.release)
+            self.keeper = None
+            await keeper.release()
             if isinstance(e, OSError):
                 raise UsageError(bind_error(self.s.host, self.s.port, e)) from None
             raise
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets: what was actually bound (``access.check_bound`` looks)."""
+        return list(self._server.sockets) if self._server is not None else []
 
     async def load(self) -> None:
         try:
@@ -181,7 +202,8 @@ class Coordinator:
         jugdir = Path(loaded.path).parent
         graph = await loop.run_in_executor(None, build_graph, loaded.tasks, jugdir)
         self._release_tasks(loaded)
-        done = await loop.run_in_executor(None, self._exists_all, graph.keys)
+        found = await loop.run_in_executor(None, self._exists_all, graph.keys)
+        done = [n is not None for n in found]
         if self.records is not None:
             await loop.run_in_executor(None, self.records.start, graph.index, done)
         sched = Scheduler(
@@ -191,24 +213,30 @@ class Coordinator:
             retries=self.s.retries,
             clock=self.clock,
         )
+        gone: list[int] = []
+        gone_set: set[int] = set()
         if old is not None and self.graph is not None:
-            # everything before the barrier was reported done: it must all be in the store now
-            gone = [k for k, d in zip(graph.keys, done) if not d and k in self.graph.index
-                    and old.state[self.graph.index[k]] == DONE]
-            if gone:
-                raise StoreError(
-                    f"{len(gone)} result(s) that workers reported done are not in the store "
-                    f"{self.store_url_for_workers()} (e.g. {gone[0]}): do all workers see the same "
-                    "store? (a worker's --store must point where the coordinator's does)"
-                )
+            # done before the barrier, missing now (a redis that lost its data, a deleted or
+            # damaged file): computed again, like any result that vanishes
+            old_index = self.graph.index
+            for i, (k, d) in enumerate(zip(graph.keys, done)):
+                if not d and k in old_index and old.state[old_index[k]] == DONE:
+                    gone.append(i)
+                    done[i] = True
         sched.start(done)
-        if old is not None:  # past a barrier: same workers, same counters
-            sched.workers = old.workers
-            for w in sched.workers.values():
-                w.leases = set()
-            sched.reclaimed, sched.completed = old.reclaimed, old.completed
-            sched.duplicates = old.duplicates
+        if old is not None and self.graph is not None:  # past a barrier: same workers, counters
+            sched.inherit(old, self.graph)
+        if gone:
+            gone_set = set(gone)
+            sched.lost_results(gone)
+            log.warning("%d result(s) done before the barrier vanished from the store: computing "
+                        "them again", len(gone))
         self.loaded, self.graph, self.sched = loaded, graph, sched
+        self.sizes = array("Q", (n or 0 for n in found))
+        if self.took_over and old is None:
+            # a restart in the middle of a run: what its previous coordinator had done is this
+            # run's too, and is confirmed present before the run is called finished
+            sched.unverified.extend(i for i, d in enumerate(done) if d and i not in gone_set)
         self.loads += 1
         self.state = "running"
         t = sched.totals()
@@ -232,21 +260,21 @@ class Coordinator:
             gc.collect()
             _trim_heap()
 
-    def _exists_all(self, keys: list[str]) -> list[bool]:
+    def _exists_all(self, keys: list[str]) -> list[int | None]:
         """One call for the whole graph: the store batches it its own way (a listing per
-        fan-out directory, pipelines of a thousand keys on redis)."""
+        fan-out directory, pipelines of a thousand keys on redis). A damaged result (a file
+        cut short, not ajug's) does not count as done (``Store.intact``); the lengths of the
+        others are kept for the end-of-run check."""
         assert self.store is not None
-        return self.store.exists(keys)
+        return self.store.intact_sizes(keys)
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self, on_tick: Callable[[Coordinator], None] | None = None) -> int:
         """Serve until done (or shut down); return the exit status (0: all done)."""
         tick = min(1.0, self.s.lease_ttl_s / 6)
-        lock_every = max(self._lock_ttl() / 3, 0.5)
-        next_lock = time.monotonic() + lock_every
         finished_at: float | None = None
-        loop = asyncio.get_running_loop()
         first = True
+        lost: str | None = None
         try:
             while not self._stop.is_set():
                 self._changed.clear()
@@ -257,14 +285,14 @@ class Coordinator:
                         pass
                 first = False
                 assert self.sched is not None
+                if self.keeper is not None:
+                    await self.keeper.tick()
+                    if self.keeper.lost is not None:
+                        break
                 if self.sched.expire():
                     self._notify()
-                if time.monotonic() >= next_lock:
-                    next_lock = time.monotonic() + lock_every
-                    try:
-                        await loop.run_in_executor(None, self._lock.renew)
-                    except StoreError as e:
-                        log.error("%s", e)
+                if self.sched.vanished > self._vanished_logged:
+                    self._log_vanished()
                 self.record_failures()
                 self.history.append((time.time(), self.sched.totals()[DONE]))
                 del self.history[:-120]
@@ -278,8 +306,23 @@ class Coordinator:
                     if not self._conns or time.monotonic() - finished_at > self.s.finish_grace_s:
                         break
         finally:
+            if self.keeper is not None:
+                lost = self.keeper.lost
             await self.close()
+        if lost is not None:
+            raise StoreLocked(lost)
         return self.exit_status()
+
+    def _log_vanished(self) -> None:
+        """One line per tick at most, however many results vanished meanwhile."""
+        sched = self.sched
+        assert sched is not None
+        n, self._vanished_logged = sched.vanished - self._vanished_logged, sched.vanished
+        log.warning(
+            "%d result(s) vanished from the store %s (deleted, damaged, or a redis that lost "
+            "its data): computing them again (%d vanished, %d recomputed so far)", n,
+            self.store.url if self.store else "", sched.vanished, sched.recomputed,
+        )
 
     async def _check_finished(self) -> None:
         sched = self.sched
@@ -287,6 +330,8 @@ class Coordinator:
         if self.state != "running" or self._reloading or not sched.finished():
             if self.state == "finished" and not sched.finished():
                 self.state = "running"  # work came back (invalidate)
+            return
+        if not await self._confirm_results():
             return
         t = sched.totals()
         if self.loaded.hit_barrier and t[FAILED] == 0 and t[BLOCKED] == 0:
@@ -305,6 +350,38 @@ class Coordinator:
         self.state = "finished"
         self._changed.set()
         self._notify()
+
+    async def _confirm_results(self) -> bool:
+        """Are the results done in this run still in the store? Asked in one batched call
+        before the run is called finished (or the jugfile is loaded past a barrier); what
+        vanished is computed again. True when everything done is confirmed present."""
+        loop = asyncio.get_running_loop()
+        while True:
+            sched, graph, store = self.sched, self.graph, self.store
+            assert sched is not None and graph is not None and store is not None
+            n = len(sched.unverified)
+            if n == 0:
+                return sched.finished()
+            if self._verifying:
+                return False
+            idxs = sched.unverified[:n]
+            self._verifying = True
+            keys, sizes = [graph.keys[i] for i in idxs], [self.sizes[i] for i in idxs]
+            try:
+                ok = await loop.run_in_executor(None, store.intact, keys, sizes)
+            except StoreError as e:
+                log.warning("cannot confirm that this run's results are in the store (%s); "
+                            "asking again", e)
+                return False
+            finally:
+                self._verifying = False
+            if self.sched is not sched:
+                return False
+            del sched.unverified[:n]
+            if sched.lost_results([i for i, good in zip(idxs, ok) if not good]):
+                self._log_vanished()
+                self._notify()
+                return False
 
     def exit_status(self) -> int:
         if self.sched is None:
@@ -351,6 +428,7 @@ class Coordinator:
             while self._waiters and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.05)  # their replies are written; the connections close next
+        conn_mod.flush_refusals(self.refusals, force=True)
         if self._server is not None:
             self._server.close()
             for c in list(self._conns.values()):
@@ -360,17 +438,38 @@ class Coordinator:
             except (asyncio.TimeoutError, Exception):
                 pass
             self._server = None
-        if self._lock is not None:
-            lock, self._lock = self._lock, None
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, lock.release)
-            except StoreError as e:
-                log.warning("%s", e)
+        if self.keeper is not None:
+            keeper, self.keeper = self.keeper, None
+            if keeper.lost is None:
+                await keeper.release()
         if self.store is not None:
             self.store.close()
 
-    def _lock_ttl(self) -> float:
-        return max(self.s.lease_ttl_s, 10.0)
+    def worker_exited(self, host: str, pid: int, cause: str, detail: str) -> None:
+        """How a worker process ended, from its supervisor: only the deaths a task caused count
+        against the tasks it was running (``Scheduler.worker_exited``)."""
+        sched = self.sched
+        if sched is None:
+            return
+        blamed = sched.worker_exited(host, pid, cause, detail)
+        if blamed and cause == "outside":
+            log.warning("worker pid %d on %s was killed from outside (%s): its %d task(s) are "
+                        "not blamed for it", pid, host, detail, len(blamed))
+            self._notify()
+        elif blamed:
+            log.info("worker pid %d on %s died: %s", pid, host, detail)
+
+    def lock_fresh(self) -> bool:
+        """The owner lock was renewed within its renewal period: leases may be handed out."""
+        return self.keeper is None or self.keeper.fresh()
+
+    async def may_hand_out(self) -> bool:
+        """Before a batch of leases (or a renewal of them): the owner lock is fresh, renewed
+        first if need be. False once it is lost: the coordinator then stops (``lockkeeper``)."""
+        if self.keeper is None or await self.keeper.ensure():
+            return True
+        self.stop()
+        return False
 
     def _notify(self) -> None:
         """Wake every lease request waiting for work."""
@@ -382,7 +481,8 @@ class Coordinator:
         here and now (the new tasks' inputs are in that worker's cache: chains stay on one
         worker), then the others are woken for whatever is left."""
         sched = self.sched
-        if sched is not None and self.state == "running" and time.monotonic() >= self.resume_until:
+        if (sched is not None and self.state == "running" and time.monotonic() >= self.resume_until
+                and self.lock_fresh()):
             for w in list(self._waiters):
                 if w.session is session and not w.leases:
                     w.leases = sched.lease(session.wid, w.want)
@@ -429,9 +529,11 @@ class Coordinator:
                 handshake_timeout_s=self.s.handshake_timeout_s,
                 max_frame_bytes=self.s.max_frame_bytes,
                 welcome_info=self.welcome_info(),
+                refusals=self.refusals,
             )
         except Exception as e:  # never let one connection take the server down
-            log.warning("handshake failed: %s", e)
+            address = conn_mod.peer_address(writer)
+            conn_mod.note_refusal(self.refusals, address, f"handshake with {address} failed: {e}")
             writer.close()
             return
         if conn is None:
@@ -484,16 +586,21 @@ class Coordinator:
                           "executing": e})
         totals = sched.totals()
         workers = []
+        leases, remaining = sched.leases, sched.remaining
         for w in sched.workers.values():
+            # longest running first: a hung task shows at the top, with how long it has run
+            # (None for a follow-on lease still waiting for its inputs on that worker)
+            held = sorted(w.leases, key=lambda i: leases[i].since)[:50]
             workers.append(
                 {
                     "id": w.wid,
                     "host": w.host,
                     "pid": w.pid,
                     "name": w.name,
-                    "running": [graph.keys[i] for i in sorted(w.leases)][:50],
-                    "running_functions": [graph.functions[graph.fn[i]].name
-                                          for i in sorted(w.leases)][:50],
+                    "running": [graph.keys[i] for i in held],
+                    "running_functions": [graph.functions[graph.fn[i]].name for i in held],
+                    "running_s": [None if remaining[i] else round(now - leases[i].since, 1)
+                                  for i in held],
                     "n_running": len(w.leases),
                     "done": w.done,
                     "failed": w.failed,
@@ -512,6 +619,7 @@ class Coordinator:
                     "msg": fl.msg,
                     "tb": tb,
                     "attempts": fl.attempts,
+                    "causes": fl.causes,
                     "worker": fl.worker,
                     "worker_name": self._worker_name(fl.worker),
                 }
@@ -538,6 +646,8 @@ class Coordinator:
             "loads": self.loads,
             "reclaimed": sched.reclaimed,
             "duplicates": sched.duplicates,
+            "vanished": sched.vanished,
+            "recomputed": sched.recomputed,
             "rate": round(rate, 2),
             **{name: section() for name, section in self.status_sections.items()},
         }
@@ -579,10 +689,12 @@ class ConnSession:
         sched = self.c.sched
         if sched is not None and self.wid in sched.workers:
             lost = sched.remove_worker(self.wid)
-            log.info("worker %s disconnected%s", self.wid,
-                     f", {len(lost)} lease(s) back to ready" if lost else "")
-            if lost:
+            if lost:  # a worker lost in the middle of its work: worth a line without -v
+                log.warning("worker %s disconnected, %d lease(s) back to ready", self.wid,
+                            len(lost))
                 self.c._notify()
+            else:
+                log.info("worker %s disconnected", self.wid)
 
     def error(self, re: int | None, code: str, msg: str) -> None:
         self.conn.send(m.error(re, code, msg))
@@ -616,13 +728,14 @@ class ConnSession:
                     if ERROR_CODES.get(msg["code"], False):
                         return
                     continue
-                if op in ("lease", "renew", "resume", "code", "shutdown", "invalidate") and (
-                    self.access != "full"
-                    or (self.role != "worker" and op in ("lease", "renew", "resume", "code"))
-                ):
-                    self.error(msg.get("id"), "access", f"{op} needs a worker connection with the full token")
+                try:
+                    m.check_allowed(msg, self.role, self.access)
+                except m.AccessDenied as e:
+                    self.error(msg.get("id"), "access", str(e))
                     await self.conn.drain()
                     continue
+                except m.UnknownOp:
+                    pass  # hello or auth again: no handler below, an "op" error and the close
                 if op == "lease":
                     t = asyncio.ensure_future(self._guarded(self.on_lease, msg))
                     tasks.add(t)
@@ -655,6 +768,8 @@ class ConnSession:
 
     async def on_lease(self, msg: dict[str, Any]) -> None:
         c = self.c
+        if not await c.may_hand_out():
+            return
         sched = c.sched
         assert sched is not None
         sched.touch(self.wid)
@@ -672,6 +787,10 @@ class ConnSession:
             sched = c.sched
             assert sched is not None
             if want and c.state == "running" and time.monotonic() >= c.resume_until:
+                if not await c.may_hand_out():
+                    return
+                sched = c.sched
+                assert sched is not None
                 leases = sched.lease(self.wid, want)
             if leases or not want or c.state == "finished" and (not c.s.stay or c._closing):
                 break
@@ -703,6 +822,9 @@ class ConnSession:
             i = graph.index.get(key)
             if i is None:
                 continue
+            size = meta.get("size")
+            if type(size) is int and 0 <= size < 1 << 64:
+                c.sizes[i] = size
             if sched.complete(self.wid, i, tok):
                 changed = True
                 if c.records is not None and c.records.known:
@@ -719,6 +841,11 @@ class ConnSession:
             i = graph.index.get(key)
             if i is None:
                 continue
+            j = self._missing_input(i, err)
+            if j is not None:  # not the task's fault: its input is computed again, it waits
+                sched.input_missing(self.wid, i, tok, j)
+                changed = True
+                continue
             r = sched.fail(self.wid, i, tok, err)
             if r != "stale":
                 changed = True
@@ -728,6 +855,19 @@ class ConnSession:
                     c.stop()
         c.record_failures()
         return changed
+
+    def _missing_input(self, i: int, err: dict[str, Any]) -> int | None:
+        """The input of ``i`` that its worker found missing from the store, if ``err`` says
+        so and names one of the task's inputs (else the report is an ordinary failure)."""
+        if err.get("kind") != "input-missing":
+            return None
+        graph = self.c.graph
+        assert graph is not None
+        j = graph.index.get(err.get("input", ""))
+        if j is None:
+            return None
+        ds, di = graph.dep_start, graph.dep_idx
+        return j if any(di[q] == j for q in range(ds[i], ds[i + 1])) else None
 
     async def _late_done(self, i: int) -> None:
         c = self.c
@@ -750,6 +890,10 @@ class ConnSession:
         c = self.c
         graph, sched = c.graph, c.sched
         assert graph is not None and sched is not None
+        if leases and not c.lock_fresh():  # frozen since the lock was checked: not these
+            for i, tok in leases:
+                sched.give_back(i, tok)
+            leases = []
         if self.graph_epoch != c.loads:  # the graph was rebuilt past a barrier
             self.graph_epoch = c.loads
             self.sent_funcs = set()
@@ -771,20 +915,27 @@ class ConnSession:
         self.conn.send(m.leases(rid, state=state, leases=out, funcs=funcs))
 
     async def on_renew(self, msg: dict[str, Any]) -> None:
-        sched, graph = self.c.sched, self.c.graph
-        assert sched is not None and graph is not None
-        items, lost = [], []
-        for key, tok in msg["leases"]:
-            i = graph.index.get(key)
-            if i is None:
-                lost.append(key)
-            else:
-                items.append((i, tok))
-        lost.extend(graph.keys[i] for i in sched.renew(self.wid, items))
+        while True:
+            if not await self.c.may_hand_out():
+                return
+            sched, graph = self.c.sched, self.c.graph
+            assert sched is not None and graph is not None
+            items, lost = [], []
+            for key, tok in msg["leases"]:
+                i = graph.index.get(key)
+                if i is None:
+                    lost.append(key)
+                else:
+                    items.append((i, tok))
+            lost.extend(graph.keys[i] for i in sched.renew(self.wid, items))
+            if self.c.lock_fresh():  # else frozen meanwhile: renew the lock, then these again
+                break
         self.conn.send(m.renewed(msg["id"], lost))
         await self.conn.drain()
 
     async def on_resume(self, msg: dict[str, Any]) -> None:
+        if not await self.c.may_hand_out():
+            return
         sched, graph = self.c.sched, self.c.graph
         assert sched is not None and graph is not None
         idxs, lost = [], []
@@ -823,6 +974,12 @@ class ConnSession:
         self.conn.send(m.ok(msg["id"]))
         await self.conn.drain()
         self.c.stop()
+
+    async def on_exited(self, msg: dict[str, Any]) -> None:
+        """A supervisor (``ajug work -j N``) says how one of its worker processes ended."""
+        self.c.worker_exited(msg["host"], msg["pid"], msg["cause"], msg["detail"])
+        self.conn.send(m.ok(msg["id"]))
+        await self.conn.drain()
 
     async def on_invalidate(self, msg: dict[str, Any]) -> None:
         sched, graph = self.c.sched, self.c.graph

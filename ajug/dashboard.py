@@ -197,11 +197,11 @@ class _Dashboard:
 
 async def start_dashboard(coord: Any, host: str, port: int) -> asyncio.base_events.Server:
     """Serve the dashboard for ``coord`` on host:port (0: a free port; see ``sockets``)."""
-    from .cli import is_loopback
+    from .access import all_loopback, bound_addresses
 
     d = _Dashboard(coord)
     server = await asyncio.start_server(d.handle, host, port, limit=MAX_LINE_BYTES)
-    if not is_loopback(host):
+    if not all_loopback(bound_addresses(server.sockets)):  # "" is every interface
         log.warning("the dashboard on %s:%d has no authentication: anyone who can reach it sees "
                     "task names, workers and tracebacks", host, server.sockets[0].getsockname()[1])
     return server

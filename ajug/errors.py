@@ -12,7 +12,8 @@
     │   └── StoreLocked             another coordinator owns the store (names its host, pid)
     ├── ProtocolError               a frame or message that breaks protocol/SPEC.md
     │   ├── FrameTooLarge           length prefix over the limit
-    │   └── VersionMismatch         no protocol version in common
+    │   ├── VersionMismatch         no protocol version in common
+    │   └── BadMac                  a frame after the handshake failed authentication
     ├── AuthError                   wrong token, or the peer failed to prove it has it
     ├── ConnectError                the coordinator cannot be reached (after retries)
     │   └── TLSError                TLS failed: not retried
@@ -56,6 +57,13 @@ class StoreFull(StoreError):
 
 
 class ResultMissing(StoreError, KeyError):
+    """``key``: the result that is missing or damaged, when the store knows it (a worker then
+    reports that input as missing, and the coordinator has it computed again)."""
+
+    def __init__(self, message: str = "result missing", key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "result missing"
 
@@ -65,7 +73,11 @@ class ResultDamaged(StoreError):
 
 
 class StoreLocked(StoreError):
-    pass
+    """``holder``: who holds the lock, as "another coordinator on HOST (pid N)", when known."""
+
+    def __init__(self, message: str, holder: str = "") -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class ProtocolError(AjugError):
@@ -78,6 +90,12 @@ class FrameTooLarge(ProtocolError):
 
 class VersionMismatch(ProtocolError):
     pass
+
+
+class BadMac(ProtocolError):
+    """A frame's MAC does not match: injected, replayed, reordered, dropped before it, or
+    altered on the way. The connection is closed (a worker reconnects); not an ``AuthError``,
+    since the token was right: it is the path between the two sides that cannot be trusted."""
 
 
 class AuthError(AjugError):

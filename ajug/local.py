@@ -4,7 +4,8 @@ A fresh interpreter per worker costs ~120 ms (start-up and imports) on the criti
 run. A fork costs a millisecond, and is safe while the process has no thread, no event loop, no
 socket and no store open, which is how ``ajug run`` is before its coordinator starts. The
 children wait on a pipe each until the coordinator listens and has work; then each gets the
-arguments of an ``ajug work`` command and runs it in place (no exec).
+arguments of an ``ajug work`` command and runs it in place (no exec). The token is in their
+memory from the fork on; it is never put in their environment.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .errors import UsageError
 START_ENV = "AJUG_WORKER_START"
 
 
-def fork_workers(n: int, command: Callable[[list[str]], object], env: dict[str, str],
+def fork_workers(n: int, command: Callable[[list[str], bytes], object], token: bytes,
                  store_url: str) -> ForkedWorkers | None:
     """``ForkedWorkers`` on Linux, or None: spawn them (``AJUG_WORKER_START=spawn``, other
     systems, or a thread already running: a fork copies only the calling thread, with whatever
@@ -40,7 +41,7 @@ def fork_workers(n: int, command: Callable[[list[str]], object], env: dict[str, 
     preload(store_url)
     if threading.active_count() > 1:
         return None
-    return ForkedWorkers(n, command, env)
+    return ForkedWorkers(n, command, token)
 
 
 def preload(store_url: str) -> None:
@@ -113,11 +114,11 @@ class ForkedWorkers:
     """``n`` children forked now, each blocked reading its own pipe.
 
     ``start`` writes each one its command line and closes the pipes: the child runs
-    ``command(args)`` and exits with its status. ``cancel`` (or the parent dying) closes the
-    pipes unwritten: the children read EOF and exit 0 without a word. ``env`` is set in the
-    children's ``os.environ`` (the token, as the spawned workers get it)."""
+    ``command(args, token)`` and exits with its status. ``cancel`` (or the parent dying) closes
+    the pipes unwritten: the children read EOF and exit 0 without a word."""
 
-    def __init__(self, n: int, command: Callable[[list[str]], object], env: dict[str, str]) -> None:
+    def __init__(self, n: int, command: Callable[[list[str], bytes], object],
+                 token: bytes) -> None:
         self.procs: list[ForkedProcess] = []
         self._pipes: list[int] = []  # write ends, one per child, until start or cancel
         sys.stdout.flush()  # or the children would print the parent's buffered output again
@@ -134,7 +135,7 @@ class ForkedWorkers:
                     os.close(w)
                     raise
                 if pid == 0:
-                    _child(r, [w, *self._pipes], command, env, mask)
+                    _child(r, [w, *self._pipes], command, token, mask)
                 os.close(r)
                 self._pipes.append(w)
                 self.procs.append(ForkedProcess(pid))
@@ -171,8 +172,8 @@ class ForkedWorkers:
                 p.wait()
 
 
-def _child(r: int, close: list[int], command: Callable[[list[str]], object],
-           env: dict[str, str], mask: set[signal.Signals]) -> NoReturn:
+def _child(r: int, close: list[int], command: Callable[[list[str], bytes], object],
+           token: bytes, mask: set[signal.Signals]) -> NoReturn:
     """A forked worker's whole life: wait for the arguments, run them, ``os._exit`` — never
     back into the parent's code (its click context, its ``finally`` blocks, its atexit)."""
     rc = 1
@@ -187,8 +188,7 @@ def _child(r: int, close: list[int], command: Callable[[list[str]], object],
         if not chunks:  # nothing to do, or the parent died
             rc = 0
         else:
-            os.environ.update(env)
-            command(json.loads(b"".join(chunks)))
+            command(json.loads(b"".join(chunks)), token)
             rc = 0
     except KeyboardInterrupt:  # a Ctrl-C while waiting: the whole process group got it
         rc = 130

@@ -56,8 +56,10 @@ class Offline:
 
 
 def exists_all(store: Store, keys: Sequence[str]) -> list[bool]:
-    """One batched existence call for all ``keys`` (stores batch internally as suits them)."""
-    return store.exists(list(keys)) if keys else []
+    """One batched call for all ``keys`` (stores batch internally as suits them): a result
+    counts if it is there and not visibly damaged (``Store.intact``: a file cut short does not
+    count, as it does not for the coordinator)."""
+    return store.intact(list(keys)) if keys else []
 
 
 def open_offline(jugfile: str, store_url: str | None = None) -> Offline:

@@ -15,6 +15,9 @@ Lease rules (DESIGN.md, "Leases and failures"):
 - a ``done`` for a lease that is no longer current is the caller's to verify in the store
   (``complete`` returns False) and then ``accept_late``.
 
+What to do when a result vanishes from the store, and whom to blame when a worker dies, is in
+``recovery`` (a part of this class).
+
 Follow-on leases (a worker that asks with ``follow``): a waiting task whose unfinished inputs
 are all leased to that worker is leased to it as well, to run right after them on the same
 machine. A chain then runs without a round trip per step, and a reduce runs where its inputs
@@ -27,55 +30,31 @@ from __future__ import annotations
 import operator
 import time
 from array import array
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from itertools import accumulate, compress
 from typing import Any
 
 from .graph import Graph
-
-WAITING, READY, RUNNING, DONE, FAILED, BLOCKED = range(6)
-STATE_NAMES = ("waiting", "ready", "running", "done", "failed", "blocked")
-
-
-@dataclass
-class Lease:
-    idx: int
-    worker: str
-    tok: int
-    deadline: float
-
-
-@dataclass
-class WorkerInfo:
-    wid: str
-    host: str = ""
-    pid: int = 0
-    name: str = ""
-    connected_at: float = 0.0
-    last_seen: float = 0.0
-    done: int = 0
-    failed: int = 0
-    leases: set[int] = field(default_factory=set)
-    #: asks for follow-on leases (it runs a lease's ``after`` inputs first)
-    follow: bool = False
-    #: leased tasks whose dependents have not all been looked at: [task, next rdep position]
-    frontier: deque[list[int]] = field(default_factory=deque)
+from .recovery import Recovery
+from .taskstate import (
+    BLOCKED,
+    DONE,
+    FAILED,
+    MAX_NOTES,
+    MAX_REMEMBERED,
+    MAX_VANISHED,
+    READY,
+    RUNNING,
+    STATE_NAMES,
+    WAITING,
+    Failure,
+    Lease,
+    WorkerInfo,
+)
 
 
-@dataclass
-class Failure:
-    idx: int
-    kind: str  # "exception", "worker-lost", "store"
-    type: str
-    msg: str
-    tb: str
-    worker: str
-    attempts: int
-
-
-class Scheduler:
+class Scheduler(Recovery):
     def __init__(
         self,
         graph: Graph,
@@ -97,6 +76,12 @@ class Scheduler:
         self.leases: dict[int, Lease] = {}
         self.workers: dict[str, WorkerInfo] = {}
         self.lost_count: dict[int, int] = {}
+        #: per task that lost a worker: how, each time (for the failure record)
+        self.loss_notes: dict[int, list[str]] = {}
+        #: leases lost with a worker whose cause is not known yet, and causes not yet matched
+        #: (task, index of its note in loss_notes) per dead worker
+        self._departed: OrderedDict[tuple[str, int], list[tuple[int, int]]] = OrderedDict()
+        self._causes: OrderedDict[tuple[str, int], tuple[str, bool]] = OrderedDict()
         self.error_count: dict[int, int] = {}
         self.failures: dict[int, Failure] = {}
         #: tasks marked failed since the coordinator last looked (it records them in the store)
@@ -108,6 +93,13 @@ class Scheduler:
         self.reclaimed = 0
         self.completed = 0
         self.duplicates = 0
+        #: results that were done and then found missing or damaged; those done again since
+        self.vanished = 0
+        self.recomputed = 0
+        self.vanish_count: dict[int, int] = {}
+        self._vanished: set[int] = set()
+        #: tasks done in this run whose results the coordinator has not confirmed present yet
+        self.unverified = array("I")
         # the number of inputs of each task, and the tasks that have any (iterated at C speed:
         # a million-task graph is mostly tasks with none)
         ds = graph.dep_start
@@ -164,6 +156,25 @@ class Scheduler:
             counts[f][READY] += c
         self.ready.extend(ready)
 
+    def inherit(self, old: Scheduler, old_graph: Graph) -> None:
+        """Past a barrier the graph is new, the run is not: same workers (holding nothing: the
+        coordinator reloads only when nothing runs), same counters, and each task's count of
+        vanished results, by key."""
+        self.workers = old.workers
+        for w in self.workers.values():
+            w.leases = set()
+            w.frontier.clear()
+        self.reclaimed, self.completed = old.reclaimed, old.completed
+        self.duplicates = old.duplicates
+        self.vanished, self.recomputed = old.vanished, old.recomputed
+        index, keys = self.graph.index, old_graph.keys
+        for i, n in old.vanish_count.items():
+            j = index.get(keys[i])
+            if j is not None:
+                self.vanish_count[j] = n
+                if i in old._vanished:
+                    self._vanished.add(j)
+
     def _set(self, i: int, s: int) -> None:
         c = self.counts[self.graph.fn[i]]
         c[self.state[i]] -= 1
@@ -177,20 +188,33 @@ class Scheduler:
         return w
 
     def remove_worker(self, wid: str) -> list[int]:
-        """The worker is gone (closed connection): its leases are ready again at once."""
+        """The worker is gone (closed connection): its leases are ready again at once. Each
+        counts as an attempt unless its supervisor has said (or says later: ``worker_exited``)
+        that it was killed from outside."""
         w = self.workers.pop(wid, None)
         if w is None:
             return []
         lost = list(w.leases)
+        cause = self._causes.pop((w.host, w.pid), None)
+        why, counts = ("connection closed", True) if cause is None else cause
+        lost_here = []  # each task that had started, with the place of this loss's note
         for i in lost:
-            self._lose(i, "connection closed")
+            if self._lose(i, why, counts):
+                lost_here.append((i, len(self.loss_notes[i]) - 1))
+        if cause is None and lost_here:
+            self._departed[(w.host, w.pid)] = lost_here
+            while len(self._departed) > MAX_REMEMBERED:
+                self._departed.popitem(last=False)
         return lost
 
     # -- leases ---------------------------------------------------------------------------
     def lease(self, wid: str, n: int) -> list[tuple[int, int]]:
         """Up to ``n`` tasks for ``wid``, as (task index, lease token): follow-on tasks of what
-        it already holds first (their inputs are on that machine), then ready tasks."""
-        w = self.workers[wid]
+        it already holds first (their inputs are on that machine), then ready tasks. Nothing
+        for a worker that is gone (a long poll that outlived its connection)."""
+        w = self.workers.get(wid)
+        if w is None:
+            return []
         now = self.clock()
         w.last_seen = now
         out: list[tuple[int, int]] = []
@@ -223,7 +247,7 @@ class Scheduler:
 
     def _grant(self, w: WorkerInfo, i: int, deadline: float, out: list[tuple[int, int]]) -> None:
         self._tok += 1
-        self.leases[i] = Lease(i, w.wid, self._tok, deadline)
+        self.leases[i] = Lease(i, w.wid, self._tok, deadline, deadline - self.lease_ttl_s)
         w.leases.add(i)
         self._set(i, RUNNING)
         out.append((i, self._tok))
@@ -275,6 +299,16 @@ class Scheduler:
             return []
         st, ds, di = self.state, self.graph.dep_start, self.graph.dep_idx
         return [di[q] for q in range(ds[i], ds[i + 1]) if st[di[q]] != DONE]
+
+    def give_back(self, i: int, tok: int) -> None:
+        """A lease granted but not sent (the coordinator was frozen meanwhile and must check
+        its owner lock first): as if never granted, no attempt counted."""
+        lease = self.leases.get(i)
+        if lease is None or lease.tok != tok:
+            return
+        self._release(lease)
+        self._revoke_followers(i)
+        self._back(i)
 
     def renew(self, wid: str, items: Iterable[tuple[int, int]]) -> list[int]:
         """Extend the worker's leases; return the task indices it no longer holds."""
@@ -333,6 +367,10 @@ class Scheduler:
     def _done(self, i: int) -> None:
         self._set(i, DONE)
         self.completed += 1
+        self.unverified.append(i)
+        if self._vanished and i in self._vanished:
+            self._vanished.discard(i)
+            self.recomputed += 1
         if self.lost_count:  # no longer a suspect; ``lease`` looks for suspects while any remain
             self.lost_count.pop(i, None)
         rs, ri, rem, st = self.rdep_start, self.rdep_idx, self.remaining, self.state
@@ -346,6 +384,8 @@ class Scheduler:
                     newly.append(j)
             elif st[j] == RUNNING and rem[j]:  # a follow-on lease: now one input fewer to wait for
                 rem[j] -= 1
+                if not rem[j] and (lz := self.leases.get(j)) is not None:
+                    lz.since = self.clock()  # it may start now: its running time counts from here
         # a finished task's dependents go first: the same worker usually gets them in the same
         # round trip and finds the input in its cache
         self.ready.extendleft(reversed(newly))
@@ -391,15 +431,7 @@ class Scheduler:
         self._set(i, FAILED)
         self.failures[i] = failure
         self.new_failures.append(i)
-        stack = [i]
-        rs, ri, st = self.rdep_start, self.rdep_idx, self.state
-        while stack:
-            k = stack.pop()
-            for p in range(rs[k], rs[k + 1]):
-                j = ri[p]
-                if st[j] in (WAITING, READY):
-                    self._set(j, BLOCKED)
-                    stack.append(j)
+        self._fail_downstream(i)
 
     def _release(self, lease: Lease) -> None:
         del self.leases[lease.idx]
@@ -431,26 +463,30 @@ class Scheduler:
             self._set(i, READY)
             self.ready.appendleft(i)
 
-    def _lose(self, i: int, why: str) -> None:
+    def _lose(self, i: int, why: str, counts: bool = True) -> bool:
+        """The lease of ``i`` is lost with its worker. True if the task had started (an
+        attempt, when ``counts``); a follow-on that never started just waits again."""
         lease = self.leases.get(i)
         if lease is None:
-            return
+            return False
         self._release(lease)
         self._revoke_followers(i)
         if self.remaining[i]:  # a follow-on that never started: no attempt lost
             self._set(i, WAITING)
-            return
+            return False
         self.reclaimed += 1
+        self.loss_notes.setdefault(i, []).append(why if counts else why + " (not counted)")
+        if not counts:
+            self._set(i, READY)
+            self.ready.appendleft(i)
+            return True
         n = self.lost_count[i] = self.lost_count.get(i, 0) + 1
         if n >= self.max_attempts:
-            msg = (
-                f"lost its worker {n} times (last: {why}); suspected of killing workers, "
-                "so it is not handed out again"
-            )
-            self._fail(i, Failure(i, "worker-lost", "WorkerLost", msg, "", lease.worker, n))
+            self._fail(i, self._suspect(i, lease.worker, n))
         else:
             self._set(i, READY)
             self.ready.appendleft(i)
+        return True
 
     def expire(self) -> list[int]:
         """Reclaim every lease past its deadline (a frozen or unreachable worker)."""
@@ -468,7 +504,7 @@ class Scheduler:
         for i in idxs:
             if self.state[i] == READY:
                 self._tok += 1
-                self.leases[i] = Lease(i, wid, self._tok, now + self.lease_ttl_s)
+                self.leases[i] = Lease(i, wid, self._tok, now + self.lease_ttl_s, now)
                 w.leases.add(i)
                 self._set(i, RUNNING)
                 kept.append((i, self._tok))
@@ -523,3 +559,7 @@ class Scheduler:
 
     def all_done(self) -> bool:
         return self.totals()[DONE] == len(self.state)
+
+
+__all__ = ["BLOCKED", "DONE", "FAILED", "MAX_NOTES", "MAX_REMEMBERED", "MAX_VANISHED", "READY",
+           "RUNNING", "STATE_NAMES", "WAITING", "Failure", "Lease", "Scheduler", "WorkerInfo"]

@@ -45,15 +45,26 @@ def status_lines(st: dict[str, Any]) -> list[str]:
 
 def workers_table(st: dict[str, Any]) -> Table:
     t = Table(title="workers", title_justify="left")
-    for c in ("worker", "host", "pid", "running", "done", "failed", "last heartbeat"):
+    for c in ("worker", "host", "pid", "running", "longest", "done", "failed", "last heartbeat"):
         t.add_column(c, justify="right" if c not in ("worker", "host") else "left",
                      overflow="fold")
     for w in st.get("workers", []):
+        ages = [a for a in w.get("running_s", []) if a is not None]
         t.add_row(
             w.get("name") or w["id"], w["host"], str(w["pid"]), str(w["n_running"]),
-            str(w["done"]), str(w["failed"]), f"{w['last_seen_s']:.1f}s ago",
+            _age(max(ages)) if ages else "", str(w["done"]), str(w["failed"]),
+            f"{w['last_seen_s']:.1f}s ago",
         )
     return t
+
+
+def _age(s: float) -> str:
+    """How long a task has run: 42s, 3m05, 2h10."""
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}"
 
 
 def jobs_table(jobs: dict[str, Any]) -> Table:
@@ -139,6 +150,9 @@ def plain_line(st: dict[str, Any]) -> str:
             parts.append(f"{k} {c}")
     rate = st.get("rate")
     r = f", {rate:g} tasks/s" if rate else ""
+    if st.get("vanished"):
+        r += (f"; {st['vanished']} result(s) vanished from the store, "
+              f"{st.get('recomputed', 0)} computed again")
     jobs = st.get("jobs")
     if jobs:  # --workers slurm: the jobs too
         r += f"; jobs: {jobs.get('running', 0)} running, {jobs.get('pending', 0)} pending"

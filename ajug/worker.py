@@ -31,6 +31,7 @@ from .errors import (
     AuthError,
     ConnectError,
     ProtocolError,
+    ResultMissing,
     StoreError,
     StoreFull,
     TLSError,
@@ -62,6 +63,11 @@ class Lease:
     #: a follow-on lease: these inputs were leased to this worker too and must be produced
     #: here first (they come earlier in the queue)
     after: tuple[str, ...] = ()
+    #: known to be this worker's until then (monotonic): when the request that granted or last
+    #: renewed it was sent, plus the TTL (the coordinator's deadline is never earlier)
+    valid_until: float = 0.0
+    #: the coordinator said it is no longer ours: never started (set by the network thread)
+    lost: bool = False
 
 
 class Inbox:
@@ -320,6 +326,9 @@ class Worker:
         self.produced = RecentKeys()
         self._code_ready = False
         self.cache = ResultCache()
+        #: set by the network thread after each renew (or resume) answer
+        self._renewed = threading.Event()
+        self._renew_now = False
         self.idle_since: float | None = None  # monotonic time this worker last became idle
 
     # -- main thread ------------------------------------------------------------------------
@@ -357,6 +366,8 @@ class Worker:
                     lease = self.leases.get()
                 if lease is None:
                     break
+                if not self._may_start(lease, batch):
+                    continue
                 self._execute(lease, batch)
                 if batch.due():
                     batch.flush()
@@ -371,6 +382,56 @@ class Worker:
         net.join(10)
         store.close()
         return self._fatal_status() if self.fatal is not None else 0
+
+    def _may_start(self, lease: Lease, batch: SaveBatch) -> bool:
+        """Start a lease only while it is known to be ours: not declared lost, and confirmed
+        within the TTL. A worker that was frozen (SIGSTOP, swapping) or cut off longer than
+        that asks for a renewal first and waits for the answer, so that it never starts a task
+        that the coordinator has meanwhile handed to another worker."""
+        while not lease.lost:
+            if time.monotonic() < lease.valid_until:
+                return True
+            if self.finished.is_set() or self.fatal is not None:
+                return False
+            if batch.items:
+                batch.flush()
+            self._renewed.clear()
+            self._call_net(self._ask_renew)
+            self._renewed.wait(1.0)
+        log.info("task %s (%s) not started: its lease was reclaimed by the coordinator",
+                 lease.func_name, lease.key[:12])
+        return False
+
+    def _call_net(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(fn)
+            except RuntimeError:
+                pass
+
+    def _ask_renew(self) -> None:
+        self._renew_now = True
+        if self._kick is not None:
+            self._kick.set()
+
+    def _drop_lost(self, keys: list[str]) -> None:
+        """Network thread: leases the coordinator no longer counts as ours. Queued ones are
+        never started; a running one finishes and its result is reported as a late one."""
+        dropped = 0
+        for key in keys:
+            lz = self.queued.pop(key, None)
+            if lz is None:
+                continue
+            lz.lost = True
+            try:
+                self.leases.items.remove(lz)
+                dropped += 1
+            except ValueError:  # running (or about to: the main thread checks ``lost``)
+                pass
+        if keys:
+            log.info("%d lease(s) were reclaimed by the coordinator (%d queued ones dropped)",
+                     len(keys), dropped)
 
     def _fatal_status(self) -> int:
         if self.fatal is None:
@@ -425,13 +486,21 @@ class Worker:
         kind = "store" if isinstance(e, StoreError) else "exception"
         tb = format_task_traceback(e) if e.__traceback__ is not None else ""
         msg = str(e)
-        if isinstance(e, StoreFull):
-            msg = f"store is full: {e}"
-        # the coordinator logs it (once) and records it; here it is a detail
-        log.info("task %s (%s) failed: %s: %s", lease.func_name, lease.key[:12],
-                 type(e).__name__, msg)
-        err = {"type": type(e).__name__, "msg": msg[:2000], "tb": tb[-20000:], "kind": kind}
-        self.failed += 1
+        missing = e.key if isinstance(e, ResultMissing) and e.key != lease.key else None
+        if missing:
+            # not this task's fault: the coordinator has the input computed again, then this
+            # task runs again (no attempt counted)
+            kind = "input-missing"
+            log.info("task %s (%s): its input %s is missing from the store (%s); handed back",
+                     lease.func_name, lease.key[:12], missing[:12], msg)
+        else:
+            if isinstance(e, StoreFull):
+                msg = f"store is full: {e}"
+            # the coordinator logs it (once) and records it; here it is a detail
+            log.info("task %s (%s) failed: %s: %s", lease.func_name, lease.key[:12],
+                     type(e).__name__, msg)
+            self.failed += 1
+        err = m.task_error(type(e).__name__, msg[:2000], tb[-20000:], kind, missing)
         self._post([("failed", [lease.key, lease.tok, err])])
 
     def _post(self, reports: list[tuple[str, list[Any]]]) -> None:
@@ -641,9 +710,7 @@ class Worker:
                 for fut in pending.values():
                     if not fut.done():
                         fut.set_exception(e if isinstance(e, Exception) else ProtocolError(str(e)))
-                        # whoever waits on it sees the error; nobody may (a code or renew
-                        # request the session stopped waiting for): no "never retrieved" log
-                        fut.exception()
+                        fut.exception()  # the session reports the reader's error, once
                 pending.clear()
                 raise
 
@@ -668,6 +735,7 @@ class Worker:
             unreported = [r[0] for r in self.reports_done + self.reports_failed]
             if resume and (self.queued or unreported):
                 running = list(self.queued) + unreported
+                sent = time.monotonic()
                 fut = request(lambda rid: m.resume(rid, running))
                 await conn.drain()
                 rep = await fut
@@ -675,14 +743,17 @@ class Worker:
                 for key, lz in self.queued.items():
                     if key in kept:
                         lz.tok = kept[key]
+                        lz.valid_until = sent + self.lease_ttl_s
                 for r in self.reports_done + self.reports_failed:
                     if r[0] in kept:
                         r[1] = kept[r[0]]
                 if rep["lost"]:
                     log.info("%d task(s) no longer ours (done or handed to another worker "
                              "meanwhile)", len(rep["lost"]))
+                    self._drop_lost(rep["lost"])
                 if kept:
                     log.info("kept %d task(s) across the reconnection", len(kept))
+                self._renewed.set()
             last_renew = time.monotonic()
             # two request slots: a long poll asking for work (it may wait on the coordinator),
             # and reports sent at once beside it, so a finished task's dependent is not held up
@@ -690,26 +761,31 @@ class Worker:
             poll_fut: asyncio.Future[dict[str, Any]] | None = None
             report_fut: asyncio.Future[dict[str, Any]] | None = None
             renew_fut: asyncio.Future[dict[str, Any]] | None = None
+            renew_sent, held = 0.0, []
+            sent_at: dict[int, float] = {}  # lease requests in flight: when they were sent
             assert self._kick is not None
 
             def send_lease(want: int) -> asyncio.Future[dict[str, Any]]:
                 done, failed = self.reports_done, self.reports_failed
                 self.reports_done, self.reports_failed = [], []
+                sent = time.monotonic()
                 fut = request(lambda rid: m.lease(rid, want=want, wait_ms=1000 if want else 0,
                                                   done=done, failed=failed, follow=True))
                 self.inflight[id(fut)] = (done, failed)
+                sent_at[id(fut)] = sent
                 return fut
 
             def on_leases(fut: asyncio.Future[dict[str, Any]]) -> None:
                 rep = fut.result()
                 self.inflight.pop(id(fut), None)
+                valid_until = sent_at.pop(id(fut), 0.0) + self.lease_ttl_s
                 for fn in rep["funcs"]:
                     funcs[fn["fn"]] = (fn["code"], fn["name"], fn["src"])
                 new = []
                 for lz in rep["leases"]:
                     blob, name, src = funcs[lz["fn"]]
                     lease = Lease(lz["key"], lz["tok"], lz["fn"], lz["args"], blob, name, src,
-                                  tuple(lz.get("after", ())))
+                                  tuple(lz.get("after", ())), valid_until)
                     self.queued[lease.key] = lease
                     new.append(lease)
                 if new:
@@ -723,14 +799,21 @@ class Worker:
                     rtask.result()
                     raise ProtocolError("connection closed")
                 now = time.monotonic()
-                if renew_fut is None and now - last_renew >= self.lease_ttl_s / 3 and self.queued:
+                if renew_fut is None and self.queued and (
+                        self._renew_now or now - last_renew >= self.lease_ttl_s / 3):
                     held = [(k, lz.tok) for k, lz in list(self.queued.items())]
                     renew_fut = request(lambda rid, held=held: m.renew(rid, held))
-                    last_renew = now
+                    last_renew = renew_sent = now
+                    self._renew_now = False
                 if renew_fut is not None and renew_fut.done():
                     lost = renew_fut.result()["lost"]
-                    if lost:
-                        log.info("%d lease(s) were reclaimed by the coordinator", len(lost))
+                    gone = set(lost)
+                    for key, tok in held:
+                        lz = self.queued.get(key)
+                        if lz is not None and lz.tok == tok and key not in gone:
+                            lz.valid_until = max(lz.valid_until, renew_sent + self.lease_ttl_s)
+                    self._drop_lost(lost)
+                    self._renewed.set()
                     renew_fut = None
                 if poll_fut is not None and poll_fut.done():
                     on_leases(poll_fut)

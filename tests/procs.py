@@ -203,3 +203,29 @@ def copy_jugfile(tmp_path: Path, name: str) -> Path:
     dst = tmp_path / name
     shutil.copy(JUGFILES / name, dst)
     return dst
+
+
+def run_records(runlog: Path) -> list[dict[str, Any]]:
+    """The lines a recording jugfile (``jugfiles/recorded.py``) wrote: one at each start
+    ``{task, pid, start}``, one at each end ``{task, pid, start, end}``."""
+    if not runlog.exists():
+        return []
+    return [json.loads(line) for line in runlog.read_text().splitlines() if line.strip()]
+
+
+def executions(runlog: Path) -> list[dict[str, Any]]:
+    """Finished executions, from a recording jugfile's log."""
+    return [r for r in run_records(runlog) if "end" in r]
+
+
+def overlapping(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Pairs of executions of one task that ran at the same time."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_task.setdefault(r["task"], []).append(r)
+    out = []
+    for rs in by_task.values():
+        rs.sort(key=lambda r: r["start"])
+        for i, a in enumerate(rs):
+            out.extend((a, b) for b in rs[i + 1 :] if b["start"] < a["end"])
+    return out

@@ -12,6 +12,7 @@ from ajug.errors import AuthError, ProtocolError, UsageError, VersionMismatch
 from ajug.protocol import messages as m
 from ajug.protocol.auth import ClientHandshake, ServerHandshake, client_proof, server_proof
 from ajug.protocol.framing import FrameDecoder, encode_frame
+from ajug.protocol.mac import FrameMac
 
 TOKEN = b"s3cr3t-T0KEN-do-not-print"
 READ = b"r3ad-only-T0KEN-do-not-print"
@@ -48,9 +49,9 @@ def test_mutual_auth_success() -> None:
         "node1",
         4242,
         "w1",
-        1,
+        2,
     )
-    assert c.session == s.session and c.version == 1 and c.access == "full"
+    assert c.session == s.session and c.version == 2 and c.access == "full"
     assert c.info == {"store": "memory:", "lease_ttl_ms": 30000}
 
 
@@ -92,14 +93,14 @@ def test_server_refuses_a_client_proof_made_with_another_token() -> None:
 def test_server_with_a_bad_proof_is_rejected_by_the_client() -> None:
     c = client()
     c.hello()
-    bogus = m.challenge(version=1, nonce=bytes(16), proof=bytes(32))
+    bogus = m.challenge(version=2, nonce=bytes(16), proof=bytes(32))
     with pytest.raises(AuthError, match="did not prove it has the token"):
         c.receive(bogus)
     # a proof for *another* client nonce (a replayed challenge) fails too
     c2 = client()
     c2.hello()
     replayed = m.challenge(
-        version=1, nonce=bytes(16), proof=server_proof(TOKEN, c.nonce, bytes(16))
+        version=2, nonce=bytes(16), proof=server_proof(TOKEN, c.nonce, bytes(16))
     )
     with pytest.raises(AuthError):
         c2.receive(replayed)
@@ -164,7 +165,7 @@ def test_version_negotiation_picks_the_highest_common(
     assert c.version == s.version == chosen
 
 
-@pytest.mark.parametrize("client_versions", [(2,), (), (0, 7)])
+@pytest.mark.parametrize("client_versions", [(1,), (), (0, 7)])
 def test_no_common_version(client_versions: tuple[int, ...]) -> None:
     c, s = client(versions=client_versions), ServerHandshake(TOKEN)
     with pytest.raises(VersionMismatch, match="no protocol version in common") as info:
@@ -178,8 +179,8 @@ def test_no_common_version(client_versions: tuple[int, ...]) -> None:
 def test_client_refuses_a_version_it_did_not_offer() -> None:
     c = client()
     c.hello()
-    with pytest.raises(VersionMismatch, match="chose protocol version 2"):
-        c.receive(m.challenge(version=2, nonce=bytes(16), proof=bytes(32)))
+    with pytest.raises(VersionMismatch, match="chose protocol version 1"):
+        c.receive(m.challenge(version=1, nonce=bytes(16), proof=bytes(32)))
 
 
 def test_error_replies_become_the_matching_exceptions() -> None:
@@ -227,16 +228,20 @@ def test_tokens_must_be_bytes() -> None:
 
 
 def test_vectors_are_what_the_state_machines_send() -> None:
-    """The handshake of the golden vectors, replayed byte for byte through both sides."""
+    """The handshake of the golden vectors, replayed byte for byte through both sides, and the
+    session keys both sides derive from it are the vectors' keys."""
     doc = json.loads((VECTORS / "vectors.json").read_text())
     frames = {v["name"]: (VECTORS / v["file"]).read_bytes() for v in doc["vectors"]}
     token = doc["full_token"].encode()
 
-    def decode(name: str) -> dict[str, Any]:
-        (msg,) = FrameDecoder().feed(frames[name])
+    def decode(name: str, key: str | None = None) -> dict[str, Any]:
+        mac = None if key is None else FrameMac(bytes.fromhex(key))
+        (msg,) = FrameDecoder(mac=mac).feed(frames[name])
         return msg
 
-    hello, challenge, welcome = decode("hello"), decode("challenge"), decode("welcome")
+    full, read_conn = doc["connections"]["full"], doc["connections"]["read"]
+    hello, challenge = decode("hello"), decode("challenge")
+    welcome = decode("welcome", full["key_s2c"])
     c = ClientHandshake(token, "worker", "full", "node1", 4242, "w1", nonce=hello["nonce"])
     s = ServerHandshake(
         token,
@@ -250,9 +255,12 @@ def test_vectors_are_what_the_state_machines_send() -> None:
     assert encode_frame(out) == frames["challenge"]
     (out,) = c.receive(decode("challenge"))
     assert encode_frame(out) == frames["auth"]
+    assert c.keys is not None and s.keys is None  # the coordinator has not checked auth yet
     (out,) = s.receive(decode("auth"))
-    assert encode_frame(out) == frames["welcome"]
-    assert c.receive(decode("welcome")) == []
+    assert s.keys == c.keys
+    assert (c.keys.c2s.hex(), c.keys.s2c.hex()) == (full["key_c2s"], full["key_s2c"])
+    assert encode_frame(out, mac=FrameMac(s.keys.s2c)) == frames["welcome"]
+    assert c.receive(welcome) == []
 
     read = doc["read_token"].encode()
     hello, challenge = decode("hello-read"), decode("challenge-read")
@@ -261,7 +269,10 @@ def test_vectors_are_what_the_state_machines_send() -> None:
     assert encode_frame(c.hello()) == frames["hello-read"]
     assert encode_frame(s.receive(decode("hello-read"))[0]) == frames["challenge-read"]
     assert encode_frame(c.receive(decode("challenge-read"))[0]) == frames["auth-read"]
-    assert encode_frame(s.receive(decode("auth-read"))[0]) == frames["welcome-read"]
+    (out,) = s.receive(decode("auth-read"))
+    assert s.keys == c.keys and s.keys is not None
+    assert s.keys.s2c.hex() == read_conn["key_s2c"]
+    assert encode_frame(out, mac=FrameMac(s.keys.s2c)) == frames["welcome-read"]
 
 
 def _forms(token: bytes) -> list[str]:

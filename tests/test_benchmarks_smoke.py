@@ -53,3 +53,21 @@ def test_sizes_and_system_names() -> None:
     assert bench.expand_systems(bench.DEFAULT_SYSTEMS, p) == list(bench.SYSTEMS)
     o = bench.parse_args(["--quick", "--workloads", "scale"])
     assert o.scale_n == 100_000 and o.repeat == 1 and o.workloads == ["scale"]
+
+
+@pytest.mark.timeout(120)
+def test_wire_benchmark_runs_all_three_parts(tmp_path: Path) -> None:
+    """benchmarks/wire.py (the MAC's cost): codec, loopback round trips, a real ajug serve."""
+    out = tmp_path / "wire.json"
+    cmd = [sys.executable, "-m", "benchmarks.wire", "--tasks", "3000", "--seconds", "0.5",
+           "--repeat", "1", "--json", str(out)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["mac"] is True and Path(data["ajug"]) == ROOT / "ajug"
+    assert {r["frame"] for r in data["codec"]} == {"lease+report", "leases", "renew", "renewed"}
+    assert all(r["mac_us"] > 0 and r["plain_us"] > 0 for r in data["codec"])
+    assert data["loop"]["mac_us"] > 0 and data["loop"]["plain_us"] > 0
+    (run,) = data["wire"]
+    assert run["leases"] == run["reports"] > 0  # every lease is reported back
+    assert run["leases_per_s"] > 0 and run["coordinator_cpu_us"] > 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
+import msgpack
 import pytest
 
 from ajug.errors import AuthError, ConnectError, FrameTooLarge, ProtocolError
@@ -263,31 +264,32 @@ async def test_oversize_frame_after_handshake_is_refused_unread(make_server: Any
 
 
 @pytest.mark.parametrize(
-    "payload, code, re",
+    "body, code, re",
     [
-        (struct.pack(">I", 1) + b"\xc1", "decode", None),
-        (encode_frame({"op": "frobnicate", "id": 5}), "op", 5),
+        (b"\xc1", "decode", None),
+        (msgpack.packb({"op": "frobnicate", "id": 5}), "op", 5),
         (
-            encode_frame(
+            msgpack.packb(
                 {"op": "lease", "id": 6, "want": "3", "wait_ms": 0, "done": [], "failed": []}
             ),
             "field",
             6,
         ),
         (
-            encode_frame({"op": "leases", "re": 1, "state": "run", "leases": [], "funcs": []}),
+            msgpack.packb({"op": "leases", "re": 1, "state": "run", "leases": [], "funcs": []}),
             "op",
             None,
         ),
     ],
 )
 async def test_bad_frames_after_handshake_get_error_and_close(
-    make_server: Any, payload: bytes, code: str, re: int | None
+    make_server: Any, body: bytes, code: str, re: int | None
 ) -> None:
+    """Well authenticated (sealed with the session key) but bad inside."""
     srv = await make_server()
     conn = await w(open_connection(srv.host, srv.port, token=TOKEN, role="worker"))
     async with conn:
-        conn._writer.write(payload)
+        conn._send_body(body)
         await w(conn.drain())
         err = await w(conn.recv())
         assert (err["op"], err["code"], err["re"]) == ("error", code, re)
@@ -300,7 +302,7 @@ async def test_a_bad_connection_does_not_disturb_another(make_server: Any) -> No
     good = await w(open_connection(srv.host, srv.port, token=TOKEN, role="worker"))
     bad = await w(open_connection(srv.host, srv.port, token=TOKEN, role="worker"))
     async with good, bad:
-        bad._writer.write(struct.pack(">I", 1) + b"\xc1")
+        bad._send_body(b"\xc1")
         await w(bad.drain())
         assert (await w(bad.recv()))["op"] == "error"
         good.send(m.status(1))

@@ -252,3 +252,34 @@ def test_metrics_histogram_and_label_escaping_from_the_coordinator_hooks() -> No
     assert m["ajug_task_duration_seconds_count"] == 3
     coord.durations = None
     assert "ajug_task_duration_seconds" not in metrics_text(coord)
+
+
+async def test_status_says_how_long_each_running_task_has_run(tmp_path: Path) -> None:
+    """A hung task shows with its running time (status and /api/status share this map): the
+    longest first; a follow-on lease waiting for its inputs has none yet."""
+    from ajug.coordinator import Coordinator, Settings
+    from ajug.stores.memory import MemoryStore
+
+    jugfile = tmp_path / "chain.py"
+    jugfile.write_text("from ajug import TaskGenerator\n\n@TaskGenerator\ndef inc(x):\n"
+                       "    return x + 1\n\na = inc(0)\nb = inc(a)\nc = inc(10)\n")
+    now = [1000.0]
+    coord = Coordinator(Settings(jugfile=str(jugfile), store_url="memory:"), clock=lambda: now[0])
+    coord.store = MemoryStore()
+    await coord.load()
+    sched = coord.sched
+    assert sched is not None
+    sched.add_worker("w1", "h", 1).follow = True
+    sched.add_worker("w2", "h", 2)
+    first = sched.lease("w1", 1)  # a
+    assert len(sched.lease("w1", 1)) == 1 and sched.after(1) == [0]  # b, a follow-on of a
+    now[0] += 60
+    sched.lease("w2", 1)  # c
+    now[0] += 5
+    w1, w2 = coord.status()["workers"]
+    assert w1["running_s"] == [65.0, None] and len(w1["running"]) == 2
+    assert w2["running_s"] == [5.0]
+    sched.complete("w1", first[0][0], first[0][1])  # a done: b may start now
+    now[0] += 3
+    assert coord.status()["workers"][0]["running_s"] == [3.0]
+    await coord.close()

@@ -13,7 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Procs, ajug_cmd, copy_jugfile, env, read_log, status, values, wait_for
+from procs import (
+    Procs,
+    ajug_cmd,
+    copy_jugfile,
+    env,
+    executions,
+    overlapping,
+    read_log,
+    run_records,
+    status,
+    values,
+    wait_for,
+)
 
 HERE = Path(__file__).parent
 
@@ -137,6 +149,73 @@ def test_frozen_worker_resumes_late_result_counted_once(procs: Procs, tmp_path: 
     log = read_log(coord)
     assert "4/4 done" in log, log[-2000:]
     assert values(jugfile, ["total"], AJUG_TEST_SLOW_S="3")["total"] == 5
+
+
+def test_worker_drops_lost_leases_from_its_queue_and_inbox() -> None:
+    """What the network thread does with a ``lost`` list (renewed or resumed), and the main
+    thread's check before it starts a lease: in process, no socket."""
+    from ajug.stores.memory import MemoryStore
+    from ajug.worker import Lease, ResultCache, SaveBatch, Worker, WorkerOptions
+
+    w = Worker(WorkerOptions(host="127.0.0.1", port=1))
+    batch = SaveBatch(MemoryStore(), ResultCache(), w)
+    try:
+        now = time.monotonic()
+        a, b, c = (Lease(k * 40, n, 0, b"", b"", "m.f", "") for n, k in enumerate("abc"))
+        for lz in (a, b, c):
+            lz.valid_until = now + 30
+            w.queued[lz.key] = lz
+        w.leases.put(a, b)  # c: taken by the main thread already
+        w._drop_lost([b.key, c.key, "d" * 40])
+        assert (a.lost, b.lost, c.lost) == (False, True, True)
+        assert list(w.queued) == [a.key] and list(w.leases.items) == [a]
+        assert w._may_start(c, batch) is False  # never started, though already taken
+        assert w._may_start(a, batch) is True
+        w.finished.set()  # past its validity with no coordinator to confirm it: not started
+        a.valid_until = now - 1
+        assert w._may_start(a, batch) is False
+    finally:
+        batch.close()
+
+
+@pytest.mark.timeout(120)
+def test_frozen_worker_never_starts_a_lease_it_was_told_is_lost(procs: Procs,
+                                                                 tmp_path: Path) -> None:
+    """W1 holds a running task and a queued one; frozen past the TTL, both go to W2. Woken up
+    while W2 runs the queued one, W1 finishes its running task (a late result) and drops the
+    queued one: it never runs twice at once."""
+    jugfile = copy_jugfile(tmp_path, "recorded.py")
+    runlog = tmp_path / "runs.jsonl"
+    extra = {"AJUG_TEST_N": "3", "AJUG_TEST_TASK_S": "3"}
+    e = env(AJUG_TEST_RUNLOG=str(runlog), **extra)
+    coord, port = procs.serve(jugfile, "--lease-ttl", "1.5", env=e)
+    w1 = procs.work(port, "--prefetch", "1", env=e)  # one running, one queued
+
+    def started(pid: int) -> list[dict[str, Any]]:
+        return [r for r in run_records(runlog) if r["pid"] == pid and "end" not in r]
+
+    first = wait_for(lambda: started(w1.pid), 30, what="W1 to start a task")[0]
+    w2 = procs.work(port, "--prefetch", "0", env=e)
+    # freeze W1 shortly before its running task ends: woken, it would go straight on to the
+    # queued one
+    time.sleep(max(0.0, first["start"] + 3 - 0.5 - time.time()))
+    os.kill(w1.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: status(port)["reclaimed"] >= 2, 30, what="W1's leases reclaimed")
+        # W2, its own first task done, runs the one W1 had queued
+        wait_for(lambda: len({r["task"] for r in started(w2.pid)} - {first["task"]}) >= 2, 30,
+                 what="W2 to start the task W1 had queued")
+    finally:
+        os.kill(w1.pid, signal.SIGCONT)
+    assert coord.wait(60) == 0, read_log(coord)[-3000:]
+    assert w2.wait(30) == 0, read_log(w2)[-2000:]
+    # only the task W1 was running when frozen may have run twice at once (a late result)
+    runs = executions(runlog)
+    assert [(a["task"], b["task"]) for a, b in overlapping(runs)
+            if a["task"] != first["task"]] == []
+    assert w1.wait(30) == 0, read_log(w1)[-2000:]
+    assert "1 queued ones dropped" in read_log(w1) or "not started" in read_log(w1)
+    assert values(jugfile, ["total"], **extra)["total"] == 0 + 1 + 4
 
 
 @pytest.mark.timeout(150)

@@ -36,7 +36,13 @@ from procs import Procs, env, offline_status, read_log, values, wait_for
 from ajug.errors import AjugError, AuthError, ProtocolError
 from ajug.protocol import messages as m
 from ajug.protocol.auth import ClientHandshake, ServerHandshake, client_proof, server_proof
-from ajug.protocol.framing import HANDSHAKE_MAX_FRAME_BYTES, MAX_FRAME_BYTES, FrameDecoder
+from ajug.protocol.framing import (
+    HANDSHAKE_MAX_FRAME_BYTES,
+    MAX_FRAME_BYTES,
+    FrameDecoder,
+    frame_body,
+)
+from ajug.protocol.mac import FrameMac
 
 HERE = Path(__file__).parent
 TOKEN_TEXT = "fuzz-" + secrets.token_hex(12)
@@ -127,6 +133,7 @@ class Wire:
         self.dec = FrameDecoder(MAX_FRAME_BYTES)
         self.frames: deque[dict[str, Any]] = deque()
         self.eof = False
+        self.mac: FrameMac | None = None  # after the handshake: seals what we send
 
     def __enter__(self) -> Wire:
         return self
@@ -135,7 +142,15 @@ class Wire:
         self.sock.close()
 
     def send(self, data: bytes | dict[str, Any]) -> None:
-        self.sock.sendall(data if isinstance(data, bytes) else frame(data))
+        """Bytes as they are; a message as a frame, sealed once the handshake is done."""
+        self.sock.sendall(data if isinstance(data, bytes) else self.frame(data))
+
+    def frame(self, msg: Any) -> bytes:
+        return self.sealed(msgpack.packb(msg, use_bin_type=True))
+
+    def sealed(self, body: bytes) -> bytes:
+        """A frame holding ``body``, with the next MAC once the handshake is done."""
+        return frame_body(body, max_frame_bytes=2**32 - 1, mac=self.mac)
 
     def end(self) -> None:
         """Half-close: the coordinator sees EOF, and can still answer."""
@@ -180,6 +195,9 @@ class Wire:
             assert msg is not None, "closed during the handshake"
             for reply in hs.receive(msg):
                 self.send(reply)
+            if hs.keys is not None and self.mac is None:  # auth is sent: the rest is sealed
+                self.mac = FrameMac(hs.keys.c2s)
+                self.dec.mac = FrameMac(hs.keys.s2c)
         return hs.info
 
 
@@ -384,7 +402,7 @@ def test_undecodable_bodies_get_decode_errors(run: Run, after_handshake: bool) -
         with Wire(run.port) as w:
             if after_handshake:
                 w.handshake()
-            w.send(PREFIX.pack(len(body)) + body)
+            w.send(w.sealed(body))
             try:
                 expect_closing_error(w, "decode")
             except AssertionError as exc:
@@ -586,18 +604,21 @@ def test_unknown_and_misplaced_ops_get_op_errors(run: Run) -> None:
 
 
 def test_protocol_versions_without_a_common_one_are_refused(run: Run) -> None:
-    for versions in ([0], [99], [], [0, 2, 99], [U64]):
+    # version 1 (no frame MACs) too: a relay must not be able to talk both sides down to it
+    for versions in ([0], [99], [], [0, 1, 99], [1], [U64]):
         with Wire(run.port) as w:
             w.send(hello_msg(versions=versions))
             expect_closing_error(w, "version")
-    # a future client that also speaks 1 gets 1
+    # a future client that also speaks 2 gets 2
     with Wire(run.port) as w:
         hs = ClientHandshake(TOKEN, "client", versions=(1, 2, 99))
         w.send(hs.hello())
         challenge = w.recv()
-        assert challenge is not None and challenge["version"] == 1
+        assert challenge is not None and challenge["version"] == 2
         for reply in hs.receive(challenge):
             w.send(reply)
+        assert hs.keys is not None
+        w.dec.mac = FrameMac(hs.keys.s2c)
         welcome = w.recv()
         assert welcome is not None and welcome["op"] == "welcome"
     run.assert_serving()
@@ -636,6 +657,8 @@ def test_replayed_handshake_is_refused(run: Run) -> None:
         assert first is not None
         auth = frame(hs.receive(first)[0])
         w.send(auth)
+        assert hs.keys is not None
+        w.dec.mac = FrameMac(hs.keys.s2c)
         assert (w.recv() or {}).get("op") == "welcome"
     # the same bytes again, step by step and all at once: a fresh server nonce each time
     with Wire(run.port) as w:
@@ -709,10 +732,13 @@ def _flood(port: int, role: str, access: str, make: Any, seconds: float = 6.0) -
     """Pipeline requests without reading a reply; True if the coordinator stopped reading."""
     w = Wire(port)
     w.handshake(role=role, access=access)
-    batch = b"".join(frame(make(i)) for i in range(1, 201))
     w.sock.settimeout(1.0)
     deadline = time.monotonic() + seconds
+    first = 1
     while time.monotonic() < deadline:
+        # fresh frames each time: the same bytes again would be replays (and refused as such)
+        batch = b"".join(w.frame(make(i)) for i in range(first, first + 200))
+        first += 200
         try:
             w.sock.sendall(batch)
         except TimeoutError:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from ajug.errors import FrameTooLarge, ProtocolError
 from ajug.protocol import messages as m
 from ajug.protocol.framing import MAX_FRAME_BYTES, FrameDecoder, decode_body, encode_frame
+from ajug.protocol.mac import FrameMac
 
 VECTORS = Path(__file__).resolve().parents[1] / "protocol" / "vectors"
 
@@ -31,7 +32,8 @@ def _load_generator() -> Any:
 
 
 gen = _load_generator()
-INDEX = json.loads((VECTORS / "vectors.json").read_text())["vectors"]
+DOC = json.loads((VECTORS / "vectors.json").read_text())
+INDEX = DOC["vectors"]
 #: (name, sender, message) of every checked-in vector.
 SAMPLES = [
     (v["name"], "client" if v["direction"] == "C>S" else "server", gen.from_json(v["message"]))
@@ -469,10 +471,11 @@ def test_check_allowed() -> None:
 
 
 def test_error_codes() -> None:
-    from ajug.errors import AuthError, VersionMismatch
+    from ajug.errors import AuthError, BadMac, VersionMismatch
 
     cases = [
         (FrameTooLarge("x"), "frame"),
+        (BadMac("x"), "mac"),
         (VersionMismatch("x"), "version"),
         (m.UnknownOp("x"), "op"),
         (m.BadField("x"), "field"),
@@ -492,17 +495,30 @@ def test_error_codes() -> None:
 # --- golden vectors ------------------------------------------------------------------------
 
 
+def vector_mac(v: dict[str, Any]) -> FrameMac | None:
+    """The MAC a vector's frame is sealed with (None for the plain frames of the handshake)."""
+    sealed = v["sealed"]
+    if sealed is None:
+        return None
+    keys = DOC["connections"][sealed["connection"]]
+    key = keys["key_c2s"] if v["direction"] == "C>S" else keys["key_s2c"]
+    return FrameMac(bytes.fromhex(key), sealed["seq"])
+
+
 @pytest.mark.parametrize("v", INDEX, ids=[v["name"] for v in INDEX])
 def test_vector_round_trips_byte_for_byte(v: dict[str, Any]) -> None:
     data = (VECTORS / v["file"]).read_bytes()
     assert data.hex() == v["frame_hex"]
-    (decoded,) = FrameDecoder().feed(data)
+    (decoded,) = FrameDecoder(mac=vector_mac(v)).feed(data)
     expected = gen.from_json(v["message"])
     assert decoded == expected
     assert [type(x) for x in decoded.values()] == [type(x) for x in expected.values()]
     m.validate(decoded, "client" if v["direction"] == "C>S" else "server")
-    assert encode_frame(decoded) == data
-    assert encode_frame(expected) == data
+    assert encode_frame(decoded, mac=vector_mac(v)) == data
+    assert encode_frame(expected, mac=vector_mac(v)) == data
+    if v["sealed"] is not None:  # the body alone is the canonical encoding, as for plain frames
+        assert data[4:-32] == msgpack.packb(expected, use_bin_type=True)
+        assert data[-32:].hex() == v["sealed"]["tag_hex"]
 
 
 def test_vectors_cover_every_op_in_both_directions() -> None:
@@ -531,14 +547,35 @@ def test_vector_proofs_are_the_documented_hmacs() -> None:
         assert msgs["auth" + suffix]["proof"] == client
 
 
-def test_all_vectors_as_one_stream_in_odd_chunks() -> None:
-    stream = b"".join((VECTORS / v["file"]).read_bytes() for v in INDEX)
+@pytest.mark.parametrize("conn", ["full", "read"])
+@pytest.mark.parametrize("direction", ["C>S", "S>C"])
+def test_each_connection_as_one_stream_in_odd_chunks(conn: str, direction: str) -> None:
+    """What one side of a vector connection receives, in 7-byte pieces, decoded as a
+    connection does: plain until the handshake's end, sealed from the next frame on."""
+    mine = [v for v in INDEX if v["direction"] == direction and _connection(v) == conn]
+    stream = b"".join((VECTORS / v["file"]).read_bytes() for v in mine)
+    keys = DOC["connections"][conn]
+    key = bytes.fromhex(keys["key_c2s"] if direction == "C>S" else keys["key_s2c"])
     dec, out = FrameDecoder(), []
     for i in range(0, len(stream), 7):
-        out += dec.feed(stream[i : i + 7])
-    assert out == [gen.from_json(v["message"]) for v in INDEX]
+        dec.push(stream[i : i + 7])
+        while (msg := dec.next()) is not None:
+            out.append(msg)
+            if msg["op"] in ("challenge", "auth"):  # the last plain frame of its direction
+                dec.mac = FrameMac(key)
+    assert out == [gen.from_json(v["message"]) for v in mine]
+    assert dec.mac is not None and dec.mac.seq == sum(1 for v in mine if v["sealed"])
+
+
+def _connection(v: dict[str, Any]) -> str | None:
+    if v["sealed"] is not None:
+        return v["sealed"]["connection"]
+    return {"hello": "full", "challenge": "full", "auth": "full", "hello-read": "read",
+            "challenge-read": "read", "auth-read": "read"}.get(v["name"])
 
 
 def test_decode_body_matches_vectors() -> None:
-    data = (VECTORS / "bye.bin").read_bytes()
-    assert decode_body(data[4:]) == {"op": "bye"}
+    data = (VECTORS / "auth.bin").read_bytes()
+    assert decode_body(data[4:])["op"] == "auth"
+    data = (VECTORS / "bye.bin").read_bytes()  # sealed: the body, then 32 bytes of MAC
+    assert decode_body(data[4:-32]) == {"op": "bye"}

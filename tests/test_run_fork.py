@@ -87,8 +87,8 @@ def test_run_starts_its_workers_by_fork_or_spawn(start: str, procs: Procs, tmp_p
 
 @pytest.mark.timeout(90)
 def test_forked_workers_have_the_token_in_memory_only(procs: Procs, tmp_path: Path) -> None:
-    """The token `ajug run` makes up reaches the forked workers in their os.environ, not in the
-    process list nor in /proc/PID/environ (which holds only what a process was exec'd with)."""
+    """The token `ajug run` makes up reaches the forked workers in their memory: not in the
+    process list, not in /proc/PID/environ, not even in the tasks' os.environ."""
     jugfile, e, marks = setup(tmp_path, 2, 1.0)
     del e["AJUG_TOKEN"]
     run = procs.start(["-vv", "run", str(jugfile), "-j", "2", "--prefetch", "0", "--no-progress"],
@@ -97,10 +97,8 @@ def test_forked_workers_have_the_token_in_memory_only(procs: Procs, tmp_path: Pa
     pids = [run.pid, *children(run.pid)]
     seen = [Path(f"/proc/{p}/{f}").read_bytes() for p in pids for f in ("cmdline", "environ")]
     assert run.wait(60) == 0, read_log(run)
-    tokens = {r["token"] for r in ran(jugfile, e)}
-    assert len(tokens) == 1 and len(token := tokens.pop()) >= 16
-    assert len(pids) == 3 and not any(token.encode() in b for b in seen)
-    assert token not in read_log(run)
+    assert {r["token"] for r in ran(jugfile, e)} == {""}
+    assert len(pids) == 3 and not any(b"AJUG_TOKEN" in b for b in seen)
 
 
 @pytest.mark.timeout(90)
@@ -114,7 +112,7 @@ def test_forked_worker_killed_is_replaced_by_a_spawned_one(procs: Procs, tmp_pat
     os.kill(victim, signal.SIGKILL)
     assert run.wait(60) == 0, read_log(run)
     log = read_log(run)
-    assert f"worker pid {victim} exited (-9); starting another" in log, log
+    assert f"worker pid {victim} died (SIGKILL" in log and "starting another" in log, log
     got = ran(jugfile, e)  # every result is there
     assert len(got) == 6 and victim not in {r["pid"] for r in got}
     assert {r["ppid"] for r in got} == {run.pid}

@@ -113,6 +113,65 @@ def test_non_loopback_bind_needs_a_token(procs: Procs, tmp_path: Path) -> None:
     assert live_status(port, run_env(token))["tasks"] == N_STEPS + 1
 
 
+@pytest.mark.parametrize("how", ["flag", "AJUG_SERVE_HOST", "AJUG_HOST", "ajug.toml"])
+def test_an_empty_host_is_every_interface_and_needs_a_token(
+    procs: Procs, tmp_path: Path, how: str
+) -> None:
+    """`--host ''` (or an empty AJUG_SERVE_HOST / AJUG_HOST, or `host = ""` in ajug.toml) binds
+    every interface: it is decided from the addresses bound, not from the string."""
+    jugfile, _ = steady(tmp_path)
+    flags = ["--host", ""] if how == "flag" else []
+    extra = {how: ""} if how.startswith("AJUG_") else {}
+    if how == "ajug.toml":
+        (tmp_path / "ajug.toml").write_text('host = ""\n')
+    out = ajug("serve", str(jugfile), "--port", "0", *flags, env=run_env(None, **extra))
+    line = one_line_error(out)
+    assert out.returncode == 2
+    assert "refusing to listen on '' (every interface: 0.0.0.0" in line, line
+    assert "AJUG_TOKEN" in line
+    assert not (tmp_path / "steady.ajugdata").exists()  # refused before touching anything
+    # with a token it serves, and on every interface indeed (we connect to 127.0.0.1 only)
+    token = "any-" + secrets.token_hex(8)
+    coord, port = start_serve(procs, jugfile, *flags, env=run_env(token, **extra))
+    assert listening_on_any(port), "an empty host did not bind every interface"
+    assert f"on *:{port} (every interface (0.0.0.0" in read_log(coord)
+    assert live_status(port, run_env(token))["tasks"] == N_STEPS + 1
+    coord.terminate()
+    coord.wait(30)
+
+
+def listening_on_any(port: int) -> bool:
+    """Whether something listens on 0.0.0.0:port or [::]:port (from /proc/net)."""
+    for table, anywhere in (("tcp", "00000000"), ("tcp6", "0" * 32)):
+        for row in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A" and local == f"{anywhere}:{port:04X}":
+                return True
+    return False
+
+
+async def test_the_bound_sockets_decide(tmp_path: Path) -> None:
+    """The check after binding looks at the sockets themselves."""
+    from ajug.access import check_bound
+    from ajug.errors import UsageError
+
+    async def nothing(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.close()
+
+    for host, loopback in (("127.0.0.1", True), ("localhost", True), ("", False)):
+        server = await asyncio.start_server(nothing, host, 0)
+        try:
+            if loopback:
+                check_bound(host, server.sockets, b"")
+            else:
+                with pytest.raises(UsageError, match="without a token"):
+                    check_bound(host, server.sockets, b"")
+            check_bound(host, server.sockets, b"a token")  # with a token anything goes
+        finally:
+            server.close()
+            await server.wait_closed()
+
+
 # --- mutual authentication -------------------------------------------------------------------
 
 
@@ -228,12 +287,12 @@ def test_token_is_never_in_process_list_or_logs(procs: Procs, tmp_path: Path) ->
         assert token not in cmdline(pid)
     # wrong tokens are refused; neither token shows in what anyone sees
     wrong = "wrong-" + secrets.token_hex(12)
-    for args in (
-        ["status", f"127.0.0.1:{port}"],
-        ["work", f"127.0.0.1:{port}", "--connect-timeout", "5"],
+    for args, says in (
+        (["status", f"127.0.0.1:{port}"], "our token does not match the one of the coordinator"),
+        (["work", f"127.0.0.1:{port}", "--connect-timeout", "5"], "did not prove it has the token"),
     ):
         line = one_line_error(ajug(*args, env=run_env(wrong)))
-        assert "did not prove it has the token" in line
+        assert says in line and "AJUG_TOKEN" in line, line
         assert token not in line and wrong not in line
     gate.touch()
     assert coord.wait(60) == 0, read_log(coord)
@@ -244,23 +303,7 @@ def test_token_is_never_in_process_list_or_logs(procs: Procs, tmp_path: Path) ->
     assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
 
 
-def test_ajug_run_passes_its_token_by_environment_only(procs: Procs, tmp_path: Path) -> None:
-    jugfile, gate = steady(tmp_path)
-    # spawned workers: forked ones (the default on Linux) have no exec'd environment to read it
-    # from; test_run_fork covers them
-    e = run_env(None, gate, AJUG_WORKER_START="spawn")
-    run = procs.start(["-vv", "run", str(jugfile), "-j", "2", "--no-progress"], "run", env=e)
-    kids = wait_for(lambda: len(k := children(run.pid)) == 2 and k, 60, what="two workers")
-    # the token ajug run made up for this run: in the workers' environment, nowhere else
-    environ = Path(f"/proc/{kids[0]}/environ").read_bytes().split(b"\0")
-    token = next(v.split(b"=", 1)[1] for v in environ if v.startswith(b"AJUG_TOKEN=")).decode()
-    assert len(token) >= 16
-    for pid in (run.pid, *kids):
-        assert token not in cmdline(pid)
-    gate.touch()
-    assert run.wait(60) == 0, read_log(run)
-    assert token not in read_log(run)
-    assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
+# (the token's absence from the workers' and tasks' environments: tests/test_token_env.py)
 
 
 # --- TLS -------------------------------------------------------------------------------------
@@ -452,6 +495,10 @@ async def read_only_checks(port: int, full: bytes, ro: bytes) -> dict[str, Any]:
             reply = await asyncio.wait_for(conn.recv(), 10)
             assert (reply["op"], reply["code"], reply["re"]) == ("error", "access", msg["id"])
             assert ro.decode() not in reply["msg"] and full.decode() not in reply["msg"]
+            # what is wrong, in words: a worker's request, or one that needs the full token
+            says = "is for workers" if msg["op"] in ("lease", "renew", "resume") else (
+                f"{msg['op']} needs the full token; this connection has read-only access")
+            assert says in reply["msg"], reply
         conn.send(m.status(6, True))
         await conn.drain()
         reply = await asyncio.wait_for(conn.recv(), 10)

@@ -178,3 +178,79 @@ def test_decode_jug_damage() -> None:
     weird = zlib.compress(b"Xjunk")
     with pytest.raises(ResultDamaged):
         encoding.decode_jug(io.BytesIO(weird), len(weird))
+
+
+# ------------------------------------------------ long pickle streams (ajug/stores/streams.py)
+
+
+@pytest.fixture
+def small_spill(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Streams over 4 KiB count as long, so small values take the bounded-memory path."""
+    from ajug.stores import streams
+
+    monkeypatch.setattr(streams, "SPILL_BYTES", 4096)
+    monkeypatch.setattr(streams, "SLICE_BYTES", 1000)
+    return 4096
+
+
+def _main_function(x: int) -> int:
+    return x + 1
+
+
+_main_function.__module__ = "__main__"  # as if defined in a script: cloudpickle, by value
+
+
+LONG_VALUES = [
+    bytes(range(256)) * 100,
+    list(range(5000)),
+    {"a": b"x" * 10000, "arr": np.arange(3000), "s": "é" * 3000},
+    [_main_function, b"y" * 10000],
+]
+
+
+@pytest.mark.parametrize("value", LONG_VALUES, ids=["bytes", "list", "mixed", "main"])
+def test_long_stream_round_trip_through_every_store(store: object, small_spill: int,
+                                                    value: object) -> None:
+    p = encoding.pickle_value(value)
+    assert p.spilled is not None and p.data == b""  # not held: measured, then produced again
+    key = "e" * 40
+    store.save_many([(key, encoding.encode_pickled(p, {"func": "m.f"}), None)])  # type: ignore[attr-defined]
+    got = store.load(key)  # type: ignore[attr-defined]
+    if isinstance(value, list) and callable(value[0]):
+        assert got[0](1) == 2 and got[1] == value[1]
+    else:
+        assert same(got, value)
+    assert store.verify([key]) == [None]  # type: ignore[attr-defined]
+
+
+def test_long_stream_that_changes_between_passes_is_refused(small_spill: int) -> None:
+    from ajug.stores.streams import UnstablePickle
+
+    value = [b"z" * 10000]
+    p = encoding.pickle_value(value)
+    value.append(1)  # changed after it was measured: the second pass differs
+    enc = encoding.encode_pickled(p)
+    with pytest.raises(UnstablePickle, match="pickles differently"):
+        encoding.write_to(enc, io.BytesIO())
+
+
+def test_long_stream_damaged_reads_as_damaged(small_spill: int) -> None:
+    blob = bytearray(encoding.encode_bytes(bytes(range(256)) * 100))
+    for i in (len(blob) // 2, len(blob) - 3):
+        bad = bytearray(blob)
+        bad[i] ^= 1
+        with pytest.raises(ResultDamaged):
+            encoding.decode_from(io.BytesIO(bytes(bad)), len(bad))
+    assert encoding.decode_from(io.BytesIO(bytes(blob)), len(blob))[0] == bytes(range(256)) * 100
+
+
+def test_chunks_are_exact_whatever_the_pieces() -> None:
+    from ajug.stores.streams import ChunkWriter
+
+    out: list[bytes] = []
+    w = ChunkWriter(10, lambda c: out.append(bytes(c)))
+    for piece in (b"a" * 3, b"b" * 25, b"", b"c" * 7):
+        w.write(piece)
+    w.close()
+    assert b"".join(out) == b"a" * 3 + b"b" * 25 + b"c" * 7
+    assert [len(c) for c in out] == [10, 10, 10, 5]

@@ -17,7 +17,7 @@ import pytest
 from store_helpers import GiB, dead_pid, files_under, hexkey, run_1gib_round_trip, subprocess_env
 
 from ajug.errors import ResultMissing, StoreFull, StoreLocked, StoreUnreachable
-from ajug.stores.file import LOCK_FILE, TMP_DIR, TMP_MAX_AGE_S, FileStore
+from ajug.stores.file import LOCK_FILE, MARKER_FILE, TMP_DIR, TMP_MAX_AGE_S, FileStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -211,6 +211,27 @@ def test_cleanup_keeps_live_writers_and_removes_old_or_dead(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp.iterdir() if p.is_file()) == sorted([live.name, other_host.name])
 
 
+def test_writers_leave_no_empty_temporary_directories(tmp_path: Path) -> None:
+    """Each writing process has tmp/<host>.<pid>/: it goes when the store is closed; those of
+    writers that died go when a coordinator takes the store (its owner lock)."""
+    tmp = tmp_path / "s" / TMP_DIR
+    host = socket.gethostname()
+    store = FileStore(tmp_path / "s")
+    store.save(hexkey(1), 1)
+    assert [p.name for p in tmp.iterdir()] == [f"{host}.{os.getpid()}"]
+    store.close()
+    assert list(tmp.iterdir()) == []
+    store.save(hexkey(2), 2)  # closed and used again: works, and makes it again
+    assert store.load(hexkey(2)) == 2
+    (tmp / f"{host}.{dead_pid()}").mkdir()  # a writer killed on this host
+    (tmp / "elsewhere.example.7").mkdir()  # another host's: maybe alive
+    lock = FileStore(tmp_path / "s").owner_lock(ttl_s=10)
+    lock.acquire()
+    lock.release()
+    assert sorted(p.name for p in tmp.iterdir()) == sorted(
+        [f"{host}.{os.getpid()}", "elsewhere.example.7"])
+
+
 # ----------------------------------------------------------------------------- big arrays
 
 
@@ -246,7 +267,8 @@ def test_full_disk(small_tmpfs: Path) -> None:
     with pytest.raises(StoreFull, match=r"is full: free space") as err:
         store.save(key, noise)
     assert str(small_tmpfs / "s") in str(err.value)
-    assert files_under(small_tmpfs) == []  # neither a partial result nor a temp file
+    # neither a partial result nor a temp file (the marker says the store is ajug's)
+    assert [p.name for p in files_under(small_tmpfs)] == [MARKER_FILE]
     assert store.exists([key]) == [False]
     store.save(key, np.arange(1000))
     assert np.array_equal(store.load(key), np.arange(1000))

@@ -1,4 +1,4 @@
-"""The wire protocol of ajug (version 1), specified in protocol/SPEC.md.
+"""The wire protocol of ajug (version 2), specified in protocol/SPEC.md.
 
 ``framing``, ``messages`` and ``auth`` are pure (bytes and dicts in, bytes and dicts out);
 ``connection`` is the only module that touches asyncio. Import the I/O-free parts freely;

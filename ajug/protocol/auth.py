@@ -6,7 +6,8 @@ peer's next message and returns the messages to send back, or raises ``AuthError
 ``error`` reply. The token never crosses the wire: each side proves it holds the token with an
 HMAC over both sides' fresh nonces, so a recorded ``auth`` is useless on a later connection.
 The worker checks the coordinator's proof *before* it sends its own, because it is about to run
-code the coordinator sends.
+code the coordinator sends. Once a side has checked the other's proof it has ``keys``: the
+session keys (``mac.session_keys``) that authenticate every later frame, ``welcome`` included.
 
 Tokens are kept out of every ``repr``, exception message and log line.
 """
@@ -21,10 +22,13 @@ from typing import Any
 
 from ajug.errors import AuthError, ProtocolError, UsageError, VersionMismatch
 from ajug.protocol import messages as m
+from ajug.protocol.mac import SessionKeys, session_keys
 
-#: Protocol versions this implementation speaks.
-PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
-#: HMAC labels (fixed ASCII, no terminator) so that a proof of one side is never valid for the other.
+#: Protocol versions this implementation speaks. Only 2: version 1 had no frame MACs, and a
+#: relay could make two peers that both still spoke it agree on it (a downgrade).
+PROTOCOL_VERSIONS: tuple[int, ...] = (2,)
+#: HMAC labels (fixed ASCII, no terminator) so that a proof of one side is never valid for the
+#: other. They kept their "1" in version 2: the proofs did not change.
 SERVER_LABEL = b"ajug/1 server"
 CLIENT_LABEL = b"ajug/1 client"
 NONCE_BYTES = m.NONCE_BYTES
@@ -98,6 +102,8 @@ class ClientHandshake:
         self.version: int | None = None
         self.session: str | None = None
         self.info: dict[str, Any] = {}
+        #: set once the coordinator's proof checked out (before ``auth`` is sent)
+        self.keys: SessionKeys | None = None
 
     def __repr__(self) -> str:
         return (
@@ -151,14 +157,25 @@ class ClientHandshake:
             )
         expected = server_proof(self._token, self.nonce, msg["nonce"])
         if not hmac.compare_digest(expected, msg["proof"]):
-            raise AuthError(
-                f"the coordinator at {self.server} did not prove it has the token; "
-                "refusing to run its code (if it is yours, the tokens differ: check AJUG_TOKEN "
-                "or --token-file on both sides)"
-            )
+            raise AuthError(self._wrong_token())
         self.version = msg["version"]
+        self.keys = session_keys(self._token, self.nonce, msg["nonce"], self.role, self.access)
         self._state = "welcome"
         return m.auth(proof=client_proof(self._token, msg["nonce"], self.nonce))
+
+    def _wrong_token(self) -> str:
+        if self.role == "worker":  # it was about to run this peer's code: say that it won't
+            return (
+                f"the coordinator at {self.server} did not prove it has the token; refusing to "
+                "run its code (if it is yours, the tokens differ: check AJUG_TOKEN or "
+                "--token-file on both sides)"
+            )
+        which = "read-only token" if self.access == "read" else "token"
+        where = "AJUG_READ_TOKEN" if self.access == "read" else "AJUG_TOKEN or --token-file"
+        return (
+            f"our {which} does not match the one of the coordinator at {self.server}: "
+            f"check {where} (it must be the coordinator's)"
+        )
 
     def _refused(self, msg: dict[str, Any]) -> Exception:
         code, text = msg["code"], _short(msg["msg"])
@@ -204,6 +221,8 @@ class ServerHandshake:
         self.host: str | None = None
         self.pid: int | None = None
         self.name: str | None = None
+        #: set once the client's proof checked out (before ``welcome`` is sent)
+        self.keys: SessionKeys | None = None
 
     def __repr__(self) -> str:
         return (
@@ -233,7 +252,8 @@ class ServerHandshake:
             theirs = sorted(set(msg["versions"]))[:8]
             raise VersionMismatch(
                 f"no protocol version in common: the client speaks {theirs}, "
-                f"this coordinator speaks {sorted(self.versions)}"
+                f"this coordinator speaks {sorted(self.versions)} (run the same ajug "
+                "release on every machine)"
             )
         if msg["role"] == "worker" and msg["access"] != "full":
             raise m.AccessDenied("a worker needs full access")
@@ -255,5 +275,6 @@ class ServerHandshake:
         if not hmac.compare_digest(expected, msg["proof"]):
             raise AuthError(f"wrong token for {self.access} access")
         self._state = "done"
-        assert self.access is not None
+        assert self.access is not None and self.role is not None
+        self.keys = session_keys(self._token, self._client_nonce, self.nonce, self.role, self.access)
         return m.welcome(session=self.session, access=self.access, info=self.welcome_info)

@@ -1,4 +1,4 @@
-"""asyncio glue: a stream pair + ``FrameDecoder`` + the handshake state machines.
+"""asyncio glue: a stream pair + ``FrameDecoder`` + the handshake state machines + frame MACs.
 
 The only module of the protocol that does I/O. It is also the boundary where ``OSError``,
 ``asyncio.IncompleteReadError``, ``ssl.SSLError`` and timeouts become ajug errors:
@@ -9,13 +9,17 @@ The only module of the protocol that does I/O. It is also the boundary where ``O
 - ``Connection.recv`` raises ``ConnectionClosed`` when the peer goes away and ``ProtocolError``
   for a bad frame or message; in the second case the peer has already been sent an ``error``
   and the connection is closed, as protocol/SPEC.md requires. Either way the caller only has to
-  forget the connection.
+  forget the connection. ``BadMac`` (a ``ProtocolError``) is a frame that failed authentication.
+
+Every frame after the handshake is sealed and checked with the session keys (``mac.py``): the
+coordinator switches both directions over right after it has checked ``auth`` (its ``welcome`` is
+the first sealed frame), the client right after it has sent ``auth``. Also under TLS: the MAC is
+cheap, and it still holds when TLS is not verified or a relay terminates it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import socket
@@ -23,15 +27,19 @@ import ssl as _ssl
 from dataclasses import dataclass
 from typing import Any
 
-from ajug.errors import AjugError, ConnectError, ProtocolError, TLSError
+from ajug.errors import AjugError, BadMac, ConnectError, ProtocolError, TLSError
 from ajug.protocol import messages as m
 from ajug.protocol.auth import ClientHandshake, ServerHandshake
 from ajug.protocol.framing import (
+    FORMAT_MAX_FRAME_BYTES,
     HANDSHAKE_MAX_FRAME_BYTES,
     MAX_FRAME_BYTES,
     FrameDecoder,
     encode_frame,
+    frame_body,
 )
+from ajug.protocol.mac import FrameMac, SessionKeys
+from ajug.protocol.refusals import RefusalLog, peer_host
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +84,7 @@ class Connection:
         # Until the handshake is done both directions are held to the small handshake limit.
         self._send_limit = min(max_frame_bytes, HANDSHAKE_MAX_FRAME_BYTES)
         self._decoder = FrameDecoder(min(max_frame_bytes, HANDSHAKE_MAX_FRAME_BYTES))
-        self._inbox: collections.deque[dict[str, Any]] = collections.deque()
+        self._send_mac: FrameMac | None = None
         self._closed = False
         self.address = address
         self.peer: Peer | None = None
@@ -95,6 +103,20 @@ class Connection:
     def welcome_info(self) -> dict[str, Any]:
         """The coordinator's ``welcome`` info (store URL, lease_ttl_ms, max_frame, ...)."""
         return self.info
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether frames are sealed and checked (from the end of the handshake on)."""
+        return self._send_mac is not None
+
+    def _authenticate(self, keys: SessionKeys) -> None:
+        """Seal every frame sent from now on, and check every frame received, with ``keys``."""
+        mine, theirs = (keys.c2s, keys.s2c) if self._side == "client" else (keys.s2c, keys.c2s)
+        self._send_mac = FrameMac(mine)
+        self._decoder.mac = FrameMac(theirs)
+        # the coordinator answers our auth with a sealed welcome, or with a plain error when it
+        # refused our proof (it has no keys in common with us then)
+        self._decoder.plain_error_once = self._side == "client"
 
     def _established(self, peer: Peer, send_limit: int) -> None:
         self.peer = peer
@@ -117,11 +139,12 @@ class Connection:
     async def _recv_raw(self) -> dict[str, Any]:
         """The next decoded frame, unvalidated; a decoding error closes (and tells the peer)."""
         try:
-            while not self._inbox:
+            while True:
                 if self._closed:
                     raise ConnectionClosed(f"the connection to {self.address} is closed")
-                if self._decoder.failed:
-                    self._decoder.feed(b"")  # raises the error held back after good frames
+                msg = self._decoder.next()
+                if msg is not None:
+                    return msg
                 try:
                     data = await self._reader.read(READ_CHUNK_BYTES)
                 except OSError as exc:  # resets, TLS errors (ssl.SSLError is an OSError)
@@ -131,14 +154,18 @@ class Connection:
                 if not data:
                     mid = " in the middle of a frame" if self._decoder.buffered else ""
                     raise ConnectionClosed(f"{self.address} closed the connection{mid}")
-                self._inbox.extend(self._decoder.feed(data))
+                self._decoder.push(data)
         except ConnectionClosed:
             self.close()
             raise
+        except BadMac as exc:
+            who = "the coordinator at " if self._side == "client" else ""
+            exc = BadMac(f"refused a frame from {who}{self.address}: {exc}; closed the connection")
+            self.fail(exc)
+            raise exc from None
         except ProtocolError as exc:
             self.fail(exc)
             raise
-        return self._inbox.popleft()
 
     def send(self, msg: dict[str, Any]) -> None:
         """Validate, encode and buffer ``msg``; ``drain`` to wait for the socket.
@@ -148,7 +175,16 @@ class Connection:
         if self._closed or self._writer.is_closing():
             raise ConnectionClosed(f"the connection to {self.address} is closed")
         m.validate(msg, self._side)
-        self._writer.write(encode_frame(msg, max_frame_bytes=self._send_limit))
+        self._writer.write(
+            encode_frame(msg, max_frame_bytes=self._send_limit, mac=self._send_mac)
+        )
+
+    def _send_body(self, body: bytes) -> None:
+        """Send any bytes as one frame's body, sealed as usual: for tests of what a peer does
+        with a well-authenticated frame that holds nonsense."""
+        self._writer.write(
+            frame_body(body, max_frame_bytes=FORMAT_MAX_FRAME_BYTES, mac=self._send_mac)
+        )
 
     async def drain(self) -> None:
         """Wait until the write buffer is below its high-water mark (flow control)."""
@@ -165,7 +201,7 @@ class Connection:
     def _abort(self, error: dict[str, Any] | None) -> None:
         if not self._closed and error is not None and not self._writer.is_closing():
             try:
-                self._writer.write(encode_frame(error))
+                self._writer.write(encode_frame(error, mac=self._send_mac))
             except (AjugError, OSError, RuntimeError):
                 pass
         self.close()
@@ -277,6 +313,8 @@ async def _client_handshake(conn: Connection, hs: ClientHandshake) -> None:
             raise
         for reply in out:
             conn.send(reply)
+        if hs.keys is not None and not conn.authenticated:  # auth is sent: all else is sealed
+            conn._authenticate(hs.keys)
         await conn.drain()
 
 
@@ -290,13 +328,15 @@ async def accept(
     max_frame_bytes: int = MAX_FRAME_BYTES,
     welcome_info: dict[str, Any] | None = None,
     session: str | None = None,
+    refusals: RefusalLog | None = None,
 ) -> Connection | None:
     """Run the coordinator's side of the handshake on a new stream pair.
 
     Returns the authenticated connection, or ``None`` after telling the peer why (``error``),
-    closing, and logging one line: a bad client never raises into the accept loop.
+    closing, and logging one line (through ``refusals``, which keeps a flood of them to a few
+    lines a minute): a bad client never raises into the accept loop.
     """
-    address = _peername(writer)
+    address = peer_address(writer)
     info = {"max_frame": max_frame_bytes, **(welcome_info or {})}
     hs = ServerHandshake(full_token, read_token, welcome_info=info, session=session)
     conn = Connection(
@@ -308,15 +348,23 @@ async def accept(
         conn._abort(
             m.error(None, "timeout", f"handshake not completed within {handshake_timeout_s:g} s")
         )
-        log.info("refused %s: handshake not completed within %g s", address, handshake_timeout_s)
+        note_refusal(
+            refusals,
+            address,
+            f"refused {address}: handshake not completed within {handshake_timeout_s:g} s",
+            logging.INFO,
+        )
         return None
     except ConnectionClosed as exc:
         conn.close()
-        log.info("connection from %s ended during the handshake: %s", address, exc)
+        note_refusal(
+            refusals, address, f"connection from {address} ended during the handshake: {exc}",
+            logging.INFO,
+        )
         return None
     except AjugError as exc:
         conn.close()
-        log.warning("refused %s: %s", address, exc)
+        note_refusal(refusals, address, f"refused {address}: {exc}")
         return None
     except BaseException:
         conn.close()
@@ -341,12 +389,44 @@ async def _server_handshake(conn: Connection, hs: ServerHandshake) -> None:
             # Nobody answers an error with an error; a bad request's id goes back (SPEC 9).
             conn._abort(None if msg.get("op") == "error" else m.error_for(exc, m.request_id(msg)))
             raise
+        if hs.keys is not None and not conn.authenticated:  # welcome is the first sealed frame
+            conn._authenticate(hs.keys)
         for reply in out:
             conn.send(reply)
         await conn.drain()
 
 
-def _peername(writer: asyncio.StreamWriter) -> str:
+def note_refusal(
+    refusals: RefusalLog | None, address: str, line: str, level: int = logging.WARNING
+) -> None:
+    """Log ``line`` about a connection from ``address`` that failed its handshake, through
+    ``refusals`` if given (the first few per interval in full, then one summary line when the
+    interval is over)."""
+    if refusals is None:
+        log.log(level, "%s", line)
+        return
+    for lvl, text in refusals.refused(peer_host(address), line, level):
+        log.log(lvl, "%s", text)
+    if refusals.pending and not refusals.scheduled:
+        refusals.scheduled = True
+        asyncio.get_running_loop().call_later(refusals.due_in(), flush_refusals, refusals)
+
+
+def flush_refusals(refusals: RefusalLog, force: bool = False) -> None:
+    """Log the summary of refusals not logged yet, if their interval is over (or ``force``:
+    the coordinator is closing)."""
+    refusals.scheduled = False
+    pending = refusals.summary(force=force)
+    if pending is not None:
+        log.log(pending[0], "%s", pending[1])
+    elif refusals.pending:  # woken a little early: the interval is not quite over
+        refusals.scheduled = True
+        asyncio.get_running_loop().call_later(
+            max(refusals.due_in(), 0.01), flush_refusals, refusals
+        )
+
+
+def peer_address(writer: asyncio.StreamWriter) -> str:
     name = writer.get_extra_info("peername")
     if isinstance(name, tuple) and len(name) >= 2:
         host = f"[{name[0]}]" if ":" in str(name[0]) else str(name[0])

@@ -11,7 +11,11 @@ feeding bytes and comparing bytes. What a caller can rely on:
   allocate a large structure (every declared length is bounded by the frame's own length), and
   every map key it returns is a ``str``.
 - Everything that goes wrong with the bytes is a ``ProtocolError`` (``FrameTooLarge`` for the
-  size), never a msgpack or ``ValueError`` exception.
+  size, ``BadMac`` for a frame that fails authentication), never a msgpack or ``ValueError``
+  exception.
+- After the handshake both take a ``FrameMac`` (``mac``): a frame's last ``TAG_BYTES`` are then
+  its MAC (SPEC 2.1), and the decoder checks it before it looks at the body at all, so nothing an
+  unauthenticated sender put there is ever decoded.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from typing import Any
 
 import msgpack
 
-from ajug.errors import FrameTooLarge, ProtocolError
+from ajug.errors import BadMac, FrameTooLarge, ProtocolError
+from ajug.protocol.mac import TAG_BYTES, FrameMac
 
-#: Default limit on the body of one frame (the length prefix value).
+#: Default limit on one frame: the length prefix's value (the body and, after the handshake, its MAC).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 #: Limit on frames before the handshake has completed: an unauthenticated peer gets no more.
 HANDSHAKE_MAX_FRAME_BYTES = 64 * 1024
@@ -35,26 +40,44 @@ _PREFIX = struct.Struct(">I")
 PREFIX_BYTES = _PREFIX.size
 
 
-def encode_frame(msg: Mapping[str, Any], *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
-    """Return the whole frame (prefix + canonical msgpack) for ``msg``.
+def encode_frame(
+    msg: Mapping[str, Any], *, max_frame_bytes: int = MAX_FRAME_BYTES, mac: FrameMac | None = None
+) -> bytes:
+    """Return the whole frame (prefix + canonical msgpack [+ MAC]) for ``msg``.
 
     Raises ``FrameTooLarge`` rather than produce a frame the peer would refuse, and
     ``ProtocolError`` for a value msgpack cannot carry (the message is a caller bug, but the
-    caller only has to catch ajug errors).
+    caller only has to catch ajug errors). With ``mac`` the frame is sealed with the next
+    sequence number (only once it is known to fit: a refused message uses up no number).
     """
     try:
         body = msgpack.packb(msg, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {_op_of(msg)} message: {exc}") from None
+    return frame_body(body, max_frame_bytes=max_frame_bytes, mac=mac, what=_op_of(msg))
+
+
+def frame_body(
+    body: bytes,
+    *,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+    mac: FrameMac | None = None,
+    what: str = "a",
+) -> bytes:
+    """The frame for an already encoded ``body`` (whatever it holds): prefix, body, MAC."""
+    n = len(body) + (TAG_BYTES if mac is not None else 0)
     limit = min(max_frame_bytes, FORMAT_MAX_FRAME_BYTES)
-    if len(body) > limit:
+    if n > limit:
         raise FrameTooLarge(
-            f"{_op_of(msg)} message is {len(body)} bytes, over the frame limit of {limit} bytes"
+            f"{what} message is {n} bytes, over the frame limit of {limit} bytes"
         )
-    return _PREFIX.pack(len(body)) + body
+    prefix = _PREFIX.pack(n)
+    if mac is None:
+        return prefix + body
+    return b"".join((prefix, body, mac.seal(prefix, body)))
 
 
-def decode_body(body: bytes) -> dict[str, Any]:
+def decode_body(body: bytes | memoryview) -> dict[str, Any]:
     """Decode one frame body into a map with ``str`` keys, or raise ``ProtocolError``."""
     n = len(body)
     try:
@@ -83,24 +106,35 @@ def decode_body(body: bytes) -> dict[str, Any]:
 
 
 class FrameDecoder:
-    """Incremental decoder: feed it whatever the socket gave, get back the complete frames.
+    """Incremental decoder: ``push`` whatever the socket gave, ``next`` the complete frames one
+    at a time (``feed`` does both and returns every complete frame).
+
+    One at a time because the format changes between two frames: the connection sets ``mac``
+    once the handshake is done, and the frames after that point must be checked with it (a
+    peer that pipelines, or cheats, may have sent them in the same read).
 
     After an error the stream cannot be resynchronised: the decoder stays failed and every
-    later ``feed`` raises the same error. Frames completed before a bad one in the same
-    ``feed`` call are returned first and the error is raised by the next call (``feed(b"")``
-    is enough), so a peer's last good requests are not lost with the bad one.
+    later call raises the same error. Frames completed before a bad one are returned first (by
+    ``feed``, the error is raised by its next call; ``feed(b"")`` is enough), so a peer's last
+    good requests are not lost with the bad one.
     """
 
-    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES, mac: FrameMac | None = None) -> None:
         self.max_frame_bytes = max_frame_bytes
+        #: set after the handshake: every frame then ends with its MAC, checked before decoding
+        self.mac = mac
+        #: the client side, right after sending ``auth``: the coordinator's answer is a sealed
+        #: ``welcome`` or, if it refused our proof, a plain ``error`` (it has no keys in common
+        #: with us then). Only for that one frame, and only an ``error`` (SPEC 5.3).
+        self.plain_error_once = False
         self._buf = bytearray()
-        self._need: int | None = None  # body length once the prefix has been read
+        self._need: int | None = None  # the prefix value once the prefix has been read
         self._error: ProtocolError | None = None
 
     def __repr__(self) -> str:
         return (
             f"<FrameDecoder max_frame_bytes={self.max_frame_bytes} "
-            f"buffered={len(self._buf)} failed={self.failed}>"
+            f"buffered={len(self._buf)} failed={self.failed} mac={self.mac!r}>"
         )
 
     @property
@@ -110,38 +144,74 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes held for a frame that is not complete yet (0 between frames)."""
-        return len(self._buf)
+        """Bytes held that are not a complete frame yet (0 between frames, once all are read)."""
+        return len(self._buf) + (PREFIX_BYTES if self._need is not None else 0)
+
+    def push(self, data: bytes) -> None:
+        """Add bytes (kept only until ``next`` has taken the frames out of them)."""
+        if self._error is None and data:
+            self._buf += data
+
+    def next(self) -> dict[str, Any] | None:
+        """The next complete frame, or None until more bytes are pushed."""
+        if self._error is not None:
+            raise self._error
+        try:
+            if self._need is None:
+                if len(self._buf) < PREFIX_BYTES:
+                    return None
+                (need,) = _PREFIX.unpack_from(self._buf)
+                if need > self.max_frame_bytes:
+                    raise FrameTooLarge(
+                        f"frame of {need} bytes is over the limit of "
+                        f"{self.max_frame_bytes} bytes; refused without reading it"
+                    )
+                del self._buf[:PREFIX_BYTES]
+                self._need = need
+            need = self._need
+            if len(self._buf) < need:
+                return None
+            frame = bytes(self._buf[:need])
+            del self._buf[:need]
+            self._need = None
+            return decode_body(frame) if self.mac is None else self._open(frame)
+        except ProtocolError as exc:
+            self._error = exc
+            self._buf = bytearray()  # never hold an oversize or bad body
+            raise
+
+    def _open(self, frame: bytes) -> dict[str, Any]:
+        """Check a sealed frame's MAC, then decode its body."""
+        assert self.mac is not None
+        plain_error_ok, self.plain_error_once = self.plain_error_once, False
+        seq = self.mac.seq
+        if len(frame) >= TAG_BYTES:
+            view = memoryview(frame)
+            body = view[:-TAG_BYTES]
+            if self.mac.check(_PREFIX.pack(len(frame)), body, view[-TAG_BYTES:]):
+                return decode_body(body)
+        if plain_error_ok:
+            try:
+                msg = decode_body(frame)
+            except ProtocolError:
+                msg = None
+            if msg is not None and msg.get("op") == "error":
+                return msg
+        raise BadMac(
+            f"frame {seq} failed authentication (its MAC does not match: injected, replayed, "
+            "reordered, altered on the way, or one before it was dropped)"
+        )
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Add bytes; return the frames they complete, in order."""
         if self._error is not None:
             raise self._error
-        if data:
-            self._buf += data
+        self.push(data)
         frames: list[dict[str, Any]] = []
         try:
-            while True:
-                if self._need is None:
-                    if len(self._buf) < PREFIX_BYTES:
-                        break
-                    (need,) = _PREFIX.unpack_from(self._buf)
-                    if need > self.max_frame_bytes:
-                        raise FrameTooLarge(
-                            f"frame of {need} bytes is over the limit of "
-                            f"{self.max_frame_bytes} bytes; refused without reading it"
-                        )
-                    del self._buf[:PREFIX_BYTES]
-                    self._need = need
-                if len(self._buf) < self._need:
-                    break
-                body = bytes(self._buf[: self._need])
-                del self._buf[: self._need]
-                self._need = None
-                frames.append(decode_body(body))
-        except ProtocolError as exc:
-            self._error = exc
-            self._buf = bytearray()  # never hold an oversize or bad body
+            while (frame := self.next()) is not None:
+                frames.append(frame)
+        except ProtocolError:
             if not frames:
                 raise
         return frames

@@ -1,4 +1,4 @@
-"""The messages of protocol version 1: constructors, one schema table, and ``validate``.
+"""The messages of protocol version 2: constructors, one schema table, and ``validate``.
 
 Both sides call ``validate`` on every message they receive (and ``Connection.send`` on every
 message it sends), so the coordinator and the worker can trust field types after it and never
@@ -6,7 +6,7 @@ see a ``KeyError`` or ``TypeError`` from a peer's mistake. Constructors build ma
 fields in the order of protocol/SPEC.md, which is what makes the golden vectors byte-exact.
 
 Receivers ignore fields they do not know (a later minor revision may add some); senders of
-version 1 send exactly the fields listed here.
+version 2 send exactly the fields listed here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re as _re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from ajug.errors import AuthError, FrameTooLarge, ProtocolError, VersionMismatch
+from ajug.errors import AuthError, BadMac, FrameTooLarge, ProtocolError, VersionMismatch
 
 Sender = Literal["client", "server"]
 
@@ -27,6 +27,8 @@ NONCE_BYTES = 16
 PROOF_BYTES = 32
 
 ROLES = ("worker", "client")
+#: ``exited.cause``: the worker died by itself, was killed from outside, or nobody can tell.
+DEATH_CAUSES = ("task", "outside", "unknown")
 ACCESS = ("full", "read")
 LEASE_STATES = ("run", "idle", "finished")
 #: ``error`` codes, and whether the sender closes the connection after sending it.
@@ -37,6 +39,7 @@ ERROR_CODES: dict[str, bool] = {
     "field": True,  # a field missing or of the wrong type
     "version": True,  # no protocol version in common
     "auth": True,  # wrong proof
+    "mac": True,  # a frame after the handshake failed authentication
     "access": False,  # the op needs full access or another role; the request is refused
     "timeout": True,  # the handshake did not complete in time
     "internal": False,  # the request failed on the server; the connection carries on
@@ -45,9 +48,10 @@ ERROR_CODES: dict[str, bool] = {
 #: may also give client orders: it holds the full token, which would open a client connection.
 ROLE_OPS: dict[str, frozenset[str]] = {
     "worker": frozenset(
-        {"lease", "renew", "resume", "code", "bye", "status", "shutdown", "invalidate", "error"}
+        {"lease", "renew", "resume", "code", "bye", "status", "shutdown", "invalidate", "exited",
+         "error"}
     ),
-    "client": frozenset({"status", "shutdown", "invalidate", "bye", "error"}),
+    "client": frozenset({"status", "shutdown", "invalidate", "exited", "bye", "error"}),
 }
 #: Ops that a connection with access "read" may send.
 READ_OPS = frozenset({"status", "bye", "error"})
@@ -188,7 +192,7 @@ _MISSING = object()
 
 class _Struct(_Type):
     """A map with named fields (extra fields are ignored). ``optional`` fields may be absent
-    (a later addition to version 1 that older peers neither send nor read)."""
+    (a later addition to the version that older peers neither send nor read)."""
 
     what = "map"
 
@@ -237,7 +241,8 @@ class _Fast(_Type):
 
 
 MAP = _Map()
-TASK_ERROR = _Struct(type=STR, msg=STR, tb=STR, kind=STR)
+#: ``input``: with kind "input-missing", the key of the input whose result was not in the store
+TASK_ERROR = _Struct(type=STR, msg=STR, tb=STR, kind=STR, optional={"input": KEY})
 _KEY_MATCH = _KEY.fullmatch
 _KEYS = _List(KEY)
 
@@ -298,6 +303,8 @@ SCHEMAS: dict[Sender, dict[str, _Struct]] = {
         "status": _Struct(id=UINT, detail=BOOL),
         "shutdown": _Struct(id=UINT),
         "invalidate": _Struct(id=UINT, keys=_List(KEY)),
+        "exited": _Struct(id=UINT, host=STR, pid=INT, status=INT,
+                          cause=_enum(*DEATH_CAUSES), detail=STR),
         "error": _Struct(re=NIL_OR_UINT, code=STR, msg=STR),
     },
     "server": {
@@ -348,19 +355,29 @@ def check_allowed(msg: Mapping[str, Any], role: str, access: str) -> None:
     """Raise ``AccessDenied`` unless a peer with ``role``/``access`` may send ``msg``.
 
     The coordinator calls this per request after the handshake; the reply to a refused request
-    is ``error`` code "access" and the connection carries on.
+    is ``error`` code "access" and the connection carries on. An op that nobody may send after
+    the handshake (``hello``, ``auth``) raises ``UnknownOp`` (code "op", and the close).
     """
     op = msg.get("op")
+    if op not in ROLE_OPS["worker"]:  # hello, auth: the handshake is over
+        raise UnknownOp(f"unexpected operation {op!r} after the handshake")
     if op not in ROLE_OPS.get(role, ()):
+        if role == "client":
+            raise AccessDenied(f"{op} is for workers (ajug work); this is a client connection")
         raise AccessDenied(f"{op}: not allowed for a {role} connection")
     if access != "full" and op not in READ_OPS:
-        raise AccessDenied(f"{op}: needs the full token; this connection has read-only access")
+        raise AccessDenied(
+            f"{op} needs the full token; this connection has read-only access (it proved the "
+            "read-only token): use the coordinator's full token (AJUG_TOKEN or --token-file)"
+        )
 
 
 def error_code(exc: BaseException) -> str:
     """The ``error`` code that tells the peer about ``exc``."""
     if isinstance(exc, FrameTooLarge):
         return "frame"
+    if isinstance(exc, BadMac):
+        return "mac"
     if isinstance(exc, VersionMismatch):
         return "version"
     if isinstance(exc, UnknownOp):
@@ -400,7 +417,7 @@ def hello(
     host: str,
     pid: int,
     name: str,
-    versions: Iterable[int] = (1,),
+    versions: Iterable[int] = (2,),
 ) -> dict[str, Any]:
     return {
         "op": "hello",
@@ -426,9 +443,13 @@ def welcome(*, session: str, access: str, info: Mapping[str, Any]) -> dict[str, 
     return {"op": "welcome", "session": session, "access": access, "info": dict(info)}
 
 
-def task_error(type: str, msg: str, tb: str, kind: str) -> dict[str, Any]:
-    """The ``err`` map of a failed task (``kind``: see SPEC.md)."""
-    return {"type": type, "msg": msg, "tb": tb, "kind": kind}
+def task_error(type: str, msg: str, tb: str, kind: str, input: str | None = None) -> dict[str, Any]:
+    """The ``err`` map of a failed task (``kind``: see SPEC.md; ``input``: the missing input's
+    key, with kind "input-missing")."""
+    err = {"type": type, "msg": msg, "tb": tb, "kind": kind}
+    if input is not None:
+        err["input"] = input
+    return err
 
 
 def lease(
@@ -535,6 +556,13 @@ def shutdown(id: int) -> dict[str, Any]:
 
 def invalidate(id: int, keys: Iterable[str]) -> dict[str, Any]:
     return {"op": "invalidate", "id": id, "keys": list(keys)}
+
+
+def exited(id: int, host: str, pid: int, status: int, cause: str, detail: str) -> dict[str, Any]:
+    """A supervisor tells how one of its worker processes ended (``status``: an exit status,
+    or minus the signal that killed it)."""
+    return {"op": "exited", "id": id, "host": host, "pid": pid, "status": status,
+            "cause": cause, "detail": detail}
 
 
 def ok(re: int) -> dict[str, Any]:

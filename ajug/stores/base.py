@@ -13,7 +13,8 @@ What callers can rely on, whatever the backend:
 - A damaged result (wrong length or checksum) reads as missing (``load`` raises
   ``ResultMissing``), never as a wrong value. ``exists`` only checks presence, so it may say
   True for a damaged result until a ``load`` has found the damage (the file store then moves
-  the file aside, so ``exists`` turns False).
+  the file aside, so ``exists`` turns False); ``intact`` adds a cheap look for damage (a result
+  cut short), ``verify`` reads everything.
 - Errors are from ``ajug.errors``: ``StoreFull``, ``StoreUnreachable``, ``ResultMissing``,
   ``StoreLocked``; never a bare ``OSError`` or redis exception.
 """
@@ -27,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ResultMissing, UsageError
 
 #: Metadata fields written with every result (all optional on read: jug-written results have
 #: none). ``func`` function name (module.name), ``src`` hash of the function's source, ``rt``
@@ -119,6 +120,36 @@ class Store(abc.ABC):
 
     def contains(self, key: str) -> bool:
         return self.exists([key])[0]
+
+    def intact(self, keys: Sequence[str], sizes: Sequence[int] | None = None) -> list[bool]:
+        """Like ``exists``, plus whatever cheap look for damage the backend can afford (the
+        file store reads each header and compares the length it states with the file's).
+        ``sizes``: each result's encoded size as its writer reported it (0: unknown), which
+        a backend may compare instead. The coordinator's start-up scan and its end-of-run
+        check use this; ``verify`` reads all."""
+        return self.exists(keys)
+
+    def intact_sizes(self, keys: Sequence[str]) -> list[int | None]:
+        """``intact`` with each result's encoded length where the backend knows it at no extra
+        cost (0: not known; None: missing or damaged). The coordinator's start-up scan keeps
+        them for its end-of-run check."""
+        return [0 if ok else None for ok in self.intact(keys)]
+
+    def verify(self, keys: Sequence[str], set_aside: bool = False) -> list[str | None]:
+        """Read each result whole and check every checksum (``ajug check --verify``): None per
+        result that is whole or missing, else why it is damaged. ``set_aside``: a damaged
+        result is made missing (moved aside or removed), so that a run computes it again."""
+        out: list[str | None] = []
+        for key in keys:
+            try:
+                self.load(key)
+                out.append(None)
+            except ResultMissing as e:
+                damaged = "damaged" in str(e)
+                out.append(str(e) if damaged else None)
+                if damaged and set_aside:
+                    self.remove([key])
+        return out
 
     @abc.abstractmethod
     def remove(self, keys: Sequence[str]) -> int:

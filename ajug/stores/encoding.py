@@ -23,6 +23,7 @@ is not detectable, and an empty file is jug's ``None`` even if a crash truncated
 
 from __future__ import annotations
 
+import bisect
 import io
 import logging
 import pickle
@@ -36,6 +37,7 @@ from typing import Any, BinaryIO, Protocol
 import msgpack
 
 from ..errors import ResultDamaged, UsageError
+from . import streams
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +99,31 @@ class Pickled:
     data: bytes
     raws: list[memoryview]
     cloudpickle: bool
+    #: a stream too long to hold (``data`` is then empty): produced again when written out
+    spilled: streams.Spilled | None = None
 
     @property
     def nbytes(self) -> int:
-        return len(self.data) + sum(r.nbytes for r in self.raws)
+        stream = self.spilled.length if self.spilled is not None else len(self.data)
+        return stream + sum(r.nbytes for r in self.raws)
 
     def loads(self) -> Any:
         """A new copy of the value (buffers copied: a caller may change it in place)."""
+        data = self.spilled.materialize() if self.spilled is not None else self.data
         if not self.raws:
-            return pickle.loads(self.data)
-        return pickle.loads(self.data, buffers=[bytearray(r) for r in self.raws])
+            return pickle.loads(data)
+        return pickle.loads(data, buffers=[bytearray(r) for r in self.raws])
 
 
 def pickle_value(value: Any) -> Pickled:
-    """Plain pickle (fast) unless it fails or refers to ``__main__``; then cloudpickle."""
+    """Plain pickle (fast) unless it fails or refers to ``__main__``; then cloudpickle. A value
+    whose stream may be long is pickled in bounded memory (``streams``)."""
+    if streams.maybe_large(value):
+        data, pbufs, cloud = streams.pickle_bounded(value)
+        raws = [pb.raw() for pb in pbufs]
+        if isinstance(data, streams.Spilled):
+            return Pickled(b"", raws, cloud, data)
+        return Pickled(data, raws, cloud)
     buffers: list[pickle.PickleBuffer] = []
     try:
         data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
@@ -165,10 +178,14 @@ def encode(value: Any, meta: dict[str, Any] | None = None, compress: bool = Fals
 
 def encode_pickled(p: Pickled, meta: dict[str, Any] | None = None,
                    compress: bool = False) -> Encoded:
-    """``encode`` of a value already pickled."""
-    data, raws = p.data, p.raws
+    """``encode`` of a value already pickled. A spilled stream stays a ``streams.Spilled``
+    piece, written out by ``write_to`` / ``write_chunks`` (or ``join``)."""
+    data: Any = p.data
+    raws = p.raws
     flags = FLAG_CLOUDPICKLE if p.cloudpickle else 0
-    pickle_raw_len = len(data)
+    if p.spilled is not None and compress:
+        data = p.spilled.materialize()
+    pickle_raw_len = len(data) if p.spilled is None or compress else p.spilled.length
     stored: list[Piece]
     if compress:
         flags |= FLAG_ZLIB
@@ -177,7 +194,11 @@ def encode_pickled(p: Pickled, meta: dict[str, Any] | None = None,
     else:
         stored = list(raws)
     table = b"".join(TABLE_ENTRY.pack(len(s), len(r)) for s, r in zip(stored, raws, strict=True))
-    crc = zlib.crc32(data)
+    if p.spilled is not None and not compress:
+        data = p.spilled
+        crc = p.spilled.crc
+    else:
+        crc = zlib.crc32(data)
     for piece in stored:
         crc = zlib.crc32(piece, crc)
     body = HEADER_BYTES + len(table) + len(data) + sum(len(s) for s in stored)
@@ -209,51 +230,60 @@ def encode_pickled(p: Pickled, meta: dict[str, Any] | None = None,
 
 def encode_bytes(value: Any, meta: dict[str, Any] | None = None, compress: bool = False) -> bytes:
     """The whole encoding as one ``bytes`` (a copy: for small values and tests)."""
-    return b"".join(encode(value, meta, compress).pieces)
+    return join(encode(value, meta, compress))
+
+
+def join(encoded: Encoded) -> bytes:
+    """The whole encoding as one ``bytes`` (a spilled stream produced again, in memory)."""
+    parts: list[Any] = []
+    _each_slice(encoded, parts.append)
+    return b"".join(parts)
+
+
+def _each_slice(encoded: Encoded, write: Callable[[Any], Any]) -> None:
+    """Every piece to ``write``, in slices of at most ``IO_SLICE_BYTES``."""
+    for piece in encoded.pieces:
+        if isinstance(piece, streams.Spilled):
+            piece.write_into(write)
+            continue
+        view = memoryview(piece).cast("B")
+        for i in range(0, len(view), IO_SLICE_BYTES):
+            write(view[i : i + IO_SLICE_BYTES])
 
 
 def write_to(encoded: Encoded, out: BinaryIO) -> int:
     """Write every piece to ``out`` in bounded slices; return the bytes written."""
-    for piece in encoded.pieces:
-        view = memoryview(piece).cast("B")
-        for i in range(0, len(view), IO_SLICE_BYTES):
-            out.write(view[i : i + IO_SLICE_BYTES])
+    _each_slice(encoded, out.write)
     return encoded.size
 
 
-def iter_chunks(encoded: Encoded, chunk_bytes: int) -> Iterator[Piece]:
-    """Re-cut the pieces into chunks of exactly ``chunk_bytes`` (the last may be shorter).
-
-    A chunk inside one piece is a view of it; only chunks that straddle pieces are copied.
-    """
+def write_chunks(encoded: Encoded, chunk_bytes: int, emit: Callable[[Piece], Any]) -> None:
+    """Re-cut the pieces into chunks of exactly ``chunk_bytes`` (the last may be shorter), each
+    handed to ``emit`` once whole (``streams.ChunkWriter``)."""
     if chunk_bytes <= 0:
         raise UsageError("chunk size must be positive")
-    pending: list[memoryview] = []
-    pending_len = 0
+    writer = streams.ChunkWriter(chunk_bytes, emit)
     for piece in encoded.pieces:
-        view = memoryview(piece).cast("B")
-        pos = 0
-        while pos < len(view):
-            take = min(chunk_bytes - pending_len, len(view) - pos)
-            part = view[pos : pos + take]
-            pos += take
-            if not pending and take == chunk_bytes:
-                yield part
-                continue
-            pending.append(part)
-            pending_len += take
-            if pending_len == chunk_bytes:
-                yield b"".join(pending)
-                pending, pending_len = [], 0
-    if pending:
-        yield b"".join(pending)
+        if isinstance(piece, streams.Spilled):
+            piece.write_into(writer.write)
+        else:
+            writer.write(piece)
+    writer.close()
+
+
+def iter_chunks(encoded: Encoded, chunk_bytes: int) -> Iterator[Piece]:
+    """``write_chunks`` as a list of chunks (for small values and tests)."""
+    chunks: list[Piece] = []
+    write_chunks(encoded, chunk_bytes, chunks.append)
+    return iter(chunks)
 
 
 # ---------------------------------------------------------------------------------- decoding
 
 
 class ChunkReader:
-    """A read-only stream over chunks fetched one at a time (redis), holding one in memory."""
+    """A read-only stream over chunks fetched one at a time (redis), holding one in memory.
+    It can go back (``seek``) to where it has been: a chunk is fetched again."""
 
     def __init__(self, count: int, fetch: Callable[[int], bytes]) -> None:
         self._count = count
@@ -261,6 +291,21 @@ class ChunkReader:
         self._next = 0
         self._chunk = memoryview(b"")
         self._pos = 0
+        self._starts: list[int] = []  # where each chunk fetched so far starts in the stream
+
+    def tell(self) -> int:
+        return (self._starts[self._next - 1] if self._next else 0) + self._pos
+
+    def seek(self, pos: int) -> None:
+        """Back to a position already read past (or forward within the current chunk)."""
+        i = bisect.bisect_right(self._starts, pos) - 1
+        if i < 0:
+            self._next, self._chunk, self._pos = 0, memoryview(b""), 0
+            return
+        if i != self._next - 1:
+            self._chunk = memoryview(self._fetch(i)).cast("B")
+            self._next = i + 1
+        self._pos = pos - self._starts[i]
 
     @classmethod
     def of(cls, chunks: Sequence[Piece]) -> ChunkReader:
@@ -273,6 +318,8 @@ class ChunkReader:
             if self._pos == len(self._chunk):
                 if self._next == self._count:
                     break
+                if self._next == len(self._starts):
+                    self._starts.append(self.tell())
                 self._chunk = memoryview(self._fetch(self._next)).cast("B")
                 self._next += 1
                 self._pos = 0
@@ -370,30 +417,92 @@ def read_metadata(src: Readable) -> dict[str, Any]:
     return _read_meta(src, h)
 
 
+def _table(h: _Header, table: bytes | bytearray) -> list[tuple[int, int]]:
+    if len(table) != h.nbuf * TABLE_ENTRY.size:
+        raise ResultDamaged("result truncated in its buffer table")
+    if zlib.crc32(table) != h.table_crc:
+        raise ResultDamaged("result buffer table checksum mismatch")
+    lengths = [TABLE_ENTRY.unpack_from(table, i * TABLE_ENTRY.size) for i in range(h.nbuf)]
+    if not h.flags & FLAG_ZLIB and (
+        h.pickle_len != h.pickle_raw_len or any(s != r for s, r in lengths)
+    ):
+        raise ResultDamaged("result lengths inconsistent")
+    return lengths
+
+
+def _length(h: _Header, lengths: list[tuple[int, int]]) -> int:
+    return (HEADER_BYTES + h.meta_len + h.nbuf * TABLE_ENTRY.size + h.pickle_len
+            + sum(stored for stored, _ in lengths))
+
+
+#: Bytes ``stated_length`` reads first: the header, the metadata and the buffer table of
+#: almost every result (a second read fetches a table that does not fit).
+HEAD_PEEK_BYTES = 4096
+
+
+def stated_length(read: Callable[[int, int], bytes]) -> int:
+    """The total length that an ajug result's header and buffer table state, their checksums
+    checked: with the container's size, a cheap test for a result cut short (two small reads
+    at most, whatever the size). ``read(offset, n)`` returns up to ``n`` bytes from there.
+    Raises ``ResultDamaged``."""
+    head = read(0, HEAD_PEEK_BYTES)
+    h = _parse_header(head[:HEADER_BYTES])
+    at, n = HEADER_BYTES + h.meta_len, h.nbuf * TABLE_ENTRY.size
+    table = head[at : at + n] if len(head) >= at + n else read(at, n)
+    return _length(h, _table(h, table))
+
+
+def _layout(src: Readable, total: int | None) -> tuple[_Header, dict[str, Any], list[tuple[int, int]]]:
+    """Read and check header, metadata and buffer table; ``src`` is then at the pickle stream."""
+    h = _parse_header(_read(src, HEADER_BYTES, "header"))
+    if total is not None and HEADER_BYTES + h.meta_len > total:
+        raise ResultDamaged("result truncated in its metadata")
+    meta = _read_meta(src, h)
+    table_len = h.nbuf * TABLE_ENTRY.size
+    if total is not None and HEADER_BYTES + h.meta_len + table_len > total:
+        raise ResultDamaged("result truncated in its buffer table")
+    lengths = _table(h, _read(src, table_len, "buffer table"))
+    expected = _length(h, lengths)
+    if total is not None and expected != total:
+        raise ResultDamaged(f"result is {total} bytes but its header says {expected}")
+    return h, meta, lengths
+
+
+def verify_from(src: Readable, total: int | None = None) -> dict[str, Any]:
+    """Check one ajug result whole (every checksum) without unpickling it, in bounded memory
+    (slices of ``IO_SLICE_BYTES``); return its metadata. Raises ``ResultDamaged``."""
+    h, meta, lengths = _layout(src, total)
+    crc = 0
+    buf = bytearray(min(IO_SLICE_BYTES, max(h.pickle_len, *(s for s, _ in lengths), 1)))
+    view = memoryview(buf)
+    for n, what in [(h.pickle_len, "pickle stream")] + [
+        (stored, f"buffer {i}") for i, (stored, _) in enumerate(lengths)
+    ]:
+        while n:
+            part = view[: min(n, len(view))]
+            _fill(src, part, what)
+            crc = zlib.crc32(part, crc)
+            n -= len(part)
+    if total is None and src.readinto(memoryview(bytearray(1))):
+        raise ResultDamaged("result has trailing bytes")
+    if crc != h.payload_crc:
+        raise ResultDamaged("result payload checksum mismatch")
+    return meta
+
+
 def decode_from(src: Readable, total: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Decode one ajug result from a stream; return ``(value, meta)``.
 
     ``total`` is the container's size (file size, manifest length): when given, lengths that
     disagree with it are refused before any large allocation.
     """
-    h = _parse_header(_read(src, HEADER_BYTES, "header"))
-    if total is not None and HEADER_BYTES + h.meta_len > total:
-        raise ResultDamaged("result truncated in its metadata")
-    meta = _read_meta(src, h)
-    table_len = h.nbuf * TABLE_ENTRY.size
-    so_far = HEADER_BYTES + h.meta_len + table_len
-    if total is not None and so_far > total:
-        raise ResultDamaged("result truncated in its buffer table")
-    table = _read(src, table_len, "buffer table")
-    if zlib.crc32(table) != h.table_crc:
-        raise ResultDamaged("result buffer table checksum mismatch")
-    lengths = [TABLE_ENTRY.unpack_from(table, i * TABLE_ENTRY.size) for i in range(h.nbuf)]
-    expected = so_far + h.pickle_len + sum(stored for stored, _ in lengths)
-    if total is not None and expected != total:
-        raise ResultDamaged(f"result is {total} bytes but its header says {expected}")
+    h, meta, lengths = _layout(src, total)
     compressed = bool(h.flags & FLAG_ZLIB)
-    if not compressed and (h.pickle_len != h.pickle_raw_len or any(s != r for s, r in lengths)):
-        raise ResultDamaged("result lengths inconsistent")
+    if h.pickle_len > streams.SPILL_BYTES and not compressed and hasattr(src, "seek"):
+        # a long stream is read twice rather than held whole (``streams``)
+        value = streams.decode_two_pass(src, h.pickle_len, [n for n, _ in lengths],
+                                        h.payload_crc, src.tell())  # type: ignore[attr-defined]
+        return value, meta
 
     data = _read(src, h.pickle_len, "pickle stream")
     crc = zlib.crc32(data)
@@ -439,6 +548,16 @@ def _np_read(stream: BinaryIO) -> Any:
         return np.lib.format.read_array(stream, allow_pickle=False)
     except (ValueError, EOFError, OSError) as e:
         raise ResultDamaged(f"jug .npy result unreadable: {e}") from e
+
+
+#: How each of jug 2.7's file formats starts: ``.npy``, zlib (any compression level), parquet.
+JUG_PREFIXES = (JUG_NPY_MAGIC, b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda", b"PAR1")
+
+
+def looks_like_jug(prefix: bytes) -> bool:
+    """Whether a file that is not ajug's starts as one of jug's formats (a cheap look: random
+    bytes usually do not)."""
+    return prefix.startswith(JUG_PREFIXES)
 
 
 def decode_jug(stream: BinaryIO, size: int) -> Any:

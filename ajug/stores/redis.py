@@ -96,6 +96,8 @@ MANIFEST_PEEK_BYTES = 256
 #: commands carrying more than this go through the zero-copy client
 BULK_BYTES = 1024 * 1024
 DEFAULT_CHUNK_BYTES = 64 << 20
+#: A chunk is read in slices of this size (one GETRANGE each).
+READ_SLICE_BYTES = 16 << 20
 MAX_CHUNK_BYTES = 512 << 20  # redis refuses larger values
 #: An uncommitted chunk disappears after this even if nobody runs cleanup().
 CHUNK_TTL_MS = 24 * 3600 * 1000
@@ -168,6 +170,35 @@ return out
 """
 
 
+#: KEYS: result and metadata key of each result, in pairs. Per result: its length if it is
+#: there, starts as a result or a manifest does, and its length (or its manifest's) is the size
+#: its metadata states; else -1 (missing, cut short or overwritten).
+_INTACT_BATCH_LUA = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local head = redis.call('GETRANGE', KEYS[i], 0, 3)
+  local ok = -1
+  if head == 'AJUG' or head == 'AJCM' then
+    local len
+    if head == 'AJCM' then
+      local g, man = pcall(cmsgpack.unpack, string.sub(redis.call('GET', KEYS[i]), 5))
+      len = (g and type(man) == 'table' and type(man['len']) == 'number' and man['len']) or -1
+    else
+      len = redis.call('STRLEN', KEYS[i])
+    end
+    ok = len
+    local m = redis.call('GET', KEYS[i + 1])
+    local good, meta = false, nil
+    if m then good, meta = pcall(cmsgpack.unpack, m) end
+    if good and type(meta) == 'table' and type(meta['size']) == 'number'
+        and len ~= meta['size'] then ok = -1 end
+  end
+  out[#out + 1] = ok
+end
+return out
+"""
+
+
 def _manifest(data: bytes | None) -> dict[str, Any] | None:
     if not data or not data.startswith(MANIFEST_MAGIC):
         return None
@@ -226,6 +257,7 @@ class RedisStore(Store):
             )
             self._save_batch = self.r.register_script(_SAVE_BATCH_LUA)
             self._exists_batch = self.r.register_script(_EXISTS_BATCH_LUA)
+            self._intact_batch = self.r.register_script(_INTACT_BATCH_LUA)
         except ValueError as e:
             raise UsageError(f"bad redis address {url!r}: {e}") from e
         kw = self.r.connection_pool.connection_kwargs
@@ -303,7 +335,7 @@ class RedisStore(Store):
         enc = encoding.as_encoded(value, meta, self.compress)
         meta_bytes = enc.meta_bytes
         if enc.size <= self.chunk_bytes:
-            blob = b"".join(enc.pieces)
+            blob = encoding.join(enc)
             self._commit(key, blob, meta_bytes, None, 0)
             return enc.size
         for _attempt in range(3):
@@ -319,18 +351,23 @@ class RedisStore(Store):
         marker = self.keys.upload(key, upload)
         mark = json.dumps({"host": HOST, "pid": os.getpid(), "started": time.time()})
         n = 0
+
+        def emit(chunk: encoding.Piece) -> None:
+            """Each chunk goes as soon as it is whole: one chunk in memory at a time."""
+            nonlocal n
+            ck = self.keys.chunk(key, upload, n)
+
+            def put() -> None:
+                pipe = self.r_bulk.pipeline(transaction=False)
+                pipe.set(marker, mark, px=UPLOAD_MARK_TTL_MS)
+                pipe.set(ck, chunk, px=CHUNK_TTL_MS)
+                pipe.execute()
+
+            n += 1
+            self._call(put)
+
         try:
-            for i, chunk in enumerate(encoding.iter_chunks(enc, self.chunk_bytes)):
-                ck = self.keys.chunk(key, upload, i)
-
-                def put(ck: str = ck, chunk: encoding.Piece = chunk) -> None:
-                    pipe = self.r_bulk.pipeline(transaction=False)
-                    pipe.set(marker, mark, px=UPLOAD_MARK_TTL_MS)
-                    pipe.set(ck, chunk, px=CHUNK_TTL_MS)
-                    pipe.execute()
-
-                n = i + 1
-                self._call(put)
+            encoding.write_chunks(enc, self.chunk_bytes, emit)
             manifest = MANIFEST_MAGIC + msgpack.packb({"u": upload, "n": n, "len": enc.size})
             self._commit(key, manifest, meta_bytes, upload, n)
         except BaseException:
@@ -383,10 +420,10 @@ class RedisStore(Store):
             check_key(key)
             enc = encoding.as_encoded(value, meta, self.compress)
             if enc.size > self.chunk_bytes:
-                sizes[n] = self.save(key, value, meta)
+                sizes[n] = self.save(key, enc, None)  # encoded once: not pickled again
                 continue
             sizes[n] = enc.size
-            small.append((n, key, b"".join(enc.pieces), enc.meta_bytes))
+            small.append((n, key, encoding.join(enc), enc.meta_bytes))
         if not small:
             return sizes
 
@@ -453,19 +490,38 @@ class RedisStore(Store):
     # --------------------------------------------------------------------------------- reads
 
     def load(self, key: str) -> Any:
+        return self._read(key, lambda src, total: encoding.decode_from(src, total)[0])
+
+    def verify(self, keys: Sequence[str], set_aside: bool = False) -> list[str | None]:
+        """Every checksum of each result, read in bounded memory, nothing unpickled."""
+        out: list[str | None] = []
+        for key in keys:
+            try:
+                self._read(key, encoding.verify_from)
+                out.append(None)
+            except ResultMissing as e:
+                damaged = isinstance(e.__cause__, ResultDamaged)
+                out.append(str(e.__cause__) if damaged else None)
+                if damaged and set_aside:
+                    self.remove([key])
+        return out
+
+    def _read(self, key: str, decode: Callable[[Any, int], T]) -> T:
+        """``decode(stream, total)`` over the value of ``key``, whole or chunked; damage and a
+        missing value raise ``ResultMissing``."""
         rkey = self.keys.result(check_key(key))
         for _attempt in range(3):
             data = self._call(lambda: self.r.get(rkey))
             if data is None:
-                raise ResultMissing(f"no result for {key} in redis at {self.addr}")
+                raise ResultMissing(f"no result for {key} in redis at {self.addr}", key=key)
             try:
                 if encoding.is_ajug(data):
-                    return encoding.decode(data)
+                    return decode(encoding.ChunkReader.of([data]), len(data))
                 m = _manifest(data)
                 if m is None:
                     raise ResultDamaged("neither a result nor a chunk manifest")
                 del data
-                return self._load_chunked(key, m)
+                return self._read_chunked(key, m, decode)
             except _ChunksLost:
                 continue  # overwritten or removed while we read: look again
             except ResultDamaged as e:
@@ -477,24 +533,57 @@ class RedisStore(Store):
                         self.addr,
                         e,
                     )
-                raise ResultMissing(f"result {key} in redis at {self.addr} is damaged ({e})") from e
-        raise ResultMissing(f"result {key} in redis at {self.addr} kept changing while being read")
+                raise ResultMissing(f"result {key} in redis at {self.addr} is damaged ({e})", key=key) from e
+        raise ResultMissing(f"result {key} in redis at {self.addr} kept changing while being read", key=key)
 
-    def _load_chunked(self, key: str, m: dict[str, Any]) -> Any:
+    def _read_chunked(self, key: str, m: dict[str, Any], decode: Callable[[Any, int], T]) -> T:
+        """Chunks are read in slices of ``READ_SLICE_BYTES`` (GETRANGE), so that a reader holds
+        a slice, not a whole chunk and redis-py's buffer for it as well."""
         rkey = self.keys.result(key)
+        n, total = m["n"], m["len"]
 
-        def fetch(i: int) -> bytes:
-            chunk = self._call(lambda: self.r.get(self.keys.chunk(key, m["u"], i)))
-            if chunk is None:
-                now = _manifest(
-                    self._call(lambda: self.r.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1))
-                )
-                if now != m:
-                    raise _ChunksLost()
-                raise ResultDamaged(f"chunk {i} of {m['n']} is missing")
-            return chunk
+        def lost(i: int) -> Exception:
+            now = _manifest(self._call(lambda: self.r.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1)))
+            if now != m:
+                return _ChunksLost()
+            return ResultDamaged(f"chunk {i} of {n} is missing or cut short")
 
-        return encoding.decode_from(encoding.ChunkReader(m["n"], fetch), m["len"])[0]
+        # every chunk but the last has the writer's chunk size: the first one's length
+        first = self._call(lambda: self.r.strlen(self.keys.chunk(key, m["u"], 0)))
+        if not first or (n - 1) * first >= total or n * first < total:
+            raise lost(0)
+        per = -(-first // READ_SLICE_BYTES)  # slices per chunk
+        last_len = total - (n - 1) * first
+        count = (n - 1) * per + -(-last_len // READ_SLICE_BYTES)
+
+        def fetch(j: int) -> bytes:
+            i, k = divmod(j, per)
+            size = first if i < n - 1 else last_len
+            start = k * READ_SLICE_BYTES
+            want = min(READ_SLICE_BYTES, size - start)
+            ck = self.keys.chunk(key, m["u"], i)
+            part = self._call(lambda: self.r.getrange(ck, start, start + want - 1))
+            if len(part) != want:
+                raise lost(i)
+            return part
+
+        return decode(encoding.ChunkReader(count, fetch), total)
+
+    def intact(self, keys: Sequence[str], sizes: Sequence[int] | None = None) -> list[bool]:
+        """Present, with the length their metadata states (a script per thousand keys). Values
+        are written whole, so this finds results cut short by another program; a chunk that
+        went missing is found by ``load`` (and ``verify``)."""
+        return [n is not None for n in self.intact_sizes(keys)]
+
+    def intact_sizes(self, keys: Sequence[str]) -> list[int | None]:
+        out: list[int | None] = []
+        for i in range(0, len(keys), BATCH_KEYS):
+            batch: list[str] = []
+            for k in keys[i : i + BATCH_KEYS]:
+                batch += [self.keys.result(check_key(k)), self.keys.meta(k)]
+            got = self._call(lambda batch=batch: self._intact_batch(keys=batch))
+            out.extend(int(x) if x >= 0 else None for x in got)
+        return out
 
     def exists(self, keys: Sequence[str]) -> list[bool]:
         out: list[bool] = []
@@ -664,9 +753,10 @@ class RedisOwnerLock(OwnerLock):
             )
         except (ValueError, KeyError, TypeError):
             host, pid, when = "an unknown host", "?", "its expiry"
+        holder = f"another coordinator on {host} (pid {pid})"
         return StoreLocked(
-            f"store redis {self.store.addr} namespace {self.store.keys.ns!r} is served by another "
-            f"coordinator on {host} (pid {pid}); stop it or wait until its lock expires at {when}"
+            f"store redis {self.store.addr} namespace {self.store.keys.ns!r} is served by "
+            f"{holder}; stop it or wait until its lock expires at {when}", holder
         )
 
     def acquire(self) -> None:

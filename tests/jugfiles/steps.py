@@ -7,16 +7,24 @@ from ajug import TaskGenerator
 
 N = int(os.environ.get("AJUG_TEST_N", "40"))
 STEP_S = float(os.environ.get("AJUG_TEST_STEP_S", "0.15"))
+RUNLOG = os.environ.get("AJUG_TEST_RUNLOG", os.devnull)
+
+
+def note(tag):
+    with open(RUNLOG, "a") as f:
+        f.write(tag + "\n")
 
 
 @TaskGenerator
 def step(i, seconds):
+    note(f"step:{i}")
     time.sleep(seconds)
     return i * 3
 
 
 @TaskGenerator
 def add_all(xs):
+    note("add_all")
     return sum(xs)
 
 
