@@ -418,6 +418,8 @@ class Coordinator:
     async def close(self) -> None:
         self.record_failures()
         if self.records is not None:
+            if self.keeper is not None and self.keeper.lost is not None:
+                self.records.drop()  # another coordinator serves the store now: its records
             await self.records.close()
         if self.state == "finished" and self._waiters:
             # all was done (--stay): the workers waiting for work hear "finished" and exit,

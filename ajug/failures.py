@@ -93,6 +93,10 @@ class FailureRecords:
         ops, self._ops = self._ops, {}
         self._busy = asyncio.get_running_loop().run_in_executor(None, self._write, ops)
 
+    def drop(self) -> None:
+        """Forget what is pending (the store has another coordinator now)."""
+        self._ops.clear()
+
     async def close(self) -> None:
         """Wait for the writes in progress and write the rest."""
         if self._busy is not None:
