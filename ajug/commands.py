@@ -403,9 +403,20 @@ def graph_json(off: Offline, by_function: bool) -> dict[str, Any]:
         "edges": [{"from": g.functions[a].name, "to": g.functions[b].name, "count": n}
                   for (a, b), n in edges.items()],
     }
+    if g.opt_of is not None:  # options (resources, timeout, retries, priority): per function
+        seen: list[set[int]] = [set() for _ in g.functions]  # when all its tasks share them
+        for i, f in enumerate(g.fn):
+            seen[f].add(g.opt_of[i])
+        for f, ids in zip(funcs, seen):
+            if len(ids) == 1 and (o := g.options[next(iter(ids))].to_json()):
+                f["options"] = o
     if not by_function:
         out["tasks"] = [{"key": k, "function": g.functions[g.fn[i]].name, "done": off.done[i],
                          "deps": [g.keys[j] for j in g.deps(i)]} for i, k in enumerate(g.keys)]
+        if g.opt_of is not None:
+            for i, t in enumerate(out["tasks"]):
+                if o := g.opts(i).to_json():
+                    t["options"] = o
     return out
 
 

@@ -25,6 +25,7 @@ import cloudpickle
 from .errors import JugfileError
 from .hashing import PLAIN_TYPES
 from .task import ResultRef, Task, TaskGenerator, source_hash
+from .taskopts import NO_OPTIONS, TaskOptions
 from .tracebacks import reduce_code
 
 
@@ -45,9 +46,18 @@ class Graph:
     args: list[bytes] = field(default_factory=list)
     functions: list[Function] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
+    #: the distinct options of the graph's tasks (ajug.taskopts), the first one "none", and the
+    #: one of each task; ``opt_of`` stays None while no task has any (the common case: no
+    #: memory per task)
+    options: list[TaskOptions] = field(default_factory=lambda: [NO_OPTIONS])
+    opt_of: array | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def opts(self, i: int) -> TaskOptions:
+        """Task ``i``'s options (NO_OPTIONS if it has none)."""
+        return NO_OPTIONS if self.opt_of is None else self.options[self.opt_of[i]]
 
     def deps(self, i: int) -> Sequence[int]:
         return self.dep_idx[self.dep_start[i] : self.dep_start[i + 1]]
@@ -171,6 +181,18 @@ def pickle_function(f: Any, name: str) -> bytes:
         raise JugfileError(f"function {name} cannot be pickled to send to workers: {e}") from None
 
 
+def _note_options(g: Graph, ids: dict[TaskOptions, int], i: int, o: TaskOptions) -> None:
+    if o == NO_OPTIONS:
+        return
+    k = ids.get(o)
+    if k is None:
+        k = ids[o] = len(g.options)
+        g.options.append(o)
+    if g.opt_of is None:
+        g.opt_of = array("I", bytes(4 * len(g.keys)))
+    g.opt_of[i] = k
+
+
 def build_graph(tasks: list[Task], jugdir: Path | None = None, encode: bool = True) -> Graph:
     """Compile unique tasks (in order) into a Graph. Dependencies must come before dependents.
 
@@ -187,7 +209,10 @@ def build_graph(tasks: list[Task], jugdir: Path | None = None, encode: bool = Tr
     plain = PLAIN_TYPES.issuperset
     last_f: Any = None
     fid = -1
-    for t in tasks:
+    opt_ids: dict[TaskOptions, int] = {}
+    for pos, t in enumerate(tasks):
+        if t.opts is not None:
+            _note_options(g, opt_ids, pos, t.opts)
         f = t.f
         if f is not last_f:
             got = fids.get(id(f))

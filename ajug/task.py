@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import ResultMissing
 from .hashing import hash_one, hash_update, new_hash_object, task_digest
+from .taskopts import TaskOptions, make_options
 
 __all__ = [
     "Task",
@@ -83,6 +84,8 @@ class Task(TaskletMixin):
     #: The store ``value()`` and ``can_load()`` use (set by ``ajug.init``, the coordinator and
     #: the worker; a class attribute, as in jug).
     store: Any = None
+    #: resources, timeout, retries, priority (ajug.taskopts): not part of the identity
+    opts: TaskOptions | None = None
 
     def __init__(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         while isinstance(f, partial):
@@ -111,6 +114,13 @@ class Task(TaskletMixin):
         if k is None:
             k = self._key = task_digest(self.name, self.args, self.kwargs)
         return k
+
+    def set_options(self, *, resources: Any = None, timeout: float | None = None,
+                    retries: int | None = None, priority: int | None = None) -> Task:
+        """Options for this task over its function's (identity unchanged); returns the task."""
+        new = make_options(resources, timeout, retries, priority)
+        self.opts = self.opts.merged(new) if self.opts is not None else new
+        return self
 
     def hash(self) -> bytes:
         """The identity, as bytes of hex (jug's return type)."""
@@ -370,26 +380,47 @@ class TaskGenerator:
 
     _jug_is_task_generator = True
 
-    def __init__(self, f: Callable[..., Any]) -> None:
-        self.f = f
+    def __init__(self, f: Callable[..., Any] | None = None, *, resources: Any = None,
+                 timeout: float | None = None, retries: int | None = None,
+                 priority: int | None = None, _opts: TaskOptions | None = None) -> None:
+        """``@TaskGenerator``, or ``@TaskGenerator(resources=..., timeout=..., retries=...,
+        priority=...)``: options every task of the function gets (see ajug.taskopts; they
+        are not part of the tasks' identities)."""
+        if _opts is None and (resources, timeout, retries, priority) != (None, None, None, None):
+            _opts = make_options(resources, timeout, retries, priority)
+        self._opts = _opts
+        self.f = f  # type: ignore[assignment]
         self.__name__ = getattr(f, "__name__", "task")
         self.__doc__ = getattr(f, "__doc__", None)
         self.__module__ = getattr(f, "__module__", None)  # type: ignore[assignment]
         self.__wrapped__ = f
         self._task_name: str | None = None  # Task's name for f, once a first Task made it
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Task:
+    def options(self, *, resources: Any = None, timeout: float | None = None,
+                retries: int | None = None, priority: int | None = None) -> TaskGenerator:
+        """The same function with these options over its own (``f.options(priority=5)(x)``)."""
+        new = make_options(resources, timeout, retries, priority)
+        merged = self._opts.merged(new) if self._opts is not None else new
+        return TaskGenerator(self.f, _opts=merged)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.f is None:  # @TaskGenerator(timeout=...): this call gets the function
+            if len(args) != 1 or kwargs or not callable(args[0]):
+                raise TypeError("TaskGenerator(...) with options decorates one function")
+            return TaskGenerator(args[0], _opts=self._opts)
         name = self._task_name
         if name is None:
             t = Task(self.f, *args, **kwargs)  # the checks (lambda, partial) and the name
             if t.f is self.f:
                 self._task_name = t.name
-            return t
-        # a million calls build a million Tasks: the same object Task() builds, without
-        # working out the name again
-        t = Task.__new__(Task)
-        t.name, t.f, t.args, t.kwargs, t._key = name, self.f, args, kwargs, None
-        alltasks.append(t)
+        else:
+            # a million calls build a million Tasks: the same object Task() builds, without
+            # working out the name again
+            t = Task.__new__(Task)
+            t.name, t.f, t.args, t.kwargs, t._key = name, self.f, args, kwargs, None
+            alltasks.append(t)
+        if self._opts is not None:
+            t.opts = self._opts
         return t
 
     def __jug_hash__(self) -> bytes:
@@ -400,10 +431,16 @@ class TaskGenerator:
         return _jug_generator_pickle(self.f)
 
     def __reduce__(self) -> Any:
+        if self._opts is not None:
+            return (_task_generator, (self.f, self._opts))
         return (TaskGenerator, (self.f,))
 
     def __repr__(self) -> str:
         return f"TaskGenerator({self.f!r})"
+
+
+def _task_generator(f: Any, opts: TaskOptions) -> TaskGenerator:
+    return TaskGenerator(f, _opts=opts)
 
 
 class iteratetask:
