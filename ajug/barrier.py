@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .task import Task, alltasks, value
+from .walk import tasks_in
 
 
 class BarrierError(Exception):
@@ -34,23 +35,8 @@ def barrier() -> None:
 
 
 def _needed_tasks(obj: Any) -> list[Task]:
-    from .io import NoLoad
-
-    out: list[Task] = []
-    queue: list[Any] = [obj]
-    while queue:
-        e = queue.pop()
-        if isinstance(e, NoLoad):
-            continue
-        if isinstance(e, Task):
-            out.append(e)
-        elif hasattr(e, "__jug_dependencies__"):
-            queue.extend(e.__jug_dependencies__())
-        elif isinstance(e, (list, tuple)):
-            queue.extend(e)
-        elif isinstance(e, dict):
-            queue.extend(e.values())
-    return out
+    """The tasks whose results ``value(obj)`` reads (not those behind a NoLoad)."""
+    return list(tasks_in([obj], skip_noload=True))
 
 
 def bvalue(t: Any) -> Any:

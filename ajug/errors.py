@@ -9,16 +9,22 @@
     │   ├── StoreFull               disk or redis memory full: free space and resume
     │   ├── ResultMissing           no result under that key (also KeyError)
     │   ├── ResultDamaged           length or checksum wrong: treated as missing
-    │   └── StoreLocked             another coordinator owns the store (names its host, pid)
+    │   ├── StoreLocked             another coordinator owns the store (names its host, pid)
+    │   └── UnstablePickle          a large result pickled differently the second time
     ├── ProtocolError               a frame or message that breaks protocol/SPEC.md
-    │   ├── FrameTooLarge           length prefix over the limit
-    │   ├── VersionMismatch         no protocol version in common
-    │   └── BadMac                  a frame after the handshake failed authentication
+    │   ├── FrameTooLarge           length prefix over the limit           (error code "frame")
+    │   ├── VersionMismatch         no protocol version in common          (error code "version")
+    │   ├── BadMac                  a frame after the handshake failed authentication ("mac")
+    │   ├── UnknownOp               an op unknown, or not this side's to send here ("op")
+    │   ├── BadField                a field missing or of the wrong type   (error code "field")
+    │   └── ConnectionClosed        the peer closed the connection, or it broke
     ├── AuthError                   wrong token, or the peer failed to prove it has it
+    │   └── AccessDenied            the connection's access or role does not allow the op
     ├── ConnectError                the coordinator cannot be reached (after retries)
     │   └── TLSError                TLS failed: not retried
     ├── LeaseLost                   the coordinator reclaimed a lease
     ├── LaunchError                 a batch system did not submit, list or cancel worker jobs
+    ├── NotComputed                 value() of a task whose result is not in the store (shell)
     └── TaskFailed                  a task raised; carries the remote traceback
 
 Lower-layer errors (OSError, msgpack's, redis's) are translated into this tree where they
@@ -37,11 +43,16 @@ class UsageError(AjugError):
 
 
 class JugfileError(AjugError):
-    pass
+    """``details``: the jugfile's own traceback when it raised (shown with ``-v``)."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class IdentityError(JugfileError, TypeError):
-    pass
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 class StoreError(AjugError):
@@ -72,6 +83,10 @@ class ResultDamaged(StoreError):
     pass
 
 
+class UnstablePickle(StoreError):
+    """A large result pickled differently the second time (see ajug/stores/streams.py)."""
+
+
 class StoreLocked(StoreError):
     """``holder``: who holds the lock, as "another coordinator on HOST (pid N)", when known."""
 
@@ -98,8 +113,24 @@ class BadMac(ProtocolError):
     since the token was right: it is the path between the two sides that cannot be trusted."""
 
 
+class UnknownOp(ProtocolError):
+    """The op is unknown, or not one this side may send here (error code "op")."""
+
+
+class BadField(ProtocolError):
+    """A field is missing or has the wrong type (error code "field")."""
+
+
+class ConnectionClosed(ProtocolError):
+    """The peer closed the connection, or it broke (reset, TLS failure)."""
+
+
 class AuthError(AjugError):
     pass
+
+
+class AccessDenied(AuthError):
+    """The connection's access or role does not allow the op (error code "access")."""
 
 
 class ConnectError(AjugError):
@@ -116,6 +147,10 @@ class LeaseLost(AjugError):
 
 class LaunchError(AjugError):
     """sbatch/qsub/bsub (or an exec command) failed: the launcher retries with backoff."""
+
+
+class NotComputed(AjugError):
+    """``value()`` of a task whose result is not in the store."""
 
 
 class TaskFailed(AjugError):

@@ -20,10 +20,16 @@ project keeps its results when it moves to ajug. The encoding of one ``(name, va
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
+import io
 import pickle
 import sys
+from collections.abc import Callable
 from typing import Any
+
+from .errors import IdentityError
+from .walk import tasks_in
 
 PICKLE_PROTOCOL = 4
 
@@ -114,8 +120,6 @@ def _first(pair: tuple[bytes, Any]) -> bytes:
 
 
 def _identity_error(where: str, e: Any, why: str) -> Exception:
-    from .errors import IdentityError
-
     r = repr(e)
     if len(r) > 80:
         r = r[:77] + "..."
@@ -127,20 +131,7 @@ def _identity_error(where: str, e: Any, why: str) -> Exception:
 
 
 def _contains_task(obj: Any) -> bool:
-    from .task import Task, Tasklet
-
-    queue = [obj]
-    while queue:
-        e = queue.pop()
-        if isinstance(e, (Task, Tasklet)):
-            return True
-        if hasattr(e, "__jug_dependencies__"):
-            queue.extend(e.__jug_dependencies__())
-        elif isinstance(e, (list, tuple, set, frozenset)):
-            queue.extend(e)
-        elif isinstance(e, dict):
-            queue.extend(e.values())
-    return False
+    return next(tasks_in([obj], sets=True), None) is not None
 
 
 def new_hash_object() -> Any:
@@ -204,3 +195,44 @@ def task_digest(name: str, args: tuple, kwargs: dict) -> str:
     m = hashlib.sha1()
     hash_update(m, [("name", name.encode("utf-8")), ("args", args), ("kwargs", kwargs)], name)
     return m.hexdigest()
+
+
+# -- the bytes jug feeds for its own objects ------------------------------------------------
+class _JugTaskGenerator:
+    """Stands for an instance of ``jug.task.TaskGenerator`` while pickling, for its bytes only."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: tuple[Any, Any]) -> None:
+        self.state = state
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (copyreg.__newobj__, (_JugTaskGenerator,), self.state)
+
+
+class _JugPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+    """The pure-Python pickler, writing ``_JugTaskGenerator`` as the global jug.task.TaskGenerator.
+
+    The C pickler refuses to name a class after a module it cannot import (or whose attribute is
+    another object); the Python one writes the same opcodes and lets us name it.
+    """
+
+    def save_global(self, obj: Any, name: Any = None) -> None:
+        if obj is _JugTaskGenerator:
+            self.save("jug.task")
+            self.save("TaskGenerator")
+            self.write(pickle.STACK_GLOBAL)
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def jug_generator_pickle(f: Callable[..., Any]) -> bytes:
+    """The bytes of ``pickle.dumps(jug.TaskGenerator(f), protocol=4)``, without jug.
+
+    jug's TaskGenerator pickles as its class plus the state ``(f.__module__, f.__name__)``.
+    """
+    buf = io.BytesIO()
+    state = (getattr(f, "__module__", None), getattr(f, "__name__", None))
+    _JugPickler(buf, protocol=PICKLE_PROTOCOL).dump(_JugTaskGenerator(state))
+    return buf.getvalue()

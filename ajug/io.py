@@ -16,6 +16,8 @@ class NoLoad(Tasklet):
     result, from wherever the function runs.
     """
 
+    _ajug_noload = True  # barriers do not wait for its task (ajug.walk)
+
     def __init__(self, base: Any) -> None:
         Tasklet.__init__(self, base, "NoLoad")
 

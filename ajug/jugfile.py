@@ -103,9 +103,9 @@ def load_jugfile(jugfile: str | os.PathLike[str], store: Any) -> LoadedJugfile:
             raise
         tb = traceback.format_exc()
         err = JugfileError(
-            f"jugfile {path.name} raised {type(e).__name__}: {e} (run with -v for the traceback)"
+            f"jugfile {path.name} raised {type(e).__name__}: {e} (run with -v for the traceback)",
+            details=tb,
         )
-        err.details = tb  # type: ignore[attr-defined]
         raise err from None
     tasks = unique_tasks(_task.alltasks)
     roots = code_roots(jugdir, [p for p in sys.path if p not in path_before])

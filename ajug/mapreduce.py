@@ -15,23 +15,21 @@ part of its identity; so do ``map``, ``mapreduce``... themselves, for
 ``CompoundTask(mapreduce, ...)`` (see ``__jug_name__`` in ``ajug.task.Task``). A mapper or
 reducer given as a ``TaskGenerator`` is passed to the tasks as its plain function, hashed
 exactly as jug hashes it (jug pickles its own ``TaskGenerator`` class there): see
-``_jug_generator_pickle``.
+``ajug.hashing.jug_generator_pickle``.
 
 Unlike jug, a step that would never end (``map_step < 1``, ``reduce_step < 2``) is refused.
 """
 
 from __future__ import annotations
 
-import copyreg
 import functools
 import hashlib
-import io
 import operator
 import pickle
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .hashing import PICKLE_PROTOCOL, hash_one
+from .hashing import PICKLE_PROTOCOL, hash_one, jug_generator_pickle
 from .task import Task, TaskletMixin, value
 from .utils import identity
 
@@ -39,47 +37,6 @@ __all__ = ["map", "reduce", "mapreduce", "currymap", "block_access", "block_acce
 
 #: The module jug's helper functions live in: their tasks are named after it.
 JUG_MODULE = "jug.mapreduce"
-
-
-# -- jug-compatible hashing of TaskGenerators --------------------------------------------------
-class _JugTaskGenerator:
-    """Stands for an instance of ``jug.task.TaskGenerator`` while pickling, for its bytes only."""
-
-    __slots__ = ("state",)
-
-    def __init__(self, state: tuple[Any, Any]) -> None:
-        self.state = state
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        return (copyreg.__newobj__, (_JugTaskGenerator,), self.state)
-
-
-class _JugPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
-    """The pure-Python pickler, writing ``_JugTaskGenerator`` as the global jug.task.TaskGenerator.
-
-    The C pickler refuses to name a class after a module it cannot import (or whose attribute is
-    another object); the Python one writes the same opcodes and lets us name it.
-    """
-
-    def save_global(self, obj: Any, name: Any = None) -> None:
-        if obj is _JugTaskGenerator:
-            self.save("jug.task")
-            self.save("TaskGenerator")
-            self.write(pickle.STACK_GLOBAL)
-            self.memoize(obj)
-            return
-        super().save_global(obj, name)
-
-
-def _jug_generator_pickle(f: Callable[..., Any]) -> bytes:
-    """The bytes of ``pickle.dumps(jug.TaskGenerator(f), protocol=4)``, without jug.
-
-    jug's TaskGenerator pickles as its class plus the state ``(f.__module__, f.__name__)``.
-    """
-    buf = io.BytesIO()
-    state = (getattr(f, "__module__", None), getattr(f, "__name__", None))
-    _JugPickler(buf, protocol=PICKLE_PROTOCOL).dump(_JugTaskGenerator(state))
-    return buf.getvalue()
 
 
 class _Unwrapped:
@@ -111,7 +68,7 @@ def _is_generator(f: Any) -> bool:
 def _as_argument(f: Any) -> Any:
     """``f`` as jug's ``mapreduce`` passes it to its tasks: a TaskGenerator as itself."""
     if _is_generator(f):
-        return _Unwrapped(f.f, _jug_generator_pickle(f.f))
+        return _Unwrapped(f.f, jug_generator_pickle(f.f))
     return f
 
 
@@ -120,7 +77,7 @@ def _as_function(f: Any) -> Any:
     as jug's ``hash_one`` of the TaskGenerator."""
     if _is_generator(f):
         m = hashlib.sha1(pickle.dumps("hash1", protocol=PICKLE_PROTOCOL))
-        m.update(_jug_generator_pickle(f.f))
+        m.update(jug_generator_pickle(f.f))
         return _Unwrapped(f.f, m.hexdigest().encode())
     return f
 

@@ -13,13 +13,9 @@ from typing import Any
 
 import click
 
-from .errors import AjugError, ResultMissing
+from .errors import AjugError, NotComputed, ResultMissing
 from .failures import clear_records
 from .offline import Offline, downstream, remove, select
-
-
-class NotComputed(AjugError):
-    """``value()`` of a task whose result is not in the store."""
 
 
 def shell_namespace(off: Offline, jugfile: str, store_url: str | None = None) -> dict[str, Any]:

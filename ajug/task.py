@@ -15,8 +15,9 @@ from functools import partial
 from typing import Any
 
 from .errors import ResultMissing
-from .hashing import hash_one, hash_update, new_hash_object, task_digest
+from .hashing import hash_one, hash_update, jug_generator_pickle, new_hash_object, task_digest
 from .taskopts import TaskOptions, make_options
+from .walk import tasks_in
 
 __all__ = [
     "Task",
@@ -86,6 +87,7 @@ class Task(TaskletMixin):
     store: Any = None
     #: resources, timeout, retries, priority (ajug.taskopts): not part of the identity
     opts: TaskOptions | None = None
+    _ajug_task = True  # what ajug.walk recognises a Task by
 
     def __init__(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         while isinstance(f, partial):
@@ -132,7 +134,7 @@ class Task(TaskletMixin):
     # -- graph ----------------------------------------------------------------------------
     def dependencies(self) -> Iterator[Task]:
         """The Tasks this one needs directly (through Tasklets and containers)."""
-        return _direct_deps((self.args, self.kwargs.values()))
+        return tasks_in((self.args, self.kwargs))
 
     # -- results --------------------------------------------------------------------------
     def can_load(self, store: Any = None) -> bool:
@@ -216,20 +218,6 @@ class ResultRef(Task):
 
     def dependencies(self) -> Iterator[Task]:
         return iter(())
-
-
-def _direct_deps(roots: Any) -> Iterator[Task]:
-    queue = list(roots)
-    while queue:
-        for dep in queue.pop():
-            if hasattr(dep, "__jug_dependencies__"):
-                queue.append(dep.__jug_dependencies__())
-            elif isinstance(dep, Task):
-                yield dep
-            elif isinstance(dep, (list, tuple)):
-                queue.append(dep)
-            elif isinstance(dep, dict):
-                queue.append(dep.values())
 
 
 class Tasklet(TaskletMixin):
@@ -426,9 +414,7 @@ class TaskGenerator:
     def __jug_hash__(self) -> bytes:
         """As an argument, it hashes as jug's TaskGenerator does (by its pickle), so that tasks
         that take one keep jug's identities."""
-        from .mapreduce import _jug_generator_pickle
-
-        return _jug_generator_pickle(self.f)
+        return jug_generator_pickle(self.f)
 
     def __reduce__(self) -> Any:
         if self._opts is not None:

@@ -314,7 +314,7 @@ def test_task_generator_pickles_as_jugs(
     monkeypatch: pytest.MonkeyPatch, modname: str, fname: str
 ) -> None:
     """jug hashes a TaskGenerator mapper by pickling jug's own TaskGenerator: same bytes."""
-    from ajug.mapreduce import _jug_generator_pickle
+    from ajug.hashing import jug_generator_pickle
 
     def f(x: Any) -> Any:
         return x
@@ -324,4 +324,4 @@ def test_task_generator_pickles_as_jugs(
     module = types.ModuleType(modname)
     setattr(module, fname, f)
     monkeypatch.setitem(sys.modules, modname, module)
-    assert _jug_generator_pickle(f) == pickle.dumps(jug.task.TaskGenerator(f), protocol=4)
+    assert jug_generator_pickle(f) == pickle.dumps(jug.task.TaskGenerator(f), protocol=4)

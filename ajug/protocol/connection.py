@@ -27,7 +27,14 @@ import ssl as _ssl
 from dataclasses import dataclass
 from typing import Any
 
-from ajug.errors import AjugError, BadMac, ConnectError, ProtocolError, TLSError
+from ajug.errors import (  # noqa: F401 - ConnectionClosed is re-exported
+    AjugError,
+    BadMac,
+    ConnectError,
+    ConnectionClosed,
+    ProtocolError,
+    TLSError,
+)
 from ajug.protocol import messages as m
 from ajug.protocol.auth import ClientHandshake, ServerHandshake
 from ajug.protocol.framing import (
@@ -45,10 +52,6 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 READ_CHUNK_BYTES = 256 * 1024
-
-
-class ConnectionClosed(ProtocolError):
-    """The peer closed the connection, or it broke (reset, TLS failure)."""
 
 
 @dataclass(frozen=True)

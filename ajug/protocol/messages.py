@@ -15,7 +15,16 @@ import re as _re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from ajug.errors import AuthError, BadMac, FrameTooLarge, ProtocolError, VersionMismatch
+from ajug.errors import (  # noqa: F401 - UnknownOp, BadField, AccessDenied are re-exported
+    AccessDenied,
+    AuthError,
+    BadField,
+    BadMac,
+    FrameTooLarge,
+    ProtocolError,
+    UnknownOp,
+    VersionMismatch,
+)
 
 Sender = Literal["client", "server"]
 
@@ -57,18 +66,6 @@ ROLE_OPS: dict[str, frozenset[str]] = {
 READ_OPS = frozenset({"status", "bye", "error"})
 
 _KEY = _re.compile(r"[0-9a-f]{40}")
-
-
-class UnknownOp(ProtocolError):
-    """The op is unknown, or not one this side may send here (error code "op")."""
-
-
-class BadField(ProtocolError):
-    """A field is missing or has the wrong type (error code "field")."""
-
-
-class AccessDenied(AuthError):
-    """The connection's access or role does not allow the op (error code "access")."""
 
 
 # --- field types ---------------------------------------------------------------------------

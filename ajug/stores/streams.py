@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ResultDamaged, StoreError
+from ..errors import ResultDamaged, UnstablePickle
 
 #: A pickle stream longer than this is not held in memory whole (it also keeps such a result
 #: out of a worker's cache, whose items are at most 64 MiB).
@@ -42,10 +42,6 @@ SLICE_BYTES = 16 << 20
 #: Modules whose names in a pickle stream mean it must be redone with cloudpickle.
 BY_VALUE_MODULES = (b"__main__",)
 _CONTAINERS = (list, tuple, dict, set, frozenset)
-
-
-class UnstablePickle(StoreError):
-    """A large result pickled differently the second time (see the module docstring)."""
 
 
 def maybe_large(value: Any) -> bool:
