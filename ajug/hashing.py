@@ -236,3 +236,68 @@ def jug_generator_pickle(f: Callable[..., Any]) -> bytes:
     state = (getattr(f, "__module__", None), getattr(f, "__name__", None))
     _JugPickler(buf, protocol=PICKLE_PROTOCOL).dump(_JugTaskGenerator(state))
     return buf.getvalue()
+
+
+class JugPickled:
+    """Hashes as the given bytes: what jug's hash_update feeds for the object it stands for."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __jug_hash__(self) -> bytes:
+        return self.data
+
+
+_OUR_GET_CHECK = b"\x8c\tajug.task\x94\x8c\n_get_check"
+_JUG_GET_CHECK = b"\x8c\x08jug.task\x94\x8c\n_get_check"
+
+
+def jug_get_check_pickle(data: bytes) -> bytes:
+    """The pickle (protocol 4) of jug's ``partial(jug.task._get_check, i=i, n=n)``, which is
+    how jug hashes a ``return_tuple`` Tasklet, from ``data``, the pickle of ajug's: the
+    function's module renamed (one name in one frame; the frame's length shrinks by one)."""
+    if data.count(_OUR_GET_CHECK) != 1 or data[2:3] != pickle.FRAME:
+        return data  # not the expected shape: hash as it is (an ajug-only identity)
+    body = data[11:].replace(_OUR_GET_CHECK, _JUG_GET_CHECK)
+    return data[:3] + len(body).to_bytes(8, "little") + body
+
+
+def _stable(obj: Any) -> Any:
+    """frozensets (pickled in hash-seed order) as sets (hashed sorted), inside tuples too."""
+    if type(obj) is frozenset:
+        return set(obj)
+    if type(obj) is tuple:
+        return tuple(_stable(o) for o in obj)
+    return obj
+
+
+def _hashable_or_type(obj: Any) -> Any:
+    """``obj`` if it can be hashed, else its type's name (what a lambda captures may not be)."""
+    try:
+        hash_one(obj)
+    except Exception:
+        return ("unhashable", type(obj).__module__, type(obj).__qualname__)
+    return _stable(obj)
+
+
+def lambda_key(f: Any) -> tuple:
+    """A lambda has no stable pickle: identify it by its code and what it captures.
+
+    The same key as jug's, so that Tasklets of lambdas have jug's identities.
+    """
+
+    def code_key(c: Any) -> tuple:
+        consts = tuple(code_key(x) if hasattr(x, "co_code") else _stable(x) for x in c.co_consts)
+        return (c.co_code, consts, c.co_names)
+
+    closure = []
+    for cell in f.__closure__ or ():
+        try:
+            closure.append(_hashable_or_type(cell.cell_contents))
+        except ValueError:  # an empty cell
+            closure.append(None)
+    defaults = tuple(_hashable_or_type(d) for d in f.__defaults__ or ())
+    kwdefaults = {k: _hashable_or_type(v) for k, v in (f.__kwdefaults__ or {}).items()}
+    return ("<lambda>", code_key(f.__code__), tuple(closure), defaults, kwdefaults)

@@ -7,15 +7,23 @@ Building a Task does no work: it records the call. Every Task created is appende
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import pickle
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
 from .errors import ResultMissing
-from .hashing import hash_one, hash_update, jug_generator_pickle, new_hash_object, task_digest
+from .hashing import (
+    JugPickled,
+    hash_one,
+    hash_update,
+    jug_generator_pickle,
+    jug_get_check_pickle,
+    lambda_key,
+    new_hash_object,
+    task_digest,
+)
+from .resultmeta import result_meta, source_hash  # noqa: F401 - jug's names, here as there
 from .taskopts import TaskOptions, make_options
 from .walk import tasks_in
 
@@ -259,9 +267,9 @@ class Tasklet(TaskletMixin):
         m.update(b"Tasklet")
         f = self.f
         if getattr(f, "__name__", "") == "<lambda>":
-            f = _lambda_key(f)
+            f = lambda_key(f)
         elif isinstance(f, partial) and f.func is _get_check:
-            f = _JugPickled(_jug_get_check_pickle(f))
+            f = JugPickled(jug_get_check_pickle(pickle.dumps(f, protocol=4)))
         hash_update(m, [("base", self.base), ("f", f)], "a Tasklet")
         return m.hexdigest().encode()
 
@@ -281,45 +289,6 @@ def _operation_deps(f: Any) -> list[Any]:
     if deps is not None and not isinstance(f, type):
         out.extend(deps())
     return out
-
-
-def _stable(obj: Any) -> Any:
-    """frozensets (pickled in hash-seed order) as sets (hashed sorted), inside tuples too."""
-    if type(obj) is frozenset:
-        return set(obj)
-    if type(obj) is tuple:
-        return tuple(_stable(o) for o in obj)
-    return obj
-
-
-def _hashable_or_type(obj: Any) -> Any:
-    """``obj`` if it can be hashed, else its type's name (what a lambda captures may not be)."""
-    try:
-        hash_one(obj)
-    except Exception:
-        return ("unhashable", type(obj).__module__, type(obj).__qualname__)
-    return _stable(obj)
-
-
-def _lambda_key(f: Any) -> tuple:
-    """A lambda has no stable pickle: identify it by its code and what it captures.
-
-    The same key as jug's, so that Tasklets of lambdas have jug's identities.
-    """
-
-    def code_key(c: Any) -> tuple:
-        consts = tuple(code_key(x) if hasattr(x, "co_code") else _stable(x) for x in c.co_consts)
-        return (c.co_code, consts, c.co_names)
-
-    closure = []
-    for cell in f.__closure__ or ():
-        try:
-            closure.append(_hashable_or_type(cell.cell_contents))
-        except ValueError:  # an empty cell
-            closure.append(None)
-    defaults = tuple(_hashable_or_type(d) for d in f.__defaults__ or ())
-    kwdefaults = {k: _hashable_or_type(v) for k, v in (f.__kwdefaults__ or {}).items()}
-    return ("<lambda>", code_key(f.__code__), tuple(closure), defaults, kwdefaults)
 
 
 def value(elem: Any) -> Any:
@@ -451,33 +420,6 @@ def _get_check(r: Any, i: int, n: int) -> Any:
     return r[i]
 
 
-class _JugPickled:
-    """Hashes as the given bytes: what jug's hash_update feeds for the object it stands for."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __jug_hash__(self) -> bytes:
-        return self.data
-
-
-_OUR_GET_CHECK = b"\x8c\tajug.task\x94\x8c\n_get_check"
-_JUG_GET_CHECK = b"\x8c\x08jug.task\x94\x8c\n_get_check"
-
-
-def _jug_get_check_pickle(f: partial) -> bytes:
-    """The pickle (protocol 4) of jug's ``partial(jug.task._get_check, i=i, n=n)``, which is
-    how jug hashes a ``return_tuple`` Tasklet: ours with the function's module renamed (one
-    name in one frame; the frame's length shrinks by the one byte)."""
-    data = pickle.dumps(f, protocol=4)
-    if data.count(_OUR_GET_CHECK) != 1 or data[2:3] != pickle.FRAME:
-        return data  # not the expected shape: hash as it is (an ajug-only identity)
-    body = data[11:].replace(_OUR_GET_CHECK, _JUG_GET_CHECK)
-    return data[:3] + len(body).to_bytes(8, "little") + body
-
-
 def return_tuple(n: int) -> Callable[[Any], Callable[..., tuple]]:
     """Make a TaskGenerator of an ``n``-tuple return ``n`` Tasklets, for ``x, y = f()``."""
 
@@ -489,36 +431,3 @@ def return_tuple(n: int) -> Callable[[Any], Callable[..., tuple]]:
         return wrapped
 
     return wrapper
-
-
-# -- metadata ------------------------------------------------------------------------------
-_SRC_HASHES: dict[int, tuple[Any, str]] = {}
-
-
-def source_hash(f: Any) -> str:
-    """A short hash of ``f``'s source (its bytecode when the source is gone), for stale checks."""
-    hit = _SRC_HASHES.get(id(f))
-    if hit is not None and hit[0] is f:
-        return hit[1]
-    try:
-        src = inspect.getsource(f).encode()
-    except (OSError, TypeError):
-        code = getattr(f, "__code__", None)
-        src = code.co_code if code is not None else repr(f).encode()
-    h = hashlib.sha1(src).hexdigest()[:16]
-    _SRC_HASHES[id(f)] = (f, h)
-    return h
-
-
-def result_meta(t: Task, run_time_s: float | None = None, worker: str = "") -> dict[str, Any]:
-    import os
-    import socket
-    import time
-
-    return {
-        "func": t.name,
-        "src": source_hash(t.f),
-        "rt": run_time_s,
-        "worker": worker or f"{socket.gethostname()}:{os.getpid()}",
-        "ts": time.time(),
-    }

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from store_helpers import VALUES, same
 
 from ajug.errors import ResultDamaged, UsageError
-from ajug.stores import encoding
+from ajug.stores import decoding, encoding
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,10 +23,10 @@ def test_round_trip(value: object, compress: bool) -> None:
     enc = encoding.encode(value, {"func": "m.f", "rt": 0.5}, compress=compress)
     blob = encoding.encode_bytes(value, {"func": "m.f"}, compress=compress)
     assert len(b"".join(enc.pieces)) == enc.size == enc.meta["size"]
-    assert same(encoding.decode(blob), value)
+    assert same(decoding.decode(blob), value)
     for chunk in (1, 7, 64, 1 << 20):
-        assert same(encoding.decode(list(encoding.iter_chunks(enc, chunk))), value)
-    out, meta = encoding.decode_from(io.BytesIO(blob), len(blob))
+        assert same(decoding.decode(list(encoding.iter_chunks(enc, chunk))), value)
+    out, meta = decoding.decode_from(io.BytesIO(blob), len(blob))
     assert same(out, value)
     assert meta["func"] == "m.f"
 
@@ -46,7 +46,7 @@ def test_metadata_is_completed_and_read_alone() -> None:
             return n
 
     src = Counting(encoding.encode_bytes(big, {"func": "m.f"}))
-    meta = encoding.read_metadata(src)
+    meta = decoding.read_metadata(src)
     assert meta["func"] == "m.f"
     assert Counting.read_bytes < 200  # header + metadata, not the 8 MiB payload
 
@@ -57,7 +57,7 @@ def test_large_array_is_not_copied_on_encode_and_writable_on_decode() -> None:
     views = [p for p in enc.pieces if isinstance(p, memoryview)]
     assert len(views) == 1
     assert np.shares_memory(np.frombuffer(views[0], dtype=np.float64), arr)
-    out = encoding.decode(b"".join(enc.pieces))
+    out = decoding.decode(b"".join(enc.pieces))
     assert out.flags.writeable
     out[0] = -1.0  # a loaded result can be modified like one np.load() returned
 
@@ -67,7 +67,7 @@ def test_cloudpickle_only_when_needed() -> None:
         return encoding.HEADER.unpack_from(encoding.encode_bytes(value))[2]
 
     assert not flag({"plain": [1, 2]}) & encoding.FLAG_CLOUDPICKLE
-    square = encoding.decode(encoding.encode_bytes(lambda x: x * x))
+    square = decoding.decode(encoding.encode_bytes(lambda x: x * x))
     assert square(4) == 16
     assert flag(lambda: 0) & encoding.FLAG_CLOUDPICKLE
     # A class of the jugfile run as __main__: plain pickle would store a reference that a
@@ -76,7 +76,7 @@ def test_cloudpickle_only_when_needed() -> None:
     p = Point()
     p.x, p.y = 1, 2
     assert flag(p) & encoding.FLAG_CLOUDPICKLE
-    assert encoding.decode(encoding.encode_bytes(p)).norm() == 3
+    assert decoding.decode(encoding.encode_bytes(p)).norm() == 3
 
 
 def test_every_flipped_byte_and_truncation_is_detected() -> None:
@@ -85,26 +85,26 @@ def test_every_flipped_byte_and_truncation_is_detected() -> None:
         bad = bytearray(blob)
         bad[i] ^= 0x01
         with pytest.raises(ResultDamaged):
-            encoding.decode(bytes(bad))
+            decoding.decode(bytes(bad))
     for n in range(len(blob)):
         with pytest.raises(ResultDamaged):
-            encoding.decode(blob[:n])
+            decoding.decode(blob[:n])
     with pytest.raises(ResultDamaged):
-        encoding.decode(blob + b"\x00")
+        decoding.decode(blob + b"\x00")
 
 
 def test_damaged_compressed_payload_is_detected() -> None:
     blob = bytearray(encoding.encode_bytes(np.zeros(10000), compress=True))
     blob[-5] ^= 0xFF
     with pytest.raises(ResultDamaged):
-        encoding.decode(bytes(blob))
+        decoding.decode(bytes(blob))
 
 
 def test_lying_lengths_do_not_allocate() -> None:
     """A header claiming a huge buffer is refused from the container size, not by MemoryError."""
     blob = encoding.encode_bytes(np.zeros(4))
     with pytest.raises(ResultDamaged):
-        encoding.decode_from(io.BytesIO(blob), len(blob) - 1)
+        decoding.decode_from(io.BytesIO(blob), len(blob) - 1)
 
 
 def test_bad_metadata_is_a_usage_error() -> None:
@@ -116,7 +116,7 @@ def test_unknown_version_is_damage() -> None:
     blob = bytearray(encoding.encode_bytes(1))
     blob[4] = 99
     with pytest.raises(ResultDamaged):
-        encoding.decode(bytes(blob))
+        decoding.decode(bytes(blob))
 
 
 @settings(max_examples=60, deadline=None)
@@ -140,7 +140,7 @@ def test_round_trip_property(value: object, chunk: int, compress: bool) -> None:
     enc = encoding.encode(value, compress=compress)
     chunks = list(encoding.iter_chunks(enc, chunk))
     assert all(len(c) == chunk for c in chunks[:-1])
-    assert encoding.decode(chunks) == value
+    assert decoding.decode(chunks) == value
 
 
 # ------------------------------------------------------------------------------ jug's format
@@ -165,19 +165,19 @@ def jug_bytes(value: object, native_numpy: bool) -> bytes:
 @pytest.mark.parametrize("native_numpy", [True, False], ids=["npy", "zlib"])
 def test_decode_jug(value: object, native_numpy: bool) -> None:
     data = jug_bytes(value, native_numpy)
-    assert same(encoding.decode_jug(io.BytesIO(data), len(data)), value)
+    assert same(decoding.decode_jug(io.BytesIO(data), len(data)), value)
 
 
 def test_decode_jug_damage() -> None:
     data = jug_bytes({"a": list(range(100))}, native_numpy=False)
     with pytest.raises(ResultDamaged):
-        encoding.decode_jug(io.BytesIO(data[:-3]), len(data) - 3)
+        decoding.decode_jug(io.BytesIO(data[:-3]), len(data) - 3)
     npy = jug_bytes(np.arange(100), native_numpy=True)
     with pytest.raises(ResultDamaged):
-        encoding.decode_jug(io.BytesIO(npy[:-8]), len(npy) - 8)
+        decoding.decode_jug(io.BytesIO(npy[:-8]), len(npy) - 8)
     weird = zlib.compress(b"Xjunk")
     with pytest.raises(ResultDamaged):
-        encoding.decode_jug(io.BytesIO(weird), len(weird))
+        decoding.decode_jug(io.BytesIO(weird), len(weird))
 
 
 # ------------------------------------------------ long pickle streams (ajug/stores/streams.py)
@@ -240,8 +240,8 @@ def test_long_stream_damaged_reads_as_damaged(small_spill: int) -> None:
         bad = bytearray(blob)
         bad[i] ^= 1
         with pytest.raises(ResultDamaged):
-            encoding.decode_from(io.BytesIO(bytes(bad)), len(bad))
-    assert encoding.decode_from(io.BytesIO(bytes(blob)), len(blob))[0] == bytes(range(256)) * 100
+            decoding.decode_from(io.BytesIO(bytes(bad)), len(bad))
+    assert decoding.decode_from(io.BytesIO(bytes(blob)), len(blob))[0] == bytes(range(256)) * 100
 
 
 def test_chunks_are_exact_whatever_the_pieces() -> None:

@@ -17,7 +17,9 @@ import pytest
 from store_helpers import GiB, dead_pid, files_under, hexkey, run_1gib_round_trip, subprocess_env
 
 from ajug.errors import ResultMissing, StoreFull, StoreLocked, StoreUnreachable
-from ajug.stores.file import LOCK_FILE, MARKER_FILE, TMP_DIR, TMP_MAX_AGE_S, FileStore
+from ajug.stores.file import MARKER_FILE, TMP_DIR, FileStore
+from ajug.stores.filelock import LOCK_FILE
+from ajug.stores.filetmp import TMP_MAX_AGE_S
 
 pytestmark = pytest.mark.timeout(60)
 

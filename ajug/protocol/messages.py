@@ -11,7 +11,6 @@ version 2 send exactly the fields listed here.
 
 from __future__ import annotations
 
-import re as _re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -25,13 +24,30 @@ from ajug.errors import (  # noqa: F401 - UnknownOp, BadField, AccessDenied are 
     UnknownOp,
     VersionMismatch,
 )
+from ajug.protocol.schema import (  # noqa: F401 - the field types are re-exported
+    BIN,
+    BOOL,
+    INT,
+    INT64_MAX,
+    INT64_MIN,
+    KEY,
+    KEY_MATCH,
+    MAP,
+    MAX_DEPTH,
+    NIL_OR_UINT,
+    STR,
+    UINT,
+    UINT64_MAX,
+    Fast,
+    List,
+    Struct,
+    Tuple,
+    bin_of,
+    enum,
+)
 
 Sender = Literal["client", "server"]
 
-UINT64_MAX = 2**64 - 1
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-#: Nesting limit inside free-form maps (info, meta, status): deeper is a field error.
-MAX_DEPTH = 32
 NONCE_BYTES = 16
 PROOF_BYTES = 32
 
@@ -65,190 +81,18 @@ ROLE_OPS: dict[str, frozenset[str]] = {
 #: Ops that a connection with access "read" may send.
 READ_OPS = frozenset({"status", "bye", "error"})
 
-_KEY = _re.compile(r"[0-9a-f]{40}")
 
 
-# --- field types ---------------------------------------------------------------------------
-
-
-class _Type:
-    """A field type: ``check`` raises ``BadField`` naming the op and the path of the field."""
-
-    what = "?"
-
-    def check(self, value: Any, op: str, path: str) -> None:
-        if not self.ok(value):
-            raise BadField(f"{op}: field {path} must be {self.what}")
-
-    def ok(self, value: Any) -> bool:
-        raise NotImplementedError
-
-
-class _Pred(_Type):
-    def __init__(self, what: str, ok: Any) -> None:
-        self.what = what
-        self.ok = ok  # type: ignore[method-assign]
-
-
-UINT = _Pred("uint", lambda v: type(v) is int and 0 <= v <= UINT64_MAX)
-INT = _Pred("int", lambda v: type(v) is int and INT64_MIN <= v <= INT64_MAX)
-BOOL = _Pred("bool", lambda v: type(v) is bool)
-STR = _Pred("str", lambda v: type(v) is str)
-BIN = _Pred("bin", lambda v: type(v) is bytes)
-KEY = _Pred("a key (40 lowercase hex chars)", lambda v: type(v) is str and _KEY.fullmatch(v))
-NIL_OR_UINT = _Pred("uint or nil", lambda v: v is None or UINT.ok(v))
-
-
-def _bin(n: int) -> _Type:
-    return _Pred(f"bin ({n} bytes)", lambda v: type(v) is bytes and len(v) == n)
-
-
-def _enum(*values: str) -> _Type:
-    return _Pred(" or ".join(repr(v) for v in values), lambda v: type(v) is str and v in values)
-
-
-class _Map(_Type):
-    """A free-form map: str keys, plain msgpack values, at most ``MAX_DEPTH`` deep."""
-
-    what = "map"
-
-    def ok(self, value: Any) -> bool:
-        if type(value) is not dict:
-            return False
-        for k, v in value.items():  # the usual case: one level of plain values
-            t = type(v)
-            if type(k) is not str or t is dict or t is list or t is tuple:
-                break
-            if t is int:
-                if not INT64_MIN <= v <= UINT64_MAX:
-                    return False
-            elif v is not None and t is not float and t is not str and t is not bool and t is not bytes:
-                return False
-        else:
-            return True
-        stack: list[tuple[Any, int]] = [(value, 1)]
-        while stack:
-            v, depth = stack.pop()
-            if depth > MAX_DEPTH:
-                return False
-            if type(v) is dict:
-                for k, item in v.items():
-                    if type(k) is not str:
-                        return False
-                    stack.append((item, depth + 1))
-            elif type(v) in (list, tuple):
-                stack.extend((item, depth + 1) for item in v)
-            elif type(v) is int:
-                if not INT64_MIN <= v <= UINT64_MAX:
-                    return False
-            elif v is not None and type(v) not in (bool, float, str, bytes):
-                return False
-        return True
-
-
-class _List(_Type):
-    def __init__(self, item: _Type) -> None:
-        self.item = item
-        self.what = f"array of {item.what}"
-
-    def ok(self, value: Any) -> bool:
-        return type(value) in (list, tuple) and all(map(self.item.ok, value))
-
-    def check(self, value: Any, op: str, path: str) -> None:
-        if type(value) not in (list, tuple):
-            raise BadField(f"{op}: field {path} must be {self.what}")
-        for i, item in enumerate(value):
-            self.item.check(item, op, f"{path}[{i}]")
-
-
-class _Tuple(_Type):
-    """A fixed-length array such as ``[key, tok, meta]``."""
-
-    def __init__(self, *items: tuple[str, _Type]) -> None:
-        self.items = items
-        self.oks = tuple(t.ok for _, t in items)
-        self.what = "[" + ", ".join(f"{name}: {t.what}" for name, t in items) + "]"
-
-    def ok(self, value: Any) -> bool:
-        if type(value) not in (list, tuple) or len(value) != len(self.oks):
-            return False
-        for ok, item in zip(self.oks, value):
-            if not ok(item):
-                return False
-        return True
-
-    def check(self, value: Any, op: str, path: str) -> None:
-        if type(value) not in (list, tuple) or len(value) != len(self.items):
-            raise BadField(f"{op}: field {path} must be {self.what}")
-        for i, ((_name, t), item) in enumerate(zip(self.items, value, strict=True)):
-            t.check(item, op, f"{path}[{i}]")
-
-
-_MISSING = object()
-
-
-class _Struct(_Type):
-    """A map with named fields (extra fields are ignored). ``optional`` fields may be absent
-    (a later addition to the version that older peers neither send nor read)."""
-
-    what = "map"
-
-    def __init__(self, optional: dict[str, _Type] | None = None, **fields: _Type) -> None:
-        self.fields = fields
-        self.optional = optional or {}
-        self._oks = tuple((name, t.ok) for name, t in fields.items())
-        self._opt_oks = tuple((name, t.ok) for name, t in self.optional.items())
-
-    def ok(self, value: Any) -> bool:
-        if type(value) is not dict:
-            return False
-        for name, ok in self._oks:
-            v = value.get(name, _MISSING)
-            if v is _MISSING or not ok(v):
-                return False
-        for name, ok in self._opt_oks:
-            if name in value and not ok(value[name]):
-                return False
-        return True
-
-    def check(self, value: Any, op: str, path: str) -> None:
-        if type(value) is not dict:
-            raise BadField(f"{op}: field {path} must be a map")
-        for name, t in self.fields.items():
-            sub = f"{path}.{name}" if path else name
-            if name not in value:
-                raise BadField(f"{op}: field {sub} must be {t.what} (missing)")
-            t.check(value[name], op, sub)
-        for name, t in self.optional.items():
-            if name in value:
-                t.check(value[name], op, f"{path}.{name}" if path else name)
-
-
-class _Fast(_Type):
-    """A type whose yes/no check is one hand-written function (for the items that come by the
-    thousand: reports and leases); errors are still named by the general type's walk."""
-
-    def __init__(self, general: _Type, ok: Any) -> None:
-        self.general = general
-        self.what = general.what
-        self.ok = ok  # type: ignore[method-assign]
-
-    def check(self, value: Any, op: str, path: str) -> None:
-        self.general.check(value, op, path)
-
-
-MAP = _Map()
 #: ``input``: with kind "input-missing", the key of the input whose result was not in the store
-TASK_ERROR = _Struct(type=STR, msg=STR, tb=STR, kind=STR, optional={"input": KEY})
-_KEY_MATCH = _KEY.fullmatch
-_KEYS = _List(KEY)
+TASK_ERROR = Struct(type=STR, msg=STR, tb=STR, kind=STR, optional={"input": KEY})
+_KEYS = List(KEY)
 
 
 def _done_item_ok(v: Any) -> bool:
     if type(v) is not list or len(v) != 3:
         return False
     k, tok, meta = v
-    return (type(k) is str and _KEY_MATCH(k) is not None and type(tok) is int
+    return (type(k) is str and KEY_MATCH(k) is not None and type(tok) is int
             and 0 <= tok <= UINT64_MAX and MAP.ok(meta))
 
 
@@ -256,69 +100,69 @@ def _lease_item_ok(v: Any) -> bool:
     if type(v) is not dict:
         return False
     k, tok, fn = v.get("key"), v.get("tok"), v.get("fn")
-    if not (type(k) is str and _KEY_MATCH(k) is not None and type(tok) is int
+    if not (type(k) is str and KEY_MATCH(k) is not None and type(tok) is int
             and 0 <= tok <= UINT64_MAX and type(fn) is int and 0 <= fn <= UINT64_MAX
             and type(v.get("args")) is bytes):
         return False
     return "after" not in v or _KEYS.ok(v["after"])
 
 
-DONE_ITEM = _Fast(_Tuple(("key", KEY), ("tok", UINT), ("meta", MAP)), _done_item_ok)
-LEASE_ITEM = _Fast(
-    _Struct(key=KEY, tok=UINT, fn=UINT, args=BIN, optional={"after": _KEYS}), _lease_item_ok
+DONE_ITEM = Fast(Tuple(("key", KEY), ("tok", UINT), ("meta", MAP)), _done_item_ok)
+LEASE_ITEM = Fast(
+    Struct(key=KEY, tok=UINT, fn=UINT, args=BIN, optional={"after": _KEYS}), _lease_item_ok
 )
-FUNC_ITEM = _Struct(fn=UINT, name=STR, src=STR, code=BIN)
-MODULE_ITEM = _Struct(name=STR, path=STR, pkg=BOOL, src=BIN)
-KEY_TOK = _Tuple(("key", KEY), ("tok", UINT))
+FUNC_ITEM = Struct(fn=UINT, name=STR, src=STR, code=BIN)
+MODULE_ITEM = Struct(name=STR, path=STR, pkg=BOOL, src=BIN)
+KEY_TOK = Tuple(("key", KEY), ("tok", UINT))
 
 #: The schema of every message, by the side that sends it. "status" is both a request (client)
 #: and a reply (server); "error" may be sent by either side.
-SCHEMAS: dict[Sender, dict[str, _Struct]] = {
+SCHEMAS: dict[Sender, dict[str, Struct]] = {
     "client": {
-        "hello": _Struct(
-            versions=_List(UINT),
-            role=_enum(*ROLES),
-            access=_enum(*ACCESS),
-            nonce=_bin(NONCE_BYTES),
+        "hello": Struct(
+            versions=List(UINT),
+            role=enum(*ROLES),
+            access=enum(*ACCESS),
+            nonce=bin_of(NONCE_BYTES),
             host=STR,
             pid=INT,
             name=STR,
         ),
-        "auth": _Struct(proof=_bin(PROOF_BYTES)),
-        "lease": _Struct(
+        "auth": Struct(proof=bin_of(PROOF_BYTES)),
+        "lease": Struct(
             id=UINT,
             want=UINT,
             wait_ms=UINT,
-            done=_List(DONE_ITEM),
-            failed=_List(_Tuple(("key", KEY), ("tok", UINT), ("err", TASK_ERROR))),
+            done=List(DONE_ITEM),
+            failed=List(Tuple(("key", KEY), ("tok", UINT), ("err", TASK_ERROR))),
             optional={"follow": BOOL},
         ),
-        "renew": _Struct(id=UINT, leases=_List(KEY_TOK)),
-        "resume": _Struct(id=UINT, running=_List(KEY)),
-        "code": _Struct(id=UINT, bundle=BOOL),
-        "bye": _Struct(),
-        "status": _Struct(id=UINT, detail=BOOL),
-        "shutdown": _Struct(id=UINT),
-        "invalidate": _Struct(id=UINT, keys=_List(KEY)),
-        "exited": _Struct(id=UINT, host=STR, pid=INT, status=INT,
-                          cause=_enum(*DEATH_CAUSES), detail=STR),
-        "error": _Struct(re=NIL_OR_UINT, code=STR, msg=STR),
+        "renew": Struct(id=UINT, leases=List(KEY_TOK)),
+        "resume": Struct(id=UINT, running=List(KEY)),
+        "code": Struct(id=UINT, bundle=BOOL),
+        "bye": Struct(),
+        "status": Struct(id=UINT, detail=BOOL),
+        "shutdown": Struct(id=UINT),
+        "invalidate": Struct(id=UINT, keys=List(KEY)),
+        "exited": Struct(id=UINT, host=STR, pid=INT, status=INT,
+                          cause=enum(*DEATH_CAUSES), detail=STR),
+        "error": Struct(re=NIL_OR_UINT, code=STR, msg=STR),
     },
     "server": {
-        "challenge": _Struct(version=UINT, nonce=_bin(NONCE_BYTES), proof=_bin(PROOF_BYTES)),
-        "welcome": _Struct(session=STR, access=_enum(*ACCESS), info=MAP),
-        "leases": _Struct(
+        "challenge": Struct(version=UINT, nonce=bin_of(NONCE_BYTES), proof=bin_of(PROOF_BYTES)),
+        "welcome": Struct(session=STR, access=enum(*ACCESS), info=MAP),
+        "leases": Struct(
             re=UINT,
-            state=_enum(*LEASE_STATES),
-            leases=_List(LEASE_ITEM),
-            funcs=_List(FUNC_ITEM),
+            state=enum(*LEASE_STATES),
+            leases=List(LEASE_ITEM),
+            funcs=List(FUNC_ITEM),
         ),
-        "renewed": _Struct(re=UINT, lost=_List(KEY)),
-        "resumed": _Struct(re=UINT, kept=_List(KEY_TOK), lost=_List(KEY)),
-        "code": _Struct(re=UINT, jugfile=STR, roots=_List(STR), modules=_List(MODULE_ITEM)),
-        "status": _Struct(re=UINT, status=MAP),
-        "ok": _Struct(re=UINT),
-        "error": _Struct(re=NIL_OR_UINT, code=STR, msg=STR),
+        "renewed": Struct(re=UINT, lost=List(KEY)),
+        "resumed": Struct(re=UINT, kept=List(KEY_TOK), lost=List(KEY)),
+        "code": Struct(re=UINT, jugfile=STR, roots=List(STR), modules=List(MODULE_ITEM)),
+        "status": Struct(re=UINT, status=MAP),
+        "ok": Struct(re=UINT),
+        "error": Struct(re=NIL_OR_UINT, code=STR, msg=STR),
     },
 }
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 import os
 import re
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,14 @@ FAILURE_FIELDS = ("func", "kind", "type", "msg", "tb", "worker", "ts", "attempts
 #: What a key may look like: jug's hex digests, and anything else that is safe as a file name
 #: and a redis key segment (no ``/``, ``:``, ``.`` or glob characters).
 KEY_RE = re.compile(r"[0-9A-Za-z_-]{3,200}")
+
+
+#: this machine's name, as writers and lock holders record it
+HOST = socket.gethostname()
+
+
+def is_key(key: str) -> bool:
+    return KEY_RE.fullmatch(key) is not None
 
 
 def check_key(key: str) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ResultDamaged, ResultMissing, StoreLocked
-from . import encoding
+from . import decoding, encoding
 from .base import LockInfo, OwnerLock, Store, check_key
 
 _NAMED: dict[str, MemoryStore] = {}
@@ -60,7 +60,7 @@ class MemoryStore(Store):
         if blob is None:
             raise ResultMissing(f"no result for {key} in {self.url}", key=key)
         try:
-            return encoding.decode(blob)
+            return decoding.decode(blob)
         except ResultDamaged as e:  # only if a test damaged it on purpose
             raise ResultMissing(f"result {key} in {self.url} is damaged ({e})", key=key) from e
 
@@ -74,7 +74,7 @@ class MemoryStore(Store):
         out: list[int | None] = []
         for blob in blobs:
             try:
-                ok = blob is not None and encoding.stated_length(
+                ok = blob is not None and decoding.stated_length(
                     lambda at, n, b=blob: b[at : at + n]) == len(blob)
             except ResultDamaged:
                 ok = False
@@ -88,7 +88,7 @@ class MemoryStore(Store):
                 blob = self._data.get(check_key(k))
             try:
                 if blob is not None:
-                    encoding.verify_from(encoding.ChunkReader.of([blob]), len(blob))
+                    decoding.verify_from(decoding.ChunkReader.of([blob]), len(blob))
                 out.append(None)
             except ResultDamaged as e:
                 out.append(str(e))

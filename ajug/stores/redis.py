@@ -25,14 +25,10 @@ with backoff for up to ``retry_s`` seconds (a redis restart is survived), then b
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 import logging
 import os
 import re
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -40,20 +36,27 @@ from typing import Any, TypeVar
 
 import msgpack
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..errors import (
     ResultDamaged,
     ResultMissing,
-    StoreError,
-    StoreFull,
-    StoreLocked,
     StoreUnreachable,
     UsageError,
 )
-from . import encoding
-from .base import LockInfo, OwnerLock, Store, check_key, pid_alive
+from . import decoding, encoding
+from .base import HOST, OwnerLock, Store, check_key
+from .redisconn import RedisBoundary
+from .redisfailures import RedisFailureRecords
+from .redislock import RedisOwnerLock
+from .redisscripts import (
+    EXISTS_BATCH_LUA,
+    INTACT_BATCH_LUA,
+    MANIFEST_MAGIC,
+    MANIFEST_PEEK_BYTES,
+    SAVE_BATCH_LUA,
+    manifest,
+)
+from .redisupkeep import RedisUpkeep
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,9 +93,6 @@ class Keys:
         return re.sub(r"([*?\[\]\\])", r"\\\1", self.ns) + kind + ":*"
 
 
-MANIFEST_MAGIC = b"AJCM"
-#: Bytes of ``{ns}r:{key}`` read to recognise and parse a manifest (they are ~50 bytes).
-MANIFEST_PEEK_BYTES = 256
 #: commands carrying more than this go through the zero-copy client
 BULK_BYTES = 1024 * 1024
 DEFAULT_CHUNK_BYTES = 64 << 20
@@ -105,111 +105,11 @@ CHUNK_TTL_MS = 24 * 3600 * 1000
 UPLOAD_MARK_TTL_MS = 120 * 1000
 #: exists/metadata/remove send this many keys per round trip.
 BATCH_KEYS = 1000
-BACKOFF_FIRST_S = 0.05
-BACKOFF_MAX_S = 2.0
-HOST = socket.gethostname()
-_RETRYABLE = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-)
-
-
-_REDIS_PY_OPTIONS = set(inspect.signature(redis.Redis.__init__).parameters) - {"self"}
-
-
-def _zero_copy_packer() -> Any:
-    """redis-py's pure-Python command packer, which sends a large argument (a chunk: a view of
-    the caller's array) as is; hiredis's packer copies every command into one new ``bytes``,
-    which makes saving big values about three times slower. Replies are still parsed by hiredis.
-    """
-    try:
-        from redis.connection import AbstractConnection, Encoder, PythonRespSerializer
-
-        if "command_packer" not in inspect.signature(AbstractConnection.__init__).parameters:
-            return None
-        return PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
-    except (ImportError, TypeError, ValueError):  # another redis-py: its default packer is fine
-        return None
-
-
-def _reason(e: BaseException) -> str:
-    """A connection error in a few words: "connection refused", "timed out"..."""
-    text = str(e)
-    low = text.lower()
-    for words in ("connection refused", "timed out", "name or service not known",
-                  "no route to host", "connection reset"):
-        if words in low:
-            return words
-    return text.rstrip(".") or type(e).__name__
-
-
 class _ChunksLost(Exception):
     """Chunks of an upload vanished before commit (redis restarted or evicted): upload again."""
 
 
-#: KEYS: result and metadata key of each result, in pairs; ARGV: value and metadata, in pairs.
-#: Returns, per result, the first bytes of the value it replaced (to find old chunks) or false.
-_SAVE_BATCH_LUA = """
-local out = {}
-for i = 1, #KEYS, 2 do
-  local old = redis.call('GETRANGE', KEYS[i], 0, PEEK_END)
-  redis.call('SET', KEYS[i], ARGV[i])
-  redis.call('SET', KEYS[i + 1], ARGV[i + 1])
-  if old == '' then out[#out + 1] = false else out[#out + 1] = old end
-end
-return out
-""".replace("PEEK_END", str(MANIFEST_PEEK_BYTES - 1))
-
-
-#: KEYS: result keys. Returns 1 or 0 per key.
-_EXISTS_BATCH_LUA = """
-local out = {}
-for i = 1, #KEYS do out[i] = redis.call('EXISTS', KEYS[i]) end
-return out
-"""
-
-
-#: KEYS: result and metadata key of each result, in pairs. Per result: its length if it is
-#: there, starts as a result or a manifest does, and its length (or its manifest's) is the size
-#: its metadata states; else -1 (missing, cut short or overwritten).
-_INTACT_BATCH_LUA = """
-local out = {}
-for i = 1, #KEYS, 2 do
-  local head = redis.call('GETRANGE', KEYS[i], 0, 3)
-  local ok = -1
-  if head == 'AJUG' or head == 'AJCM' then
-    local len
-    if head == 'AJCM' then
-      local g, man = pcall(cmsgpack.unpack, string.sub(redis.call('GET', KEYS[i]), 5))
-      len = (g and type(man) == 'table' and type(man['len']) == 'number' and man['len']) or -1
-    else
-      len = redis.call('STRLEN', KEYS[i])
-    end
-    ok = len
-    local m = redis.call('GET', KEYS[i + 1])
-    local good, meta = false, nil
-    if m then good, meta = pcall(cmsgpack.unpack, m) end
-    if good and type(meta) == 'table' and type(meta['size']) == 'number'
-        and len ~= meta['size'] then ok = -1 end
-  end
-  out[#out + 1] = ok
-end
-return out
-"""
-
-
-def _manifest(data: bytes | None) -> dict[str, Any] | None:
-    if not data or not data.startswith(MANIFEST_MAGIC):
-        return None
-    try:
-        m = msgpack.unpackb(data[len(MANIFEST_MAGIC) :], raw=False)
-        return {"u": str(m["u"]), "n": int(m["n"]), "len": int(m["len"])}
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException):
-        return None
-
-
-class RedisStore(Store):
+class RedisStore(RedisBoundary, RedisFailureRecords, RedisUpkeep, Store):
     """Results in redis under ``namespace``; values over ``chunk_bytes`` stored in chunks.
 
     ``retry_s`` bounds how long each operation keeps retrying an unreachable redis.
@@ -229,9 +129,6 @@ class RedisStore(Store):
             raise UsageError(
                 f"redis chunk size must be between 1 byte and {MAX_CHUNK_BYTES >> 20} MiB"
             )
-        unknown = set(redis_options) - _REDIS_PY_OPTIONS
-        if unknown:
-            raise UsageError(f"unknown redis store option(s): {', '.join(sorted(unknown))}")
         if namespace and not namespace.endswith(":"):
             namespace += ":"
         self.url = url
@@ -239,33 +136,11 @@ class RedisStore(Store):
         self.chunk_bytes = chunk_bytes
         self.retry_s = retry_s
         self.compress = compress
-        opts: dict[str, Any] = {
-            "retry": Retry(NoBackoff(), 0),  # retries are ours: bounded by retry_s
-            "socket_connect_timeout": min(5.0, socket_timeout_s),
-            "socket_timeout": socket_timeout_s,
-        }
-        opts.update(redis_options)
-        packer = _zero_copy_packer()
-        try:
-            # two clients: hiredis's fast packer for the many small commands, and the
-            # zero-copy packer for commands that carry big values (chunks, large results)
-            self.r = redis.Redis.from_url(url, **opts)
-            self.r_bulk = (
-                redis.Redis.from_url(url, **{**opts, "command_packer": packer})
-                if packer is not None and "command_packer" not in redis_options
-                else self.r
-            )
-            self._save_batch = self.r.register_script(_SAVE_BATCH_LUA)
-            self._exists_batch = self.r.register_script(_EXISTS_BATCH_LUA)
-            self._intact_batch = self.r.register_script(_INTACT_BATCH_LUA)
-        except ValueError as e:
-            raise UsageError(f"bad redis address {url!r}: {e}") from e
-        kw = self.r.connection_pool.connection_kwargs
-        self.addr = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', 6379)}"
+        self._open_clients(url, socket_timeout_s, redis_options)
+        self._save_batch = self.r.register_script(SAVE_BATCH_LUA)
+        self._exists_batch = self.r.register_script(EXISTS_BATCH_LUA)
+        self._intact_batch = self.r.register_script(INTACT_BATCH_LUA)
         self._warned: set[str] = set()
-        self._reached = False  # answered once: later failures are an outage, not start-up
-        self._outage: float | None = None  # when the current outage began
-        self._outage_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RedisStore({self.addr!r}, namespace={self.keys.ns!r})"
@@ -274,59 +149,6 @@ class RedisStore(Store):
         for client in {id(self.r): self.r, id(self.r_bulk): self.r_bulk}.values():
             client.close()
             client.connection_pool.disconnect()
-
-    # -------------------------------------------------------------------------- the boundary
-
-    def _call(self, fn: Callable[[], T]) -> T:
-        """Run one redis exchange, retrying connection trouble with backoff up to ``retry_s``;
-        translate redis errors into ajug's."""
-        deadline = time.monotonic() + self.retry_s
-        delay = BACKOFF_FIRST_S
-        while True:
-            try:
-                out = fn()
-            except _RETRYABLE as e:
-                left = deadline - time.monotonic()
-                reason = _reason(e)
-                if left <= 0:
-                    raise StoreUnreachable(
-                        f"cannot reach redis at {self.addr} after {self.retry_s:g} s ({reason}): "
-                        "is redis-server running?"
-                    ) from e
-                self._outage_begins(reason)
-                log.debug("redis at %s: %s; retrying in %.2fs", self.addr, e, min(delay, left))
-                time.sleep(min(delay, left))
-                delay = min(delay * 2, BACKOFF_MAX_S)
-                continue
-            except redis.exceptions.ResponseError as e:
-                if isinstance(e, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(e):
-                    raise StoreFull(
-                        f"redis at {self.addr} is full (maxmemory): {e}; free memory or raise "
-                        "maxmemory and resume"
-                    ) from e
-                raise StoreError(f"redis at {self.addr}: {e}") from e
-            except redis.exceptions.RedisError as e:
-                raise StoreError(f"redis at {self.addr}: {e}") from e
-            if self._outage is not None or not self._reached:
-                self._outage_ends()
-            return out
-
-    def _outage_begins(self, reason: str) -> None:
-        """The first failure of an outage is said at once, in one line (not one per retry)."""
-        with self._outage_lock:
-            if self._outage is not None:
-                return
-            self._outage = time.monotonic()
-        what = "lost redis" if self._reached else "waiting for redis"
-        log.warning("%s at %s (%s); retrying for %g s", what, self.addr, reason, self.retry_s)
-
-    def _outage_ends(self) -> None:
-        with self._outage_lock:
-            began, self._outage = self._outage, None
-            self._reached = True
-        if began is not None:
-            log.warning("redis at %s answers again after %.1f s", self.addr,
-                        time.monotonic() - began)
 
     # --------------------------------------------------------------------------------- saves
 
@@ -395,7 +217,7 @@ class RedisStore(Store):
             return
 
         def txn(pipe: redis.client.Pipeline) -> None:
-            old = _manifest(pipe.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1))
+            old = manifest(pipe.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1))
             if chunks and pipe.exists(*chunks) != len(chunks):
                 raise _ChunksLost()
             pipe.multi()
@@ -439,7 +261,7 @@ class RedisStore(Store):
         client = self.r_bulk if total > BULK_BYTES else self.r
         olds = self._call(lambda: self._save_batch(keys=keys, args=argv, client=client))
         for j, (_, key, _, _) in enumerate(small):
-            old = _manifest(olds[j] if olds[j] else None)
+            old = manifest(olds[j] if olds[j] else None)
             if old and old["n"]:
                 self._discard(key, old["u"], old["n"])
         return sizes
@@ -457,7 +279,7 @@ class RedisStore(Store):
             pipe.set(self.keys.meta(key), meta_bytes)
             return pipe.execute()[0]
 
-        old = _manifest(self._call(txn))
+        old = manifest(self._call(txn))
         if old and old["n"]:
             self._discard(key, old["u"], old["n"])
 
@@ -472,7 +294,7 @@ class RedisStore(Store):
         pipe = self.r.pipeline(transaction=False)
         for key in batch:
             pipe.getrange(self.keys.result(key), 0, MANIFEST_PEEK_BYTES - 1)
-        manifests = [_manifest(v) for v in pipe.execute()]
+        manifests = [manifest(v) for v in pipe.execute()]
         pipe = self.r.pipeline(transaction=True)
         for key, m in zip(batch, manifests, strict=True):
             pipe.unlink(self.keys.result(key))
@@ -490,14 +312,14 @@ class RedisStore(Store):
     # --------------------------------------------------------------------------------- reads
 
     def load(self, key: str) -> Any:
-        return self._read(key, lambda src, total: encoding.decode_from(src, total)[0])
+        return self._read(key, lambda src, total: decoding.decode_from(src, total)[0])
 
     def verify(self, keys: Sequence[str], set_aside: bool = False) -> list[str | None]:
         """Every checksum of each result, read in bounded memory, nothing unpickled."""
         out: list[str | None] = []
         for key in keys:
             try:
-                self._read(key, encoding.verify_from)
+                self._read(key, decoding.verify_from)
                 out.append(None)
             except ResultMissing as e:
                 damaged = isinstance(e.__cause__, ResultDamaged)
@@ -515,9 +337,9 @@ class RedisStore(Store):
             if data is None:
                 raise ResultMissing(f"no result for {key} in redis at {self.addr}", key=key)
             try:
-                if encoding.is_ajug(data):
-                    return decode(encoding.ChunkReader.of([data]), len(data))
-                m = _manifest(data)
+                if decoding.is_ajug(data):
+                    return decode(decoding.ChunkReader.of([data]), len(data))
+                m = manifest(data)
                 if m is None:
                     raise ResultDamaged("neither a result nor a chunk manifest")
                 del data
@@ -543,7 +365,7 @@ class RedisStore(Store):
         n, total = m["n"], m["len"]
 
         def lost(i: int) -> Exception:
-            now = _manifest(self._call(lambda: self.r.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1)))
+            now = manifest(self._call(lambda: self.r.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1)))
             if now != m:
                 return _ChunksLost()
             return ResultDamaged(f"chunk {i} of {n} is missing or cut short")
@@ -567,7 +389,7 @@ class RedisStore(Store):
                 raise lost(i)
             return part
 
-        return decode(encoding.ChunkReader(count, fetch), total)
+        return decode(decoding.ChunkReader(count, fetch), total)
 
     def intact(self, keys: Sequence[str], sizes: Sequence[int] | None = None) -> list[bool]:
         """Present, with the length their metadata states (a script per thousand keys). Values
@@ -620,187 +442,5 @@ class RedisStore(Store):
         )
         return iter(sorted(set(found)))
 
-    # -------------------------------------------------------------------------------- upkeep
-
-    def cleanup(self, dry_run: bool = False) -> int:
-        """Delete chunks that no manifest references and whose upload is not alive (marker
-        gone, or its writer's pid dead on this host); return the bytes freed."""
-        prefix = len(self.keys.ns) + 2
-        pattern = self.keys.pattern("c")
-        names = self._call(
-            lambda: [k.decode() for k in self.r.scan_iter(match=pattern, count=1000)]
-        )
-        groups: dict[tuple[str, str], list[str]] = {}
-        for name in names:
-            parts = name[prefix:].rsplit(":", 2)
-            if len(parts) == 3:
-                groups.setdefault((parts[0], parts[1]), []).append(name)
-        freed = 0
-        for (key, upload), chunk_keys in groups.items():
-            current = _manifest(
-                self._call(
-                    lambda key=key: self.r.getrange(
-                        self.keys.result(key), 0, MANIFEST_PEEK_BYTES - 1
-                    )
-                )
-            )
-            if current and current["u"] == upload:
-                continue
-            if self._upload_alive(key, upload):
-                continue
-
-            def sizes(chunk_keys: list[str] = chunk_keys) -> list[int]:
-                pipe = self.r.pipeline(transaction=False)
-                for ck in chunk_keys:
-                    pipe.strlen(ck)
-                return pipe.execute()
-
-            freed += sum(self._call(sizes))
-            if not dry_run:
-                doomed = chunk_keys + [self.keys.upload(key, upload)]
-                self._call(lambda doomed=doomed: self.r.unlink(*doomed))
-        return freed
-
-    def _upload_alive(self, key: str, upload: str) -> bool:
-        raw = self._call(lambda: self.r.get(self.keys.upload(key, upload)))
-        if raw is None:
-            return False
-        try:
-            mark = json.loads(raw)
-            return mark["host"] != HOST or pid_alive(int(mark["pid"]))
-        except (ValueError, KeyError, TypeError):
-            return False
-
     def owner_lock(self, ttl_s: float = 30.0) -> OwnerLock:
         return RedisOwnerLock(self, ttl_s)
-
-    # ---------------------------------------------------------------------- failure records
-
-    def save_failure(self, key: str, record: dict[str, Any]) -> None:
-        data = json.dumps(record, sort_keys=True)
-        self._call(lambda: self.r.hset(self.keys.failures, check_key(key), data))
-
-    def failure_keys(self) -> list[str]:
-        return [k.decode() for k in self._call(lambda: self.r.hkeys(self.keys.failures))]
-
-    def failures(self, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-        if keys is None:
-            found = {k.decode(): v for k, v in self._call(
-                lambda: self.r.hgetall(self.keys.failures)).items()}
-        else:
-            found = {}
-            for i in range(0, len(keys), BATCH_KEYS):
-                batch = [check_key(k) for k in keys[i : i + BATCH_KEYS]]
-                got = self._call(lambda batch=batch: self.r.hmget(self.keys.failures, batch))
-                found.update((k, v) for k, v in zip(batch, got) if v is not None)
-        out: dict[str, dict[str, Any]] = {}
-        for k, v in found.items():
-            try:
-                record = json.loads(v)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                out[k] = record
-        return out
-
-    def clear_failures(self, keys: Sequence[str]) -> int:
-        n = 0
-        for i in range(0, len(keys), BATCH_KEYS):
-            batch = [check_key(k) for k in keys[i : i + BATCH_KEYS]]
-            if batch:
-                n += int(self._call(lambda batch=batch: self.r.hdel(self.keys.failures, *batch)))
-        return n
-
-
-#: Renew or release only if the lock still holds exactly our value.
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
-"""
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-class RedisOwnerLock(OwnerLock):
-    """``SET {ns}lock value NX PX ttl``; renewed and released by Lua scripts that check the
-    value is still ours. A holder on this host whose pid is dead is taken over at once."""
-
-    def __init__(self, store: RedisStore, ttl_s: float) -> None:
-        self.store = store
-        self.ttl_ms = max(1, int(ttl_s * 1000))
-        self.owner = uuid.uuid4().hex
-        self.key = store.keys.lock
-        self.value = ""
-        self._renew = store.r.register_script(_RENEW_LUA)
-        self._release = store.r.register_script(_RELEASE_LUA)
-
-    def _new_value(self) -> str:
-        info = LockInfo(self.owner, HOST, os.getpid(), time.time() + self.ttl_ms / 1000)
-        return json.dumps(dataclasses.asdict(info))
-
-    def _refuse(self, raw: bytes | None) -> StoreLocked:
-        try:
-            d = json.loads(raw or b"")
-            host, pid, when = (
-                d["host"],
-                d["pid"],
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["expires_at"])),
-            )
-        except (ValueError, KeyError, TypeError):
-            host, pid, when = "an unknown host", "?", "its expiry"
-        holder = f"another coordinator on {host} (pid {pid})"
-        return StoreLocked(
-            f"store redis {self.store.addr} namespace {self.store.keys.ns!r} is served by "
-            f"{holder}; stop it or wait until its lock expires at {when}", holder
-        )
-
-    def acquire(self) -> None:
-        call = self.store._call
-        value = self._new_value()
-        if call(lambda: self.store.r.set(self.key, value, nx=True, px=self.ttl_ms)):
-            self.value = value
-            return
-        raw = call(lambda: self.store.r.get(self.key))
-        try:
-            d = json.loads(raw or b"")
-            dead_here = (
-                d["host"] == HOST and not pid_alive(int(d["pid"])) and d["owner"] != self.owner
-            )
-        except (ValueError, KeyError, TypeError):
-            dead_here = False
-        if dead_here and raw is not None:
-            if call(lambda: self._renew(keys=[self.key], args=[raw, value, self.ttl_ms])):
-                log.warning("took over the owner lock of a dead coordinator (pid %s)", d["pid"])
-                self.value = value
-                self.took_over = True
-                return
-            raw = call(lambda: self.store.r.get(self.key))
-        if raw is None and call(lambda: self.store.r.set(self.key, value, nx=True, px=self.ttl_ms)):
-            self.value = value
-            return
-        raise self._refuse(raw)
-
-    def renew(self) -> None:
-        value = self._new_value()
-        if self.store._call(
-            lambda: self._renew(keys=[self.key], args=[self.value, value, self.ttl_ms])
-        ):
-            self.value = value
-            return
-        raw = self.store._call(lambda: self.store.r.get(self.key))
-        if raw is None and self.store._call(
-            lambda: self.store.r.set(self.key, value, nx=True, px=self.ttl_ms)
-        ):
-            self.value = value  # expired but nobody took it: ours again
-            return
-        raise self._refuse(raw)
-
-    def release(self) -> None:
-        if self.value:
-            self.store._call(lambda: self._release(keys=[self.key], args=[self.value]))
-            self.value = ""
