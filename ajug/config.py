@@ -56,10 +56,10 @@ class Key:
 
 def _load_toml(path: Path) -> dict[str, Any]:
     try:
-        import tomllib  # type: ignore[import-not-found]
+        import tomllib
     except ModuleNotFoundError:  # Python 3.10
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         except ModuleNotFoundError:
             raise UsageError(
                 f"{path} needs a TOML reader: use Python 3.11+ or `pip install tomli`"
@@ -168,11 +168,11 @@ def file_layer(cli: click.Group, path: Path, table: Mapping[str, Any]
                 _set(layer, k, value, where, path.parent)
     for cname, sub in specific:  # per-command tables win over top-level keys
         for name, value in sub.items():
-            k = keys[cname].get(_norm(name))
-            if k is None:
+            found = keys[cname].get(_norm(name))
+            if found is None:
                 raise UsageError(f"{path}: `ajug {cname}` has no setting {name!r}; it has: "
                                  f"{', '.join(sorted({x.name for x in keys[cname].values()}))}")
-            _set(layer, k, value, f"{where} [{cname}]", path.parent)
+            _set(layer, found, value, f"{where} [{cname}]", path.parent)
     return layer
 
 

@@ -59,7 +59,7 @@ def duration_histogram(coord: Any) -> tuple[tuple[float, ...], list[int], float]
         from . import coordinator as _c
 
         bounds = getattr(_c, "DURATION_BUCKETS_S", DEFAULT_DURATION_BUCKETS_S)
-    bounds = tuple(float(b) for b in bounds)
+    bounds = tuple(float(b) for b in bounds or ())
     counts = list(counts)
     if len(counts) == len(bounds):
         counts.append(0)

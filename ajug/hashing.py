@@ -207,10 +207,10 @@ class _JugTaskGenerator:
         self.state = state
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        return (copyreg.__newobj__, (_JugTaskGenerator,), self.state)
+        return (copyreg.__newobj__, (_JugTaskGenerator,), self.state)  # type: ignore[attr-defined]
 
 
-class _JugPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+class _JugPickler(pickle._Pickler):
     """The pure-Python pickler, writing ``_JugTaskGenerator`` as the global jug.task.TaskGenerator.
 
     The C pickler refuses to name a class after a module it cannot import (or whose attribute is
@@ -219,12 +219,13 @@ class _JugPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
 
     def save_global(self, obj: Any, name: Any = None) -> None:
         if obj is _JugTaskGenerator:
-            self.save("jug.task")
-            self.save("TaskGenerator")
-            self.write(pickle.STACK_GLOBAL)
-            self.memoize(obj)
+            me: Any = self  # the pure-Python pickler's own methods (untyped)
+            me.save("jug.task")
+            me.save("TaskGenerator")
+            me.write(pickle.STACK_GLOBAL)
+            me.memoize(obj)
             return
-        super().save_global(obj, name)
+        super().save_global(obj, name)  # type: ignore[misc]
 
 
 def jug_generator_pickle(f: Callable[..., Any]) -> bytes:

@@ -66,7 +66,7 @@ def _do_write_task_out(
         with open(metadata_fname, "w") as out:
             fmt = metadata_format.lower()
             if fmt == "yaml":
-                import yaml  # type: ignore[import-untyped]
+                import yaml
 
                 yaml.dump(description, out)
             elif fmt == "json":
@@ -77,6 +77,7 @@ def _do_write_task_out(
                 raise ValueError(f"unknown metadata format {metadata_format!r} (yaml or json)")
     if oname is None:
         return
+    np: Any
     try:
         import numpy as np
     except ImportError:  # pragma: no cover
@@ -91,7 +92,7 @@ def _do_write_task_out(
 
 
 # jug's name, so that the task's identity (and a jug project's stored result) is jug's
-_do_write_task_out.f.__jug_name__ = "jug.io._do_write_task_out"  # type: ignore[attr-defined]
+_do_write_task_out.f.__jug_name__ = "jug.io._do_write_task_out"
 
 
 def write_task_out(

@@ -173,7 +173,7 @@ class ForkedWorkers:
 
 
 def _child(r: int, close: list[int], command: Callable[[list[str], bytes], object],
-           token: bytes, mask: set[signal.Signals]) -> NoReturn:
+           token: bytes, mask: set[int | signal.Signals]) -> NoReturn:
     """A forked worker's whole life: wait for the arguments, run them, ``os._exit`` — never
     back into the parent's code (its click context, its ``finally`` blocks, its atexit)."""
     rc = 1

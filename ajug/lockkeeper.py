@@ -52,7 +52,7 @@ class LockKeeper:
         self.renewed_at = float("-inf")
         #: one line saying why the lock is lost, once it is
         self.lost: str | None = None
-        self._renewing: asyncio.Future[None] | None = None
+        self._renewing: asyncio.Future[bool] | None = None
 
     async def acquire(self) -> None:
         t0 = self.clock()
@@ -88,7 +88,7 @@ class LockKeeper:
         finally:
             if self._renewing is fut and fut.done():
                 self._renewing = None
-        return self.lost is None and fut.result()
+        return self.lost is None and bool(fut.result())
 
     async def _renew(self) -> bool:
         t0 = self.clock()

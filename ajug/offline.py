@@ -147,7 +147,7 @@ def _is_stale(meta: dict[str, Any] | None, src: str) -> bool:
 
     Results without one (written by jug) are not called stale: nothing says which code made them.
     """
-    return bool(meta) and bool(meta.get("src")) and meta["src"] != src  # type: ignore[union-attr]
+    return meta is not None and bool(meta.get("src")) and meta["src"] != src
 
 
 def stale_tasks(graph: Graph, store: Store, done: Sequence[bool]) -> list[int]:

@@ -99,8 +99,7 @@ def note_jugfile(jugfile: str, store_url: str) -> None:
     """Called by ajug as it loads a jugfile: what the jugfile reads back is where it runs."""
     _load_defaults(default_options)
     default_options.__dict__["_autoinit"] = None
-    default_options.jugfile = jugfile
-    default_options.jugdir = store_url
+    default_options.__dict__.update(jugfile=jugfile, jugdir=store_url)
 
 
 def set_jugdir(jugdir: Any) -> Any:

@@ -171,7 +171,7 @@ class RunProgress:
             bar = self._bars.get(name)
             if bar is None:
                 bar = self._bars[name] = self._progress.add_task(
-                    short.get(name, name), total=total_n, count="", rate="", extra="", times="")
+                    short.get(name) or name, total=total_n, count="", rate="", extra="", times="")
             self._progress.update(
                 bar, total=total_n, completed=f["done"], count=f"{f['done']:,}/{total_n:,} done",
                 rate=f"{rate:,.1f}/s" if 0 < rate < 10 else (f"{rate:,.0f}/s" if rate else ""),

@@ -167,7 +167,7 @@ async def end_of_run(coord: Any, ctx: RunContext, prog: Any, stop: dict[str, int
     sig = stop.get("signal")
     if st["state"] == "finished":  # stopped after the end (serve --stay): the run's own status
         sig = None
-    said = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}.get(sig, "") \
+    said = {int(signal.SIGINT): "interrupted", int(signal.SIGTERM): "terminated"}.get(sig, "") \
         if sig is not None else ""
 
     def echo(line: str) -> None:

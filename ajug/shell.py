@@ -69,7 +69,7 @@ class _Console(code.InteractiveConsole):
 def _ipython(ns: dict[str, Any]) -> bool:
     """IPython with ajug's errors as one line; False if it is not installed."""
     try:
-        from IPython.terminal.ipapp import TerminalIPythonApp  # type: ignore[import-not-found]
+        from IPython.terminal.ipapp import TerminalIPythonApp
     except ImportError:
         return False
     app = TerminalIPythonApp.instance(user_ns=ns)  # what IPython.start_ipython does

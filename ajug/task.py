@@ -346,7 +346,7 @@ class TaskGenerator:
         if _opts is None and (resources, timeout, retries, priority) != (None, None, None, None):
             _opts = make_options(resources, timeout, retries, priority)
         self._opts = _opts
-        self.f = f  # type: ignore[assignment]
+        self.f: Any = f  # None only while it waits for its function (@TaskGenerator(...))
         self.__name__ = getattr(f, "__name__", "task")
         self.__doc__ = getattr(f, "__doc__", None)
         self.__module__ = getattr(f, "__module__", None)  # type: ignore[assignment]

@@ -22,7 +22,7 @@ def tasks_in(roots: Iterable[Any], *, sets: bool = False, skip_noload: bool = Fa
     views, CustomHash); a Task is yielded, not entered. ``skip_noload``: not through a NoLoad,
     whose task the function loads itself if it wants (barriers need not wait for it).
     A Task reachable twice is yielded twice."""
-    stack: list[Iterable[Any]] = [roots]
+    stack: list[Any] = [roots]
     containers: tuple[type, ...] = (list, tuple, set, frozenset) if sets else (list, tuple)
     while stack:
         for e in stack.pop():

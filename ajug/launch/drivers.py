@@ -98,6 +98,15 @@ class BatchDriver:
         except LaunchParseError as e:
             raise LaunchError(str(e)) from None
 
+    async def cancel(self, ids: list[str]) -> None:
+        argv = self.system.cancel_argv(ids)
+        rc, _out, err = await run_command(argv)
+        if rc != 0:  # a job that ended meanwhile is no error worth more than a line
+            log.info("%s: %s", " ".join(argv[:3]), error_line(argv[0], rc, err))
+
+    def log_hint(self) -> str:
+        return str(self.job_dir)
+
     async def list(self) -> list[Listed]:
         argv = self.system.list_argv(self.spec.name, self.user)
         rc, out, err = await run_command(argv)
@@ -107,15 +116,6 @@ class BatchDriver:
             return self.system.parse_list(out, self.spec.name)
         except LaunchParseError as e:
             raise LaunchError(str(e)) from None
-
-    async def cancel(self, ids: list[str]) -> None:
-        argv = self.system.cancel_argv(ids)
-        rc, _out, err = await run_command(argv)
-        if rc != 0:  # a job that ended meanwhile is no error worth more than a line
-            log.info("%s: %s", " ".join(argv[:3]), error_line(argv[0], rc, err))
-
-    def log_hint(self) -> str:
-        return str(self.job_dir)
 
 
 class ExecDriver:
@@ -185,18 +185,6 @@ class ExecDriver:
         reaper.add_done_callback(self._reapers.discard)
         return job_id
 
-    async def list(self) -> list[Listed]:
-        out = []
-        for jid, p in list(self.procs.items()):
-            if p.returncode is None:
-                out.append(Listed(jid, RUNNING, "RUNNING", self.host_of.get(jid, "")))
-            else:
-                rc = p.returncode
-                raw = f"SIGNAL {-rc}" if rc < 0 else f"EXIT {rc}"
-                out.append(Listed(jid, ENDED, raw, self.host_of.pop(jid, "")))
-                del self.procs[jid]
-        return out
-
     async def cancel(self, ids: list[str]) -> None:
         for jid in ids:
             p = self.procs.get(jid)
@@ -208,3 +196,15 @@ class ExecDriver:
 
     def log_hint(self) -> str:
         return str(self.job_dir)
+
+    async def list(self) -> list[Listed]:
+        out = []
+        for jid, p in list(self.procs.items()):
+            if p.returncode is None:
+                out.append(Listed(jid, RUNNING, "RUNNING", self.host_of.get(jid, "")))
+            else:
+                rc = p.returncode
+                raw = f"SIGNAL {-rc}" if rc < 0 else f"EXIT {rc}"
+                out.append(Listed(jid, ENDED, raw, self.host_of.pop(jid, "")))
+                del self.procs[jid]
+        return out

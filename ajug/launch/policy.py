@@ -234,11 +234,11 @@ class JobPolicy:
             j.workers = 0
         free = 0
         for w in workers:
-            j = self.jobs.get(w.job) if w.job is not None else None
-            if j is not None:
-                j.workers += 1
-                if not j.had_worker:
-                    j.had_worker = True
+            job = self.jobs.get(w.job) if w.job is not None else None
+            if job is not None:
+                job.workers += 1
+                if not job.had_worker:
+                    job.had_worker = True
                     self.early_ends = 0
             if not w.busy:
                 free += 1

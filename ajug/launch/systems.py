@@ -25,8 +25,8 @@ class LaunchParseError(ValueError):
     """A command's answer in a form we do not know."""
 
 
-def _unreadable(out: str, what: str) -> None:
-    raise LaunchParseError(f"cannot read the job id from {what}'s output: {out.strip()[:200]!r}")
+def _unreadable(out: str, what: str) -> LaunchParseError:
+    return LaunchParseError(f"cannot read the job id from {what}'s output: {out.strip()[:200]!r}")
 
 
 @dataclass
@@ -189,8 +189,8 @@ class Slurm(BatchSystem):
     def parse_submit(self, out: str) -> str:
         # "123" or "123;cluster"
         m = re.search(r"^(\d+)(?:;\S*)?\s*$", out.strip(), re.M)
-        if not m:
-            _unreadable(out, "sbatch")
+        if m is None:
+            raise _unreadable(out, "sbatch")
         return m.group(1)
 
     def list_argv(self, name: str, user: str) -> list[str]:
@@ -248,8 +248,8 @@ class Pbs(BatchSystem):
 
     def parse_submit(self, out: str) -> str:
         m = re.search(r"^(\d+(?:\[\])?(?:\.\S+)?)\s*$", out.strip(), re.M)
-        if not m:
-            _unreadable(out, "qsub")
+        if m is None:
+            raise _unreadable(out, "qsub")
         return m.group(1)
 
     def list_argv(self, name: str, user: str) -> list[str]:
@@ -307,8 +307,8 @@ class Sge(BatchSystem):
 
     def parse_submit(self, out: str) -> str:
         m = re.search(r"^(\d+)", out.strip(), re.M)
-        if not m:
-            _unreadable(out, "qsub")
+        if m is None:
+            raise _unreadable(out, "qsub")
         return m.group(1)
 
     def list_argv(self, name: str, user: str) -> list[str]:
@@ -377,8 +377,8 @@ class Lsf(BatchSystem):
 
     def parse_submit(self, out: str) -> str:
         m = re.search(r"Job <(\d+)> is submitted", out)
-        if not m:
-            _unreadable(out, "bsub")
+        if m is None:
+            raise _unreadable(out, "bsub")
         return m.group(1)
 
     def list_argv(self, name: str, user: str) -> list[str]:

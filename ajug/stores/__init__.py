@@ -43,7 +43,8 @@ def open_store(url: str | os.PathLike[str], **options: Any) -> Store:
 
         parts = urlsplit(text)
         _check_redis_url(text, scheme, parts)
-        kept, ours = [], {}
+        kept: list[tuple[str, str]] = []
+        ours: dict[str, Any] = {}
         for k, v in parse_qsl(parts.query, keep_blank_values=True):
             if k in _REDIS_OPTIONS:
                 ours[k] = _flag(v) if _REDIS_OPTIONS[k] is bool else _REDIS_OPTIONS[k](v)

@@ -165,10 +165,6 @@ class Store(abc.ABC):
         """Remove results (and their metadata); return how many existed."""
 
     @abc.abstractmethod
-    def list(self) -> Iterator[str]:
-        """Every key that holds a result (order unspecified)."""
-
-    @abc.abstractmethod
     def metadata(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
         """Metadata per key without loading results; ``None`` where there is no result."""
 
@@ -210,3 +206,7 @@ class Store(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @abc.abstractmethod
+    def list(self) -> Iterator[str]:
+        """Every key that holds a result (order unspecified)."""

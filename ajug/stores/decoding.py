@@ -344,5 +344,5 @@ def decode_jug(stream: BinaryIO, size: int) -> Any:
         except (pickle.UnpicklingError, EOFError) as e:
             raise ResultDamaged(f"jug result unpickling failed: {e}") from e
     if kind == b"N":
-        return _np_read(io.BytesIO(body))  # type: ignore[arg-type]
+        return _np_read(io.BytesIO(body))
     raise ResultDamaged(f"jug result has an unknown prefix {bytes(kind)!r}")

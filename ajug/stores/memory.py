@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any
 
 from ..errors import ResultDamaged, ResultMissing, StoreLocked
@@ -74,8 +75,7 @@ class MemoryStore(Store):
         out: list[int | None] = []
         for blob in blobs:
             try:
-                ok = blob is not None and decoding.stated_length(
-                    lambda at, n, b=blob: b[at : at + n]) == len(blob)
+                ok = blob is not None and decoding.stated_length(partial(_slice, blob)) == len(blob)
             except ResultDamaged:
                 ok = False
             out.append(len(blob) if ok and blob is not None else None)
@@ -109,10 +109,6 @@ class MemoryStore(Store):
                 self._meta.pop(k, None)
         return n
 
-    def list(self) -> Iterator[str]:
-        with self._mutex:
-            return iter(list(self._data))
-
     def metadata(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
         with self._mutex:
             return [
@@ -140,6 +136,10 @@ class MemoryStore(Store):
     def clear_failures(self, keys: Sequence[str]) -> int:
         with self._mutex:
             return sum(self._failures.pop(check_key(k), None) is not None for k in keys)
+
+    def list(self) -> Iterator[str]:
+        with self._mutex:
+            return iter(list(self._data))
 
 
 class _MemoryLock(OwnerLock):
@@ -178,3 +178,7 @@ class _MemoryLock(OwnerLock):
 
 
 __all__ = ["MemoryStore"]
+
+
+def _slice(blob: bytes, at: int, n: int) -> bytes:
+    return blob[at : at + n]

@@ -32,6 +32,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import msgpack
@@ -216,7 +217,7 @@ class RedisStore(RedisBoundary, RedisFailureRecords, RedisUpkeep, Store):
             self._commit_small(key, rkey, value, meta_bytes)
             return
 
-        def txn(pipe: redis.client.Pipeline) -> None:
+        def txn(pipe: Any) -> None:
             old = manifest(pipe.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1))
             if chunks and pipe.exists(*chunks) != len(chunks):
                 raise _ChunksLost()
@@ -287,7 +288,7 @@ class RedisStore(RedisBoundary, RedisFailureRecords, RedisUpkeep, Store):
         removed = 0
         for i in range(0, len(keys), BATCH_KEYS):
             batch = [check_key(k) for k in keys[i : i + BATCH_KEYS]]
-            removed += self._call(lambda batch=batch: self._remove_batch(batch))
+            removed += self._call(partial(self._remove_batch, batch))
         return removed
 
     def _remove_batch(self, batch: list[str]) -> int:
@@ -403,7 +404,7 @@ class RedisStore(RedisBoundary, RedisFailureRecords, RedisUpkeep, Store):
             batch: list[str] = []
             for k in keys[i : i + BATCH_KEYS]:
                 batch += [self.keys.result(check_key(k)), self.keys.meta(k)]
-            got = self._call(lambda batch=batch: self._intact_batch(keys=batch))
+            got = self._call(partial(self._intact_batch, keys=batch))
             out.extend(int(x) if x >= 0 else None for x in got)
         return out
 
@@ -414,7 +415,7 @@ class RedisStore(RedisBoundary, RedisFailureRecords, RedisUpkeep, Store):
 
             # one script call per batch: packing a thousand EXISTS commands in Python cost more
             # than asking redis
-            got = self._call(lambda batch=batch: self._exists_batch(keys=batch))
+            got = self._call(partial(self._exists_batch, keys=batch))
             out.extend(bool(x) for x in got)
         return out
 
@@ -422,7 +423,7 @@ class RedisStore(RedisBoundary, RedisFailureRecords, RedisUpkeep, Store):
         out: list[dict[str, Any] | None] = []
         for i in range(0, len(keys), BATCH_KEYS):
             batch = [self.keys.meta(check_key(k)) for k in keys[i : i + BATCH_KEYS]]
-            for raw in self._call(lambda batch=batch: self.r.mget(batch)):
+            for raw in self._call(partial(self.r.mget, batch)):
                 try:
                     meta = (
                         None

@@ -82,6 +82,9 @@ class RedisBoundary:
         }
         opts.update(redis_options)
         packer = _zero_copy_packer()
+        # typed Any: redis-py's replies are bytes or str by a constructor flag mypy cannot see
+        self.r: Any
+        self.r_bulk: Any
         try:
             self.r = redis.Redis.from_url(url, **opts)
             self.r_bulk = (

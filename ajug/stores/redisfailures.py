@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 from .base import check_key
@@ -39,7 +40,7 @@ class RedisFailureRecords:
             found = {}
             for i in range(0, len(keys), BATCH_KEYS):
                 batch = [check_key(k) for k in keys[i : i + BATCH_KEYS]]
-                got = self._call(lambda batch=batch: self.r.hmget(self.keys.failures, batch))
+                got = self._call(partial(self.r.hmget, self.keys.failures, batch))
                 found.update((k, v) for k, v in zip(batch, got) if v is not None)
         out: dict[str, dict[str, Any]] = {}
         for k, v in found.items():
@@ -56,5 +57,5 @@ class RedisFailureRecords:
         for i in range(0, len(keys), BATCH_KEYS):
             batch = [check_key(k) for k in keys[i : i + BATCH_KEYS]]
             if batch:
-                n += int(self._call(lambda batch=batch: self.r.hdel(self.keys.failures, *batch)))
+                n += int(self._call(partial(self.r.hdel, self.keys.failures, *batch)))
         return n

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from .base import HOST, pid_alive
@@ -37,11 +38,8 @@ class RedisUpkeep:
         freed = 0
         for (key, upload), chunk_keys in groups.items():
             current = manifest(
-                self._call(
-                    lambda key=key: self.r.getrange(
-                        self.keys.result(key), 0, MANIFEST_PEEK_BYTES - 1
-                    )
-                )
+                self._call(partial(self.r.getrange, self.keys.result(key), 0,
+                                   MANIFEST_PEEK_BYTES - 1))
             )
             if current and current["u"] == upload:
                 continue
@@ -57,7 +55,7 @@ class RedisUpkeep:
             freed += sum(self._call(sizes))
             if not dry_run:
                 doomed = chunk_keys + [self.keys.upload(key, upload)]
-                self._call(lambda doomed=doomed: self.r.unlink(*doomed))
+                self._call(partial(self.r.unlink, *doomed))
         return freed
 
     def _upload_alive(self, key: str, upload: str) -> bool:
