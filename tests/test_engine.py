@@ -173,8 +173,10 @@ def test_barrier_example_with_jugfile_functions_as_arguments(tmp_path: Path) -> 
                          capture_output=True, text=True, timeout=90, cwd=elsewhere)
     assert out.returncode == 0, out.stderr
     best = values(ex, ["best"])["best"]
-    assert [list(x) for x in best[:3]] == [["the", 1200], ["fox", 600], ["dog", 600]] or [
-        w for w, _ in best[:3]] == ["the", "dog", "fox"]
+    # "fox" and "dog" tie (600 each): their order is the merge tree's, not asserted
+    assert list(best[0]) == ["the", 1200]
+    assert sorted(tuple(x) for x in best[1:3]) == [("dog", 600), ("fox", 600)]
+    assert all(n <= 400 for _, n in best[3:])
     st = offline_status(ex)
     assert st["barrier"] is False and st["totals"]["done"] == st["tasks"]
 

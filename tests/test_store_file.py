@@ -328,4 +328,9 @@ def test_unreadable_old_lock_is_taken_over(tmp_path: Path) -> None:
     path.write_text("")
     past = time.time() - 60
     os.utime(path, (past, past))
-    store.owner_lock().acquire()
+    mine = store.owner_lock()
+    mine.acquire()
+    assert mine.took_over
+    assert json.loads(path.read_text())["owner"] == mine.owner  # the lock file is ours now
+    mine.release()
+    assert not path.exists()

@@ -200,7 +200,8 @@ def test_unreachable_has_a_clear_message(free_tcp_port: int) -> None:
 
 
 def test_survives_a_redis_restart(
-    make_store: Callable[..., Any], restart_redis: Callable[..., None]
+    make_store: Callable[..., Any], restart_redis: Callable[..., None],
+    redis_process: RedisServer, caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = make_store("redis", retry_s=20, chunk_bytes=MiB)
     store.save(hexkey(1), 1)
@@ -209,15 +210,18 @@ def test_survives_a_redis_restart(
     store.save(hexkey(1), 2)
     assert store.load(hexkey(1)) == 2
 
-    # Down for a while in the middle of a run: the operation waits and succeeds.
-    thread = threading.Thread(target=restart_redis, kwargs={"down_s": 1.0})
+    # Down for a while in the middle of a run: the operation waits and succeeds. redis is
+    # stopped before the save starts, so the save must go through the retries
+    redis_process.stop()
+    thread = threading.Thread(target=lambda: (time.sleep(1.0), redis_process.start()))
     thread.start()
-    time.sleep(0.2)
     try:
-        store.save(hexkey(2), np.arange(300_000))
+        with caplog.at_level("WARNING", logger="ajug.stores.redis"):
+            store.save(hexkey(2), np.arange(300_000))
     finally:
         thread.join(timeout=30)
     assert np.array_equal(store.load(hexkey(2)), np.arange(300_000))
+    assert "lost redis" in caplog.text and "answers again" in caplog.text
 
 
 def test_restart_with_persistence_keeps_results(

@@ -6,11 +6,16 @@ import time
 from ajug import TaskGenerator
 
 SECONDS = float(os.environ.get("AJUG_TEST_SLOW_S", "4"))
+#: a file each execution appends "x pid" to, when set (tests count executions)
+RAN = os.environ.get("AJUG_TEST_RAN", "")
 
 
 @TaskGenerator
 def slow_square(x, seconds):
     time.sleep(seconds)
+    if RAN:
+        with open(RAN, "a") as f:
+            f.write(f"{x} {os.getpid()}\n")
     return x * x
 
 
