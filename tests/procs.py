@@ -10,6 +10,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -229,3 +230,109 @@ def overlapping(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[s
         for i, a in enumerate(rs):
             out.extend((a, b) for b in rs[i + 1 :] if b["start"] < a["end"])
     return out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stamps(store_url: str) -> dict[str, float]:
+    """key -> time written, for every result in the store (read in a fresh interpreter): a
+    second run that computed nothing leaves them all unchanged."""
+    code = (
+        "import json\nfrom ajug.stores import open_store\n"
+        f"s = open_store({store_url!r})\nkeys = sorted(s.list())\n"
+        "print(json.dumps(dict(zip(keys, [m['ts'] for m in s.metadata(keys)]))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(),
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+# -- TLS certificates (the openssl command) ------------------------------------------------------
+def _openssl(*args: str, cwd: Path) -> None:
+    out = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def _ca(d: Path, name: str) -> None:
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=ajug test {name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=d,
+    )
+
+
+def _leaf(d: Path, name: str, ca: str, usage: str, san: str) -> None:
+    _openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN=ajug test {name}",
+        cwd=d,
+    )
+    (d / f"{name}.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        f"extendedKeyUsage={usage}\nsubjectAltName={san}\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        cwd=d,
+    )
+
+
+def make_certs(d: Path) -> dict[str, str]:
+    """A CA, a server certificate (127.0.0.1, localhost) and a client one signed by it, and an
+    unrelated CA: ``{"ca_pem": path, "server_key": path, ...}``."""
+    _ca(d, "ca")
+    _ca(d, "other-ca")
+    _leaf(d, "server", "ca", "serverAuth", "IP:127.0.0.1,DNS:localhost")
+    _leaf(d, "client", "ca", "clientAuth", "DNS:ajug-worker")
+    return {f"{n.replace('-', '_')}_{k}": str(d / f"{n}.{k}")
+            for n in ("ca", "other-ca", "server", "client") for k in ("pem", "key")}

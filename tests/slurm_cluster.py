@@ -34,9 +34,9 @@ STOP_TIMEOUT_S = 10.0
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from procs import free_port  # tests/ is on sys.path: under pytest, and run as a script
+
+    return free_port()
 
 
 def missing_binaries(accounting: bool = True) -> list[str]:

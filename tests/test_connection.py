@@ -9,14 +9,13 @@ import shutil
 import socket
 import ssl
 import struct
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import msgpack
 import pytest
+from procs import free_port, make_certs
 
 from ajug.errors import AuthError, ConnectError, FrameTooLarge, ProtocolError
 from ajug.protocol import messages as m
@@ -110,12 +109,6 @@ async def close_raw(writer: asyncio.StreamWriter) -> None:
         await w(writer.wait_closed())
     except OSError:
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_handshake_end_to_end(make_server: Any) -> None:
@@ -357,46 +350,20 @@ async def test_server_that_never_answers(make_server: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    """(server certificate, its key, the CA that signed it)."""
+    if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=20,
-    )
-    return cert, key
+    c = make_certs(tmp_path_factory.mktemp("tls"))
+    return c["server_pem"], c["server_key"], c["ca_pem"]
 
 
-async def test_tls(make_server: Any, tls_files: tuple[Path, Path]) -> None:
-    cert, key = tls_files
+async def test_tls(make_server: Any, tls_files: tuple[str, str, str]) -> None:
+    cert, key, ca = tls_files
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
     srv = await make_server(ssl_ctx=server_ctx)
-    client_ctx = ssl.create_default_context(cafile=str(cert))
+    client_ctx = ssl.create_default_context(cafile=ca)
     conn = await w(open_connection(srv.host, srv.port, token=TOKEN, role="worker", ssl=client_ctx))
     async with conn:
         conn.send(m.status(1))

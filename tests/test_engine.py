@@ -19,6 +19,7 @@ from procs import (
     env,
     offline_status,
     read_log,
+    stamps,
     status,
     values,
     wait_for,
@@ -30,20 +31,9 @@ EXPECTED_TOTAL = sum(x * x for x in range(60))
 
 def result_stamps(jugfile: Path, store: str | None) -> dict[str, float]:
     """Each stored result's write time, to prove a second run computed nothing."""
-    code = (
-        "import json, ajug\n"
-        "from ajug.stores import open_store\n"
-        "from ajug.jugfile import default_store_url\n"
-        f"s = open_store({store!r} or default_store_url({str(jugfile)!r}))\n"
-        "keys = sorted(s.list())\n"
-        "print(json.dumps(dict(zip(keys, [m['ts'] for m in s.metadata(keys)]))))\n"
-    )
-    out = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env(), timeout=60)
-    assert out.returncode == 0, out.stderr
-    import json
+    from ajug.jugfile import default_store_url
 
-    return json.loads(out.stdout)
+    return stamps(store or default_store_url(jugfile))
 
 
 @pytest.mark.timeout(120)

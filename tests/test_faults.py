@@ -3,11 +3,9 @@ and nothing that reached the store is computed again. Real processes throughout.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,25 +20,13 @@ from procs import (
     overlapping,
     read_log,
     run_records,
+    stamps,
     status,
     values,
     wait_for,
 )
 
 HERE = Path(__file__).parent
-
-
-def stamps(store_url: str) -> dict[str, float]:
-    """key -> time written, for every result in the store (read in a fresh interpreter)."""
-    code = (
-        "import json\nfrom ajug.stores import open_store\n"
-        f"s = open_store({store_url!r})\nkeys = sorted(s.list())\n"
-        "print(json.dumps(dict(zip(keys, [m['ts'] for m in s.metadata(keys)]))))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(),
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 @pytest.mark.timeout(120)

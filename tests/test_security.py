@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from procs import Procs, ajug_cmd, children, env, read_log, values, wait_for
+from procs import Procs, ajug_cmd, children, env, make_certs, read_log, values, wait_for
 
 from ajug.errors import AuthError, ProtocolError
 from ajug.protocol import messages as m
@@ -309,96 +309,12 @@ def test_token_is_never_in_process_list_or_logs(procs: Procs, tmp_path: Path) ->
 # --- TLS -------------------------------------------------------------------------------------
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    out = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-
-
-def _ca(d: Path, name: str) -> None:
-    _openssl(
-        "req",
-        "-x509",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.pem",
-        "-days",
-        "2",
-        "-subj",
-        f"/CN=ajug test {name}",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=d,
-    )
-
-
-def _leaf(d: Path, name: str, ca: str, usage: str, san: str) -> None:
-    _openssl(
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        "-subj",
-        f"/CN=ajug test {name}",
-        cwd=d,
-    )
-    (d / f"{name}.ext").write_text(
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-        f"extendedKeyUsage={usage}\nsubjectAltName={san}\n"
-        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        f"{ca}.pem",
-        "-CAkey",
-        f"{ca}.key",
-        "-CAcreateserial",
-        "-out",
-        f"{name}.pem",
-        "-days",
-        "2",
-        "-extfile",
-        f"{name}.ext",
-        cwd=d,
-    )
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """A CA, a server and a client certificate signed by it, and an unrelated CA."""
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make test certificates")
-    d = tmp_path_factory.mktemp("certs")
-    _ca(d, "ca")
-    _ca(d, "other-ca")
-    _leaf(d, "server", "ca", "serverAuth", "IP:127.0.0.1,DNS:localhost")
-    _leaf(d, "client", "ca", "clientAuth", "DNS:ajug-worker")
-    return SimpleNamespace(
-        **{
-            f"{n.replace('-', '_')}_{k}": str(d / f"{n}.{k}")
-            for n in ("ca", "other-ca", "server", "client")
-            for k in ("pem", "key")
-        }
-    )
+    return SimpleNamespace(**make_certs(tmp_path_factory.mktemp("certs")))
 
 
 def test_tls_run_to_completion(procs: Procs, tmp_path: Path, certs: SimpleNamespace) -> None:
