@@ -222,15 +222,16 @@ def write_to(encoded: Encoded, out: BinaryIO) -> int:
     return encoded.size
 
 
-def write_chunks(encoded: Encoded, chunk_bytes: int, emit: Callable[[Piece], Any]) -> None:
+def write_chunks(encoded: Encoded, chunk_bytes: int, emit: Callable[[Any], Any],
+                 parts: bool = False) -> None:
     """Re-cut the pieces into chunks of exactly ``chunk_bytes`` (the last may be shorter), each
-    handed to ``emit`` once whole (``streams.ChunkWriter``)."""
+    handed to ``emit`` once whole (``streams.ChunkWriter``; ``parts``: as a list of views)."""
     if chunk_bytes <= 0:
         raise UsageError("chunk size must be positive")
-    writer = streams.ChunkWriter(chunk_bytes, emit)
+    writer = streams.ChunkWriter(chunk_bytes, emit, parts)
     for piece in encoded.pieces:
         if isinstance(piece, streams.Spilled):
-            piece.write_into(writer.write)
+            piece.write_into(lambda b: writer.write(b, stable=False))
         else:
             writer.write(piece)
     writer.close()

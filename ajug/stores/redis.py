@@ -177,22 +177,26 @@ class RedisStore(RedisBoundary, RedisFailureRecords, RedisUpkeep, Store):
         mark = json.dumps({"host": HOST, "pid": os.getpid(), "started": time.time()})
         n = 0
 
-        def emit(chunk: encoding.Piece) -> None:
-            """Each chunk goes as soon as it is whole: one chunk in memory at a time."""
+        def emit(parts: list[memoryview]) -> None:
+            """Each chunk goes as soon as it is whole, as its parts (SET, then APPEND): the
+            result's own memory is sent, not a copy of it (a chunk that starts with the header
+            would otherwise copy the array behind it)."""
             nonlocal n
             ck = self.keys.chunk(key, upload, n)
 
-            def put() -> None:
+            def put() -> None:  # retried whole: SET starts the chunk over
                 pipe = self.r_bulk.pipeline(transaction=False)
                 pipe.set(marker, mark, px=UPLOAD_MARK_TTL_MS)
-                pipe.set(ck, chunk, px=CHUNK_TTL_MS)
+                pipe.set(ck, parts[0], px=CHUNK_TTL_MS)
+                for part in parts[1:]:
+                    pipe.append(ck, part)
                 pipe.execute()
 
             n += 1
             self._call(put)
 
         try:
-            encoding.write_chunks(enc, self.chunk_bytes, emit)
+            encoding.write_chunks(enc, self.chunk_bytes, emit, parts=True)
             manifest = MANIFEST_MAGIC + msgpack.packb({"u": upload, "n": n, "len": enc.size})
             self._commit(key, manifest, meta_bytes, upload, n)
         except BaseException:

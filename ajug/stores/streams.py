@@ -173,33 +173,42 @@ def pickle_bounded(value: Any) -> tuple[bytes | Spilled, list[pickle.PickleBuffe
 
 class ChunkWriter:
     """Cuts a stream of pieces into chunks of exactly ``chunk_bytes`` (the last may be shorter)
-    and hands each to ``emit`` as soon as it is whole. A chunk inside one large piece is a view
-    of it; only chunks that straddle pieces are copied, one at a time."""
+    and hands each to ``emit`` as soon as it is whole: as one view (``parts=False``; a chunk
+    that straddles pieces is joined, one at a time) or as the list of its parts (``parts=True``:
+    nothing copied, so a result's array is never copied whole to cross a chunk boundary).
 
-    def __init__(self, chunk_bytes: int, emit: Callable[[Any], Any]) -> None:
+    A piece written with ``stable=False`` (a slice of a stream being produced, reused once the
+    call returns) is copied as it comes."""
+
+    def __init__(self, chunk_bytes: int, emit: Callable[[Any], Any], parts: bool = False) -> None:
         self.chunk_bytes = chunk_bytes
         self.emit = emit
-        self._buf = bytearray()
+        self.parts = parts
+        self._parts: list[memoryview] = []
+        self._len = 0
 
-    def write(self, piece: Any) -> None:
+    def write(self, piece: Any, stable: bool = True) -> None:
         view = memoryview(piece).cast("B")
         size, pos = self.chunk_bytes, 0
         while pos < len(view):
-            if not self._buf and len(view) - pos >= size:
-                self.emit(view[pos : pos + size])
-                pos += size
-                continue
-            take = min(size - len(self._buf), len(view) - pos)
-            self._buf += view[pos : pos + take]
+            take = min(size - self._len, len(view) - pos)
+            part = view[pos : pos + take]
+            self._parts.append(part if stable else memoryview(bytes(part)))
+            self._len += take
             pos += take
-            if len(self._buf) == size:
-                chunk, self._buf = self._buf, bytearray()  # handed over, not copied
-                self.emit(memoryview(chunk))
+            if self._len == size:
+                self._emit()
+
+    def _emit(self) -> None:
+        parts, self._parts, self._len = self._parts, [], 0
+        if self.parts:
+            self.emit(parts)
+        else:
+            self.emit(parts[0] if len(parts) == 1 else memoryview(b"".join(parts)))
 
     def close(self) -> None:
-        if self._buf:
-            chunk, self._buf = self._buf, bytearray()
-            self.emit(memoryview(chunk))
+        if self._parts:
+            self._emit()
 
 
 # ----------------------------------------------------------------------------------- reading
