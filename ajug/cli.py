@@ -229,7 +229,7 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
         await _start_dashboard(coord, dashboard, dashboard_host)
         every = "" if settings.host else f"every interface ({', '.join(bound_addresses(coord.sockets))}), "
         print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host or '*'}:{coord.port} "
-              f"({every}store {coord.store.url})", flush=True)
+              f"({every}store {coord.store.url if coord.store else settings.store_url})", flush=True)
         stop = install_stop(coord)
         launcher = await _start_launcher(coord, lo)
         from .progress import RunProgress

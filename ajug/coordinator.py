@@ -389,7 +389,8 @@ class Coordinator:
         if getattr(self, "_load_error", None):
             return 1
         t = self.sched.totals()
-        return 0 if t[DONE] == len(self.sched.state) and not self.loaded.hit_barrier else 1
+        hit_barrier = self.loaded is not None and self.loaded.hit_barrier
+        return 0 if t[DONE] == len(self.sched.state) and not hit_barrier else 1
 
     def stop(self) -> None:
         self._stop.set()

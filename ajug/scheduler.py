@@ -133,6 +133,7 @@ class Scheduler(Recovery):
             counts[f][DONE] += c
         ds, di, rem = self.graph.dep_start, self.graph.dep_idx, self.remaining
         ready: list[int] = []
+        no_deps: Iterable[int]
         if done_idx:
             no_deps = (i for i in range(n) if not self._ndeps[i] and st[i] != DONE)
         else:

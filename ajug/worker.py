@@ -10,6 +10,7 @@ coordinator which tasks it is still running (``resume``) and keeps them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -527,7 +528,7 @@ class Worker:
             try:
                 import uvloop
 
-                runner = uvloop.run
+                runner: Callable[..., Any] = uvloop.run
             except ImportError:  # pragma: no cover - not on Windows
                 runner = asyncio.run
             runner(self._net_main())
@@ -802,16 +803,16 @@ class Worker:
                 if renew_fut is None and self.queued and (
                         self._renew_now or now - last_renew >= self.lease_ttl_s / 3):
                     held = [(k, lz.tok) for k, lz in list(self.queued.items())]
-                    renew_fut = request(lambda rid, held=held: m.renew(rid, held))
+                    renew_fut = request(functools.partial(m.renew, leases=held))
                     last_renew = renew_sent = now
                     self._renew_now = False
                 if renew_fut is not None and renew_fut.done():
                     lost = renew_fut.result()["lost"]
                     gone = set(lost)
                     for key, tok in held:
-                        lz = self.queued.get(key)
-                        if lz is not None and lz.tok == tok and key not in gone:
-                            lz.valid_until = max(lz.valid_until, renew_sent + self.lease_ttl_s)
+                        held_lease = self.queued.get(key)
+                        if held_lease is not None and held_lease.tok == tok and key not in gone:
+                            held_lease.valid_until = max(held_lease.valid_until, renew_sent + self.lease_ttl_s)
                     self._drop_lost(lost)
                     self._renewed.set()
                     renew_fut = None
