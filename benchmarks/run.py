@@ -41,23 +41,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import import_module
 from pathlib import Path
 from typing import Any
+
+from benchmarks.workloads import REGISTRY, Workload, fmt
 
 REPO = Path(__file__).resolve().parents[1]
 WORKLOAD_DIR = Path(__file__).resolve().parent / "workloads"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-WORKLOADS = ("independent", "chain", "mapreduce", "bulk", "scale", "connections", "coordinator")
-#: Workloads that every system runs to completion (scale and connections are ajug's alone).
-GRAPH_WORKLOADS = ("independent", "chain", "mapreduce", "bulk")
+#: every workload (benchmarks/workloads/__init__.py has the registry; this order is the table's)
+WORKLOADS = tuple(REGISTRY)
+#: Workloads that every system runs to completion (the others are ajug's alone).
+GRAPH_WORKLOADS = tuple(w.name for w in REGISTRY.values() if w.systems == "all")
 SYSTEMS = ("ajug-file", "ajug-redis", "floor-file", "floor-redis", "jug-file", "jug-redis")
 DEFAULT_SYSTEMS = "ajug-file,ajug-redis,floor,jug"
-SIZES = {"independent": 20_000, "chain": 2_000, "mapreduce": 10_000, "bulk": 1_000,
-         "scale": 1_000_000, "connections": 256, "coordinator": 1_000_000}
-QUICK_SIZES = {"independent": 2_000, "chain": 500, "mapreduce": 1_000, "bulk": 100,
-               "scale": 100_000, "connections": 256, "coordinator": 500_000}
-FANIN = 10
+SIZES = {w.name: w.size for w in REGISTRY.values()}
+QUICK_SIZES = {w.name: w.quick_size for w in REGISTRY.values()}
 #: A run is stopped after max(MIN_TIMEOUT_S, tasks / MIN_RATE) seconds unless --timeout says.
 MIN_TIMEOUT_S = 60.0
 MIN_RATE = 50.0
@@ -170,22 +171,12 @@ def check_main(args: list[str]) -> int:
 
 
 def _verify(workload: str, ns: dict[str, Any], value: Any) -> str | None:
+    verify = REGISTRY[workload].verify
+    if verify is None:
+        return None
     n = int(os.environ["BENCH_N"])
     picks = sorted({round(i * (n - 1) / max(1, CHECK_SAMPLES - 1)) for i in range(CHECK_SAMPLES)})
-    bad: list[str] = []
-    if workload in ("independent", "scale"):
-        bad = [f"results[{i}]" for i in picks if value(ns["results"][i]) != i + 1]
-    elif workload == "chain":
-        bad = [f"steps[{i}]" for i in picks if value(ns["steps"][i]) != i + 1]
-    elif workload == "mapreduce":
-        bad = [f"maps[{i}]" for i in picks if value(ns["maps"][i]) != i * i]
-        if value(ns["total"]) != sum(i * i for i in range(n)):
-            bad.append("total")
-    elif workload == "bulk":
-        for i in picks[:: max(1, len(picks) // 8)]:
-            a = value(ns["arrays"][i])
-            if a.shape != (ns["ITEMS"],) or a[0] != i or a[-1] != i:
-                bad.append(f"arrays[{i}]")
+    bad = verify(ns, value, picks)
     return f"wrong or missing results: {', '.join(bad[:5])}" if bad else None
 
 
@@ -316,7 +307,7 @@ class Bench:
             shutil.rmtree(url, ignore_errors=True)
 
     def jugfile(self, workload: str) -> Path:
-        src = "independent" if workload in ("scale", "connections", "baseline", "coordinator") else workload
+        src = REGISTRY[workload].source if workload in REGISTRY else "independent"  # "baseline"
         dst = self.tmp / f"{workload}.py"
         if not dst.exists():
             shutil.copyfile(WORKLOAD_DIR / f"{src}.py", dst)
@@ -324,10 +315,8 @@ class Bench:
 
     def wl_env(self, workload: str, engine: str, n: int) -> dict[str, str]:
         env = dict(self.env, BENCH_ENGINE=engine, BENCH_N=str(n))
-        if workload == "bulk":
-            env["BENCH_MIB"] = str(self.o.bulk_mib)
-        if workload == "mapreduce":
-            env["BENCH_FANIN"] = str(FANIN)
+        if workload in REGISTRY:
+            env.update(REGISTRY[workload].env(self.o))
         return env
 
     def baseline_rss(self) -> int:
@@ -668,24 +657,16 @@ def run_connections(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) 
 RUNNERS = {"ajug": run_ajug, "floor": run_floor, "jug": run_jug}
 
 
-def _run_coordinator(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dict[str, Any]:
-    from benchmarks.coordinator_load import run_coordinator
-
-    return run_coordinator(b, wl, kind, n, rep, last)
-
-
-#: workloads with a runner of their own (the others run through RUNNERS, per engine)
-SPECIAL = {"scale": run_scale, "connections": run_connections, "coordinator": _run_coordinator}
+def runner_of(w: Workload, engine: str) -> Any:
+    """The function that makes one measurement of workload ``w`` on ``engine``."""
+    if not w.runner:
+        return RUNNERS[engine]
+    module, _, name = w.runner.partition(":")
+    return getattr(import_module(module), name)
 
 
 def tasks_of(wl: str, n: int) -> int:
-    if wl == "mapreduce":
-        total, level = n, n
-        while level > 1:
-            level = -(-level // FANIN)
-            total += level
-        return total
-    return n
+    return REGISTRY[wl].tasks(n) if wl in REGISTRY else n
 
 
 # -- summary, ratios, targets ----------------------------------------------------------------------
@@ -707,18 +688,9 @@ def summarize(wl: str, system: str, n: int, runs: list[dict[str, Any]]) -> dict[
         row["partial_rate"] = statistics.median(partial)
     med = _median_of(good)
     row["median"] = med
-    if wl == "scale":
-        row["tasks"] = n
-        row["tasks_per_s"] = med.get("serving_rate")
-    elif wl == "coordinator":
-        row["tasks"] = int(med.get("done_in_window", 0))
-        row["tasks_per_s"] = med.get("tasks_per_s")
-        prof = next((r["profile"] for r in good if "profile" in r), None)
-        if prof:
-            row["profile"] = prof
-    elif wl == "connections":
-        row["tasks"] = int(med.get("leases", 0))
-        row["tasks_per_s"] = med["leases"] / med["lease_s"] if med.get("lease_s") else None
+    custom = REGISTRY[wl].summarize if wl in REGISTRY else None
+    if custom is not None:
+        custom(row, med, good)
     elif "wall_s" in med:
         row["tasks_per_s"] = row["tasks"] / med["wall_s"]
     walls = [r["wall_s"] for r in good if "wall_s" in r]
@@ -794,36 +766,15 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # -- output ---------------------------------------------------------------------------------------
-def _f(v: Any, spec: str = ".2f") -> str:
-    return "—" if v is None else format(v, spec)
-
-
 def notes(r: dict[str, Any]) -> str:
     m = r.get("median", {})
     if "error" in r:
         return f"FAILED: {r['error']}"[:160]
-    if r["workload"] == "scale":
-        return (f"serving after {_f(m.get('load_s'), '.1f')} s; RSS loaded "
-                f"{_f(m.get('rss_loaded_mib'), '.0f')} MiB, serving {_f(m.get('rss_serving_mib'), '.0f')}"
-                f" MiB; {_f(m.get('peak_b_per_task'), '.0f')} B/task peak, "
-                f"{_f(m.get('steady_b_per_task'), '.0f')} steady (above an empty coordinator: "
-                f"{_f(m.get('net_peak_b_per_task'), '.0f')}, {_f(m.get('net_steady_b_per_task'), '.0f')}"
-                f"); status {_f(m.get('status_ms'), '.1f')} ms (max {_f(m.get('status_ms_max'), '.1f')});"
-                f" CPU while serving: coordinator {_f(m.get('coord_cpu_pct'), '.0f')}%, workers "
-                f"{_f(m.get('workers_cpu_pct'), '.0f')}%")
-    if r["workload"] == "coordinator":
-        top = ", ".join(f"{t['function']} {100 * t['share']:.0f}%"
-                        for t in r.get("profile", {}).get("top", [])[:4])
-        return (f"{_f(m.get('tasks_per_core_s'), ',.0f')} tasks per coordinator core-second, "
-                f"{_f(m.get('us_per_task'), '.1f')} µs/task, coordinator CPU "
-                f"{_f(m.get('coord_cpu_pct'), '.0f')}%, {_f(m.get('connections'), '.0f')} conns"
-                + (f"; profile: {top}" if top else ""))
-    if r["workload"] == "connections":
-        return (f"{r['n']} conns, {_f(m.get('errors'), '.0f')} errors, {_f(m.get('workers_seen'), '.0f')}"
-                f" seen; handshakes {_f(m.get('connect_s'))} s; {_f(m.get('leases'), '.0f')} leases "
-                f"in {_f(m.get('lease_s'))} s")
+    custom = REGISTRY[r["workload"]].notes if r["workload"] in REGISTRY else None
+    if custom is not None:
+        return custom(r)
     if r["system"].startswith("floor"):
-        return f"load {_f(m.get('load_s'))} s + tasks {_f(m.get('exec_s'))} s"
+        return f"load {fmt(m.get('load_s'))} s + tasks {fmt(m.get('exec_s'))} s"
     if r["system"].startswith("ajug") and m.get("reported_rate"):
         return f"coord. says {m['reported_rate']:.0f}/s"
     return ""
@@ -851,11 +802,11 @@ def print_table(rows: list[dict[str, Any]], tgts: list[dict[str, Any]], meta: di
                                          if "worker_cpu_s" in m else f"{cpu:.1f}")
         t.add_row(
             r["workload"] if r["workload"] != last else "", r["system"], f"{r['tasks']:,}",
-            _f(r.get("tasks_per_s"), ",.0f") if "partial_rate" not in r else f"~{r['partial_rate']:.1f}",
+            fmt(r.get("tasks_per_s"), ",.0f") if "partial_rate" not in r else f"~{r['partial_rate']:.1f}",
             f"{r['wall_s']:.2f} ({r['wall_min_s']:.2f}–{r['wall_max_s']:.2f})" if "wall_s" in r
             else "—",
-            _f(m.get("steady_rate"), ",.0f"), _f(m.get("span_s")), _f(m.get("main_rss_mib"), ".0f"), _f(m.get("worker_rss_mib"), ".0f"), cpu_s,
-            _f(r.get("vs_jug"), ".2f"), _f(r.get("vs_floor"), ".2f"), notes(r),
+            fmt(m.get("steady_rate"), ",.0f"), fmt(m.get("span_s")), fmt(m.get("main_rss_mib"), ".0f"), fmt(m.get("worker_rss_mib"), ".0f"), cpu_s,
+            fmt(r.get("vs_jug"), ".2f"), fmt(r.get("vs_floor"), ".2f"), notes(r),
             end_section=False,
         )
         last = r["workload"]
@@ -904,24 +855,16 @@ def _version(pkg: str) -> str | None:
 # -- command line ---------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workloads", default="independent,chain,mapreduce,bulk,scale,connections",
+    p.add_argument("--workloads", default=",".join(w.name for w in REGISTRY.values() if w.default),
                    help="comma-separated, from: " + ", ".join(WORKLOADS))
     p.add_argument("--systems", default=DEFAULT_SYSTEMS,
                    help="comma-separated, from: " + ", ".join(SYSTEMS) + "; 'floor', 'jug' and "
                    "'ajug' mean that engine on the store kinds of the other systems chosen")
-    p.add_argument("--n", type=int, help="independent: tasks (default 20,000; try 100000, 1000000)")
-    p.add_argument("--chain-n", type=int, help="chain: length (default 2,000)")
-    p.add_argument("--maps", type=int, help="mapreduce: maps (default 10,000)")
-    p.add_argument("--bulk-n", type=int, help="bulk: tasks (default 1,000)")
-    p.add_argument("--bulk-mib", type=float, default=1.0, help="bulk: MiB per result (default 1)")
-    p.add_argument("--scale-n", type=int, help="scale: tasks (default 1,000,000; --quick: 100,000)")
-    p.add_argument("--conns", type=int, help="connections: concurrent connections (default 256)")
-    p.add_argument("--rounds", type=int, default=4, help="connections: leases per connection")
-    p.add_argument("--coord-n", type=int, help="coordinator: tasks in the graph (default 1,000,000)")
-    p.add_argument("--coord-conns", type=int, default=8,
-                   help="coordinator: simulated worker connections (default 8)")
-    p.add_argument("--no-coord-profile", dest="coord_profile", action="store_false",
-                   help="coordinator: skip the profiled run")
+    for w in REGISTRY.values():
+        p.add_argument(w.size_flag, dest=w.dest, type=int, help=w.size_help)
+    for w in REGISTRY.values():
+        for flags, kwargs in w.options:
+            p.add_argument(*flags, **kwargs)
     p.add_argument("--repeat", type=int, help="runs per measurement, median reported (default 3; --quick: 1)")
     p.add_argument("--scale-repeat", type=int, help="runs of scale (default: --repeat)")
     p.add_argument("--jobs", "-j", type=int, default=2, help="worker processes for ajug and jug")
@@ -932,13 +875,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temp directory (logs, stores)")
     o = p.parse_args(argv)
     sizes = QUICK_SIZES if o.quick else SIZES
-    for wl, attr in (("independent", "n"), ("chain", "chain_n"), ("mapreduce", "maps"),
-                     ("bulk", "bulk_n"), ("scale", "scale_n"), ("connections", "conns"),
-                     ("coordinator", "coord_n")):
-        if getattr(o, attr) is None:
-            setattr(o, attr, sizes[wl])
-    o.sizes = {"independent": o.n, "chain": o.chain_n, "mapreduce": o.maps, "bulk": o.bulk_n,
-               "scale": o.scale_n, "connections": o.conns, "coordinator": o.coord_n}
+    for w in REGISTRY.values():
+        if getattr(o, w.dest) is None:
+            setattr(o, w.dest, sizes[w.name])
+    o.sizes = {w.name: getattr(o, w.dest) for w in REGISTRY.values()}
     if o.repeat is None:
         o.repeat = 1 if o.quick else 3
     if o.scale_repeat is None:
@@ -976,22 +916,22 @@ def run_all(o: argparse.Namespace, b: Bench) -> list[dict[str, Any]]:
         systems = [s for s in systems if not s.startswith("jug-")]
     rows = []
     for wl in o.workloads:
-        n = o.sizes[wl]
-        if wl == "coordinator":  # no store: the workers are simulated
+        n, w = o.sizes[wl], REGISTRY[wl]
+        if w.systems == "ajug-memory":  # no store: the workers are simulated
             mine = ["ajug-memory"]
         else:
-            mine = systems if wl in GRAPH_WORKLOADS else [s for s in systems if s.startswith("ajug-")]
+            mine = systems if w.systems == "all" else [s for s in systems if s.startswith("ajug-")]
         if not mine:
             b.notes.append(f"{wl}: no ajug system chosen, nothing to run")
             continue
-        repeat = o.scale_repeat if wl == "scale" else o.repeat
+        repeat = getattr(o, w.repeat_option)
         runs: dict[str, list[dict[str, Any]]] = {s: [] for s in mine}
         for rep in range(repeat):
             for s in mine:
                 if any(r.get("timed_out") for r in runs[s]):
                     continue  # no point in timing out again
                 engine, _, kind = s.partition("-")
-                fn = SPECIAL.get(wl) or RUNNERS[engine]
+                fn = runner_of(w, engine)
                 try:
                     r = fn(b, wl, kind, n, rep, rep == repeat - 1)
                 except TimedOut as e:

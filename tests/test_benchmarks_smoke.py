@@ -71,3 +71,31 @@ def test_wire_benchmark_runs_all_three_parts(tmp_path: Path) -> None:
     (run,) = data["wire"]
     assert run["leases"] == run["reports"] > 0  # every lease is reported back
     assert run["leases_per_s"] > 0 and run["coordinator_cpu_us"] > 0
+
+
+def test_every_workload_is_one_registry_entry_and_one_jugfile() -> None:
+    from benchmarks.workloads import REGISTRY
+
+    flags = [w.size_flag for w in REGISTRY.values()]
+    assert len(set(flags)) == len(flags)
+    for w in REGISTRY.values():
+        assert (bench.WORKLOAD_DIR / f"{w.source}.py").is_file(), w.name
+        assert w.systems in ("all", "ajug", "ajug-memory") and w.size >= w.quick_size > 0
+        assert w.systems != "all" or w.verify is not None, f"{w.name}: results never checked"
+    o = bench.parse_args(["--workloads", ",".join(REGISTRY)])
+    assert o.sizes == {name: w.size for name, w in REGISTRY.items()}
+    assert bench.runner_of(REGISTRY["chain"], "jug") is bench.run_jug
+    assert bench.runner_of(REGISTRY["scale"], "ajug") is bench.run_scale
+
+
+def test_workload_checks_find_wrong_results() -> None:
+    from benchmarks.workloads import REGISTRY
+
+    def value(x: object) -> object:
+        return x
+
+    ns = {"maps": [i * i for i in range(5)], "total": 30, "steps": [1, 2, 3, 5]}
+    assert REGISTRY["mapreduce"].verify(ns, value, [0, 4]) == []  # type: ignore[misc]
+    ns["maps"][4], ns["total"] = 0, 14
+    assert REGISTRY["mapreduce"].verify(ns, value, [0, 4]) == ["maps[4]", "total"]  # type: ignore[misc]
+    assert REGISTRY["chain"].verify(ns, value, [0, 2, 3]) == ["steps[3]"]  # type: ignore[misc]
