@@ -29,6 +29,7 @@ def expected_answer() -> int:
 
 
 @pytest.mark.timeout(170)
+@pytest.mark.slow
 def test_chaos(procs: Procs, tmp_path: Path, free_tcp_port: int) -> None:
     rng = random.Random(1234)
     jugfile = tmp_path / "chaos.py"
@@ -195,6 +196,7 @@ def damage_redis(url: str, namespace: str, rng: random.Random, n: int = 6) -> in
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", ["file", "redis"])
+@pytest.mark.slow
 def test_everything_hostile_at_once(backend: str, procs: Procs, tmp_path: Path,
                                     request: pytest.FixtureRequest) -> None:
     """Workers SIGKILLed every second, one frozen past the TTL; results deleted, cut short and

@@ -126,6 +126,7 @@ def page_text(browser: str, url: str, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_dashboard_json_metrics_and_page_match_status(procs: Procs, tmp_path: Path,
                                                       free_tcp_port: int) -> None:
     jug = tmp_path / "dashboard.py"

@@ -114,6 +114,7 @@ def running_holder(port: int, key_func: str = "slow.slow_square") -> tuple[int, 
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_sigkill_worker_mid_task(procs: Procs, tmp_path: Path) -> None:
     jugfile = copy_jugfile(tmp_path, "slow.py")
     e = env(AJUG_TEST_SLOW_S="3")
@@ -131,6 +132,7 @@ def test_sigkill_worker_mid_task(procs: Procs, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_sigstop_worker_lease_reclaimed_after_ttl(procs: Procs, tmp_path: Path) -> None:
     jugfile = copy_jugfile(tmp_path, "slow.py")
     e = env(AJUG_TEST_SLOW_S="4")

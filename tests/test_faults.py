@@ -69,6 +69,7 @@ def test_task_that_kills_its_worker_is_failed_and_the_rest_finishes(tmp_path: Pa
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_coordinator_killed_and_restarted(procs: Procs, tmp_path: Path, free_tcp_port: int) -> None:
     jugfile = copy_jugfile(tmp_path, "steps.py")
     store = str(tmp_path / "steps.ajugdata")
@@ -116,6 +117,7 @@ def test_second_coordinator_on_a_store_is_refused(procs: Procs, tmp_path: Path) 
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_frozen_worker_resumes_late_result_counted_once(procs: Procs, tmp_path: Path) -> None:
     """A worker frozen past its lease's TTL finishes its task once woken: the result is
     accepted once, and a second execution elsewhere (if the task was re-leased meanwhile)
@@ -179,6 +181,7 @@ def test_worker_drops_lost_leases_from_its_queue_and_inbox() -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_frozen_worker_never_starts_a_lease_it_was_told_is_lost(procs: Procs,
                                                                  tmp_path: Path) -> None:
     """W1 holds a running task and a queued one; frozen past the TTL, both go to W2. Woken up
@@ -220,6 +223,7 @@ def test_frozen_worker_never_starts_a_lease_it_was_told_is_lost(procs: Procs,
 
 @pytest.mark.timeout(150)
 @pytest.mark.redis
+@pytest.mark.slow
 def test_redis_restarted_mid_run(procs: Procs, tmp_path: Path, make_redis_server: Any) -> None:
     server = make_redis_server("--appendonly", "yes", "--appendfsync", "always")
     jugfile = copy_jugfile(tmp_path, "steps.py")

@@ -139,6 +139,7 @@ def test_ajug_run_with_exec_workers_and_no_local_ones(procs: Procs, tmp_path: Pa
     assert values(jug, ["total"]) == {"total": [i * i for i in range(6)]}
 
 
+@pytest.mark.slow
 def test_jobs_that_die_at_once_back_off_and_the_coordinator_serves_on(
         procs: Procs, tmp_path: Path) -> None:
     """A broken job (its command exits before any worker starts): three in a row, then one
@@ -244,6 +245,7 @@ def test_a_token_made_for_the_jobs_is_kept_for_a_restart(procs: Procs, tmp_path:
 
 
 # -- ajug work --idle-exit ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_idle_worker_exits_but_not_while_it_runs_a_task(procs: Procs, tmp_path: Path) -> None:
     jug = jugfile(tmp_path, n=1, sleep=3.0)  # one task far longer than --idle-exit
     coord, port = procs.serve(jug, "--stay")

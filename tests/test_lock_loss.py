@@ -91,6 +91,7 @@ async def test_lock_that_cannot_be_renewed_for_a_whole_ttl_is_lost() -> None:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_frozen_coordinator_that_lost_its_lock_exits_without_leasing(
         procs: Procs, tmp_path: Path) -> None:
     """A is frozen past its lock; B takes the store over and serves; A wakes: it leases

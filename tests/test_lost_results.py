@@ -263,6 +263,7 @@ def runs_by_task(runlog: Path) -> dict[str, int]:
 
 @pytest.mark.timeout(150)
 @pytest.mark.redis
+@pytest.mark.slow
 def test_redis_restarted_without_persistence_mid_run(procs: Procs, tmp_path: Path,
                                                      make_redis_server: Any) -> None:
     """Its data is gone: what was done is computed again, the dependent gets every input, the
@@ -288,6 +289,7 @@ def test_redis_restarted_without_persistence_mid_run(procs: Procs, tmp_path: Pat
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_result_files_and_store_directory_deleted_mid_run(procs: Procs, tmp_path: Path) -> None:
     jugfile = copy_jugfile(tmp_path, "steps.py")
     store = tmp_path / "steps.ajugdata"

@@ -155,6 +155,7 @@ def test_run_stops_when_no_worker_is_left() -> None:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_workers_killed_again_and_again_keep_being_replaced(procs: Procs, tmp_path: Path) -> None:
     """`ajug work -j 2` loses a worker 50 times (the old budget was 20 per job, 40): every one
     is replaced and the run completes."""
@@ -190,6 +191,7 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_run_whose_tasks_all_kill_their_worker_ends(tmp_path: Path) -> None:
     """Every task calls os._exit(1): after --max-attempts deaths each is failed as a suspect
     and the run ends, with a non-zero status and one line per failure (it used to wait for
@@ -218,6 +220,7 @@ def test_run_whose_tasks_all_kill_their_worker_ends(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_outside_kills_are_not_blamed_on_the_task_but_its_own_deaths_are(
         procs: Procs, tmp_path: Path) -> None:
     """A slow task is SIGKILLed from outside twice (--max-attempts 2): it is not failed for
@@ -265,6 +268,7 @@ async def test_a_finished_run_does_not_wait_for_a_worker_still_connecting() -> N
     assert time.monotonic() - t0 < 8
 
 
+@pytest.mark.slow
 def test_supervisor_stops_a_worker_still_connecting_once_the_run_is_over() -> None:
     """`ajug work -j N`: one worker saw the run finish (exit 0); another, a replacement still
     trying to reach the coordinator that has gone, is stopped rather than waited for."""

@@ -234,6 +234,7 @@ def test_restarted_coordinator_adopts_its_jobs(slurm: Any, procs: Procs, tmp_pat
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_sbatch_refusing_keeps_the_coordinator_serving(slurm: Any, procs: Procs,
                                                        tmp_path: Path) -> None:
     """An unknown partition: one line in the log, status says why, the coordinator serves the
