@@ -18,9 +18,8 @@ Lease rules (DESIGN.md, "Leases and failures"):
 Parts of this class kept in modules of their own, each one idea: ``recovery`` (a result that
 vanished from the store, a worker that died), ``followon`` (leasing a chain ahead to the worker
 that holds its start), ``admission`` (the resume grace, which waiting request is served first)
-and ``runstart`` (the done set from the store; the carry-over past a barrier).
-Failure kinds and report outcomes are enums in ``taskstate``; ``fail_fast`` halts the run at
-the first task failed for good.
+and ``runstart`` (the done set from the store; the carry-over past a barrier). Failure kinds
+and report outcomes are enums in ``taskstate``; ``fail_fast`` halts at the first failure.
 """
 
 from __future__ import annotations
