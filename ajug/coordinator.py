@@ -1,97 +1,40 @@
-"""The coordinator: asyncio glue between connections and the Scheduler.
+"""The coordinator's lifecycle: listen, load, serve, close; the asyncio glue between connections
+and the Scheduler.
 
-It loads the jugfile (in a thread: a jugfile may take a while), builds the compact graph, asks
-the store in batches which results exist, and then serves leases. Every decision is the
-Scheduler's; this module only moves messages, wakes waiting lease requests, runs the expiry
-timer, renews the store's owner lock, and reloads the jugfile past a barrier.
+Every decision is the Scheduler's; each connection is a ``session.ConnSession``; loading the
+jugfile is ``loading``; the status as data is ``statusdata``. This module opens the store and
+takes its owner lock, listens, runs the expiry timer, renews the lock, wakes waiting lease
+requests, confirms results before calling the run finished, and reloads past a barrier.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import ctypes
-import errno
-import gc
 import logging
-import os
 import socket
-import ssl as _ssl
 import time
-import uuid
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .codeship import MAX_BUNDLE_BYTES, collect_bundle
-from .errors import AjugError, ProtocolError, StoreError, StoreLocked, UsageError
-from .failures import FailureRecords, failure_record
-from .graph import Graph, build_graph
-from .jugfile import LoadedJugfile, load_jugfile
+from .errors import AjugError, StoreError, StoreLocked, UsageError
+from .failures import FailureRecords, record_new_failures
+from .graph import Graph
+from .jugfile import LoadedJugfile
+from .loading import load_run
 from .lockkeeper import LockKeeper, lock_ttl_for
 from .protocol import connection as conn_mod
-from .protocol import messages as m
-from .protocol.messages import ERROR_CODES
 from .protocol.refusals import RefusalLog
-from .scheduler import BLOCKED, DONE, FAILED, READY, RUNNING, STATE_NAMES, WAITING, Scheduler
+from .scheduler import BLOCKED, DONE, FAILED, READY, RUNNING, WAITING, Scheduler
+from .serving import DEFAULT_PORT, DURATION_BUCKETS_S, Settings, bind_error
+from .session import MAX_LEASES_PER_REQUEST, MAX_WAIT_MS, ConnSession, Waiter
+from .statusdata import executing, live_status
 from .stores import open_store
 from .stores.base import Store
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PORT = 5555
-#: upper bounds of the task duration histogram (Prometheus buckets, seconds)
-DURATION_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
-#: a lease request waits at most this long for work, whatever it asks
-MAX_WAIT_MS = 60_000
-MAX_LEASES_PER_REQUEST = 1024
-
-
-@dataclass
-class Settings:
-    jugfile: str
-    store_url: str
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    token: bytes = b""
-    read_token: bytes | None = None
-    lease_ttl_s: float = 30.0
-    max_attempts: int = 3
-    retries: int = 0
-    stay: bool = False
-    fail_fast: bool = False
-    ssl: _ssl.SSLContext | None = None
-    max_frame_bytes: int = 64 * 1024 * 1024
-    handshake_timeout_s: float = 10.0
-    finish_grace_s: float = 3.0
-    resume_grace_s: float = 5.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def bind_error(host: str, port: int, e: OSError, what: str = "listen on",
-               port_flag: str = "--port", host_flag: str = "--host") -> str:
-    """One line for a socket that cannot listen, saying what to change."""
-    where = f"cannot {what} {host}:{port}"
-    if e.errno == errno.EADDRINUSE:
-        return (f"{where}: the port is in use (another `ajug serve`?); choose another "
-                f"{port_flag}, or 0 for a free one")
-    if e.errno == errno.EACCES:
-        return (f"{where}: permission denied (ports below 1024 need privileges); choose a "
-                f"{port_flag} from 1024 to 65535, or 0 for a free one")
-    if e.errno == errno.EADDRNOTAVAIL:
-        return f"{where}: {host} is not an address of this machine ({host_flag})"
-    return f"{where}: {e.strerror or e}"
-
-
-def _trim_heap() -> None:
-    """Give freed memory back to the OS (glibc keeps it otherwise); a no-op elsewhere."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
 
 class Coordinator:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
@@ -115,7 +58,6 @@ class Coordinator:
         self.took_over = False
         self._reloading = False
         self.loads = 0
-        self.resume_until = 0.0
         self.DURATION_BUCKETS_S = DURATION_BUCKETS_S
         #: tasks done per duration bucket (one more for longer ones), and their total time
         self.durations = [0] * (len(DURATION_BUCKETS_S) + 1)
@@ -159,12 +101,11 @@ class Coordinator:
         if lock.took_over:
             # a restart: workers of the previous coordinator are reconnecting; let them say
             # what they are still running (resume) before anything is handed out again
-            self.resume_until = time.monotonic() + self.s.resume_grace_s
             log.info("restarted on a store whose coordinator died: waiting %gs for workers to "
                      "resume their tasks", self.s.resume_grace_s)
         try:
             self._server = await asyncio.start_server(
-                self._on_connect, self.s.host, self.s.port, ssl=self.s.ssl, limit=2**20,
+                self.serve_connection, self.s.host, self.s.port, ssl=self.s.ssl, limit=2**20,
                 backlog=1024,
             )
         except BaseException as e:
@@ -187,56 +128,19 @@ class Coordinator:
         except BaseException:
             await self.close()
             raise
-        if self.resume_until:  # the grace counts from when workers can be answered
-            self.resume_until = time.monotonic() + self.s.resume_grace_s
+        if self.took_over and self.sched is not None:
+            # the grace counts from when workers can be answered
+            self.sched.hold_for_resume(self.s.resume_grace_s)
         self._loaded.set()
         log.info("serving %s on %s:%d (store %s)", self.s.jugfile, self.s.host, self.port,
                  self.store.url if self.store else "")
 
     async def _load(self) -> None:
-        loop = asyncio.get_running_loop()
         old = self.sched
-        loaded = await loop.run_in_executor(None, load_jugfile, self.s.jugfile, self.store)
-        if self.loaded is not None:  # past a barrier: sys.path already holds what it added
-            loaded.code_roots = list(dict.fromkeys(self.loaded.code_roots + loaded.code_roots))
-        jugdir = Path(loaded.path).parent
-        graph = await loop.run_in_executor(None, build_graph, loaded.tasks, jugdir)
-        self._release_tasks(loaded)
-        found = await loop.run_in_executor(None, self._exists_all, graph.keys)
-        done = [n is not None for n in found]
-        if self.records is not None:
-            await loop.run_in_executor(None, self.records.start, graph.index, done)
-        sched = Scheduler(
-            graph,
-            lease_ttl_s=self.s.lease_ttl_s,
-            max_attempts=self.s.max_attempts,
-            retries=self.s.retries,
-            clock=self.clock,
-        )
-        gone: list[int] = []
-        gone_set: set[int] = set()
-        if old is not None and self.graph is not None:
-            # done before the barrier, missing now (a redis that lost its data, a deleted or
-            # damaged file): computed again, like any result that vanishes
-            old_index = self.graph.index
-            for i, (k, d) in enumerate(zip(graph.keys, done)):
-                if not d and k in old_index and old.state[old_index[k]] == DONE:
-                    gone.append(i)
-                    done[i] = True
-        sched.start(done)
-        if old is not None and self.graph is not None:  # past a barrier: same workers, counters
-            sched.inherit(old, self.graph)
-        if gone:
-            gone_set = set(gone)
-            sched.lost_results(gone)
-            log.warning("%d result(s) done before the barrier vanished from the store: computing "
-                        "them again", len(gone))
-        self.loaded, self.graph, self.sched = loaded, graph, sched
-        self.sizes = array("Q", (n or 0 for n in found))
-        if self.took_over and old is None:
-            # a restart in the middle of a run: what its previous coordinator had done is this
-            # run's too, and is confirmed present before the run is called finished
-            sched.unverified.extend(i for i, d in enumerate(done) if d and i not in gone_set)
+        loaded, graph, sched, sizes = await load_run(
+            self.s, self.store, self.records, self.clock, previous=self.loaded, old=old,
+            took_over=self.took_over)
+        self.loaded, self.graph, self.sched, self.sizes = loaded, graph, sched, sizes
         self.loads += 1
         self.state = "running"
         t = sched.totals()
@@ -244,29 +148,6 @@ class Coordinator:
             "jugfile loaded (%d): %d tasks, %d already done%s", self.loads, len(graph),
             t[DONE], ", stopped at a barrier" if loaded.hit_barrier else "",
         )
-
-    @staticmethod
-    def _release_tasks(loaded: LoadedJugfile) -> None:
-        """The compact graph has all the coordinator needs: let the Task objects go (they cost
-        most of a big graph's memory). They live in the jugfile's namespace too, which the
-        coordinator does not use once the graph is built; a barrier reload runs it afresh."""
-        from . import task as _task
-
-        n = len(loaded.tasks)
-        loaded.tasks = []
-        _task.reset()
-        loaded.module.__dict__.clear()
-        if n >= 100_000:  # below that the memory is small and a full collection is not
-            gc.collect()
-            _trim_heap()
-
-    def _exists_all(self, keys: list[str]) -> list[int | None]:
-        """One call for the whole graph: the store batches it its own way (a listing per
-        fan-out directory, pipelines of a thousand keys on redis). A damaged result (a file
-        cut short, not ajug's) does not count as done (``Store.intact``); the lengths of the
-        others are kept for the end-of-run check."""
-        assert self.store is not None
-        return self.store.intact_sizes(keys)
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self, on_tick: Callable[[Coordinator], None] | None = None) -> int:
@@ -398,23 +279,9 @@ class Coordinator:
         self._notify()
 
     def record_failures(self) -> None:
-        """Log each task newly marked failed (once, here: not also in the worker's log) and
-        have it recorded in the store; writes happen in a thread."""
-        sched, graph = self.sched, self.graph
-        if sched is None or graph is None or not sched.new_failures:
-            return
-        new, sched.new_failures = sched.new_failures, []
-        for i in new:
-            f = sched.failures.get(i)
-            if f is None:
-                continue
-            name = graph.functions[graph.fn[i]].name
-            worker = self._worker_name(f.worker)
-            log.warning("task %s (%s) failed: %s: %s", name, graph.keys[i][:12], f.type, f.msg)
-            if self.records is not None:
-                self.records.failed(graph.keys[i], failure_record(name, f, worker))
-        if self.records is not None:
-            self.records.flush()
+        """Log each task newly marked failed and have it recorded in the store (``failures``)."""
+        if self.sched is not None and self.graph is not None:
+            record_new_failures(self.sched, self.graph, self.records, self._worker_name)
 
     async def close(self) -> None:
         self.record_failures()
@@ -480,18 +347,19 @@ class Coordinator:
             w.event.set()
 
     def _notify_from(self, session: ConnSession) -> None:
-        """A report from ``session`` made work ready: its own waiting request is served first,
-        here and now (the new tasks' inputs are in that worker's cache: chains stay on one
-        worker), then the others are woken for whatever is left."""
+        """A report from ``session`` made work ready: its own waiting requests are served
+        first (``Scheduler.serve_reporter``), then every waiting request is woken."""
         sched = self.sched
-        if (sched is not None and self.state == "running" and time.monotonic() >= self.resume_until
-                and self.lock_fresh()):
-            for w in list(self._waiters):
-                if w.session is session and not w.leases:
-                    w.leases = sched.lease(session.wid, w.want)
-                    if w.leases:
-                        w.event.set()
+        if sched is not None and self.state == "running" and self.lock_fresh():
+            for w in sched.serve_reporter(session.wid, list(self._waiters)):
+                cast(Waiter, w).event.set()
         self._notify()
+
+    def note_run_time(self, rt: Any) -> None:
+        """A task done in ``rt`` seconds (as its worker measured it), for the histogram."""
+        if isinstance(rt, (int, float)) and rt >= 0:
+            self.durations[bisect.bisect_left(DURATION_BUCKETS_S, rt)] += 1
+            self.duration_sum_s += rt
 
     # -- connections -----------------------------------------------------------------------
     def welcome_info(self) -> dict[str, Any]:
@@ -522,7 +390,11 @@ class Coordinator:
             return self.s.store_url
         return self.store.url
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_connection(self, reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        """Serve one connection until it ends: the handshake, then its requests. What the
+        listening socket calls for each connection; a test may call it with any stream pair
+        (the coordinator need not listen)."""
         try:
             conn = await conn_mod.accept(
                 reader,
@@ -561,444 +433,14 @@ class Coordinator:
         return self._names.get(wid) or f"{host}:{rest.partition(':')[0]}"
 
     def _executing(self) -> list[int]:
-        """Per function, the tasks being executed now: of each worker's leases, the oldest
-        one that is not a follow-on (a worker runs its leases one at a time, in the order it
-        got them; the others are queued there). ``running`` counts every lease."""
         sched, graph = self.sched, self.graph
         assert sched is not None and graph is not None
-        out = [0] * len(graph.functions)
-        rem, leases = sched.remaining, sched.leases
-        for w in sched.workers.values():
-            best = None
-            for i in w.leases:
-                lz = leases.get(i)
-                if lz is not None and not rem[i] and (best is None or lz.tok < best.tok):
-                    best = lz
-            if best is not None:
-                out[graph.fn[best.idx]] += 1
-        return out
+        return executing(sched, graph)
 
     def status(self, detail: bool = False) -> dict[str, Any]:
-        sched, graph = self.sched, self.graph
-        assert sched is not None and graph is not None
-        now = self.clock()
-        executing = self._executing()
-        funcs = []
-        for f, c, e in zip(graph.functions, sched.counts, executing):
-            funcs.append({"name": f.name, **{STATE_NAMES[s]: c[s] for s in range(6)},
-                          "executing": e})
-        totals = sched.totals()
-        workers = []
-        leases, remaining = sched.leases, sched.remaining
-        for w in sched.workers.values():
-            # longest running first: a hung task shows at the top, with how long it has run
-            # (None for a follow-on lease still waiting for its inputs on that worker)
-            held = sorted(w.leases, key=lambda i: leases[i].since)[:50]
-            workers.append(
-                {
-                    "id": w.wid,
-                    "host": w.host,
-                    "pid": w.pid,
-                    "name": w.name,
-                    "running": [graph.keys[i] for i in held],
-                    "running_functions": [graph.functions[graph.fn[i]].name for i in held],
-                    "running_s": [None if remaining[i] else round(now - leases[i].since, 1)
-                                  for i in held],
-                    "n_running": len(w.leases),
-                    "done": w.done,
-                    "failed": w.failed,
-                    "last_seen_s": round(now - w.last_seen, 3),
-                }
-            )
-        failures = []
-        for i, fl in list(sched.failures.items())[:200]:
-            tb = fl.tb if detail else ""
-            failures.append(
-                {
-                    "key": graph.keys[i],
-                    "func": graph.functions[graph.fn[i]].name,
-                    "kind": fl.kind,
-                    "type": fl.type,
-                    "msg": fl.msg,
-                    "tb": tb,
-                    "attempts": fl.attempts,
-                    "causes": fl.causes,
-                    "worker": fl.worker,
-                    "worker_name": self._worker_name(fl.worker),
-                }
-            )
-        rate = 0.0
-        if len(self.history) >= 2:
-            (t0, d0), (t1, d1) = self.history[max(0, len(self.history) - 11)], self.history[-1]
-            if t1 > t0:
-                rate = (d1 - d0) / (t1 - t0)
-        return {
-            "jugfile": str(self.s.jugfile),
-            "store": self.store.url if self.store else "",
-            "state": self.state,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "uptime_s": round(time.time() - self.started_at, 3),
-            "tasks": len(graph),
-            "totals": {STATE_NAMES[s]: totals[s] for s in range(6)},
-            "executing": sum(executing),
-            "functions": funcs,
-            "workers": workers,
-            "failures": failures,
-            "barrier": bool(self.loaded and self.loaded.hit_barrier),
-            "loads": self.loads,
-            "reclaimed": sched.reclaimed,
-            "duplicates": sched.duplicates,
-            "vanished": sched.vanished,
-            "recomputed": sched.recomputed,
-            "rate": round(rate, 2),
-            **{name: section() for name, section in self.status_sections.items()},
-        }
+        """The live status (``ajug status``, the dashboard's ``/api/status``): ``statusdata``."""
+        return live_status(self, detail)
 
 
-class Waiter:
-    """A lease request waiting for work (hashable by identity, kept in a set)."""
-
-    __slots__ = ("session", "want", "event", "leases")
-
-    def __init__(self, session: ConnSession, want: int) -> None:
-        self.session = session
-        self.want = want
-        self.event = asyncio.Event()
-        self.leases: list[tuple[int, int]] = []
-
-
-class ConnSession:
-    """One connection: a worker (leases) or a client (status). Requests may be pipelined."""
-
-    def __init__(self, coord: Coordinator, conn: Any) -> None:
-        self.c = coord
-        self.conn = conn
-        peer = conn.peer
-        self.wid = f"{peer.host}:{peer.pid}:{uuid.uuid4().hex[:8]}"
-        self.role = peer.role
-        self.access = peer.access
-        self.sent_funcs: set[int] = set()
-        self.graph_epoch = -1
-        self.peer = peer
-
-    def register(self) -> None:
-        if self.role == "worker" and self.access == "full":
-            assert self.c.sched is not None
-            self.c.sched.add_worker(self.wid, self.peer.host, self.peer.pid, self.peer.name)
-            log.info("worker %s connected", self.wid)
-
-    def closed(self) -> None:
-        sched = self.c.sched
-        if sched is not None and self.wid in sched.workers:
-            lost = sched.remove_worker(self.wid)
-            if lost:  # a worker lost in the middle of its work: worth a line without -v
-                log.warning("worker %s disconnected, %d lease(s) back to ready", self.wid,
-                            len(lost))
-                self.c._notify()
-            else:
-                log.info("worker %s disconnected", self.wid)
-
-    def error(self, re: int | None, code: str, msg: str) -> None:
-        self.conn.send(m.error(re, code, msg))
-
-    #: Lease requests of one connection handled at a time. A peer that pipelines more (and
-    #: does not read the replies) is not read from until one is answered: TCP backpressure
-    #: then keeps the coordinator's memory bounded.
-    MAX_PENDING_LEASE_REQUESTS = 16
-
-    async def serve(self) -> None:
-        tasks: set[asyncio.Task[None]] = set()
-        await self.c._loaded.wait()  # connected while the jugfile was loading
-        self.register()
-        try:
-            while not self.conn.closed:
-                if len(tasks) >= self.MAX_PENDING_LEASE_REQUESTS:
-                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                try:
-                    msg = await self.conn.recv()
-                except ProtocolError as e:
-                    # recv() has told the peer (error frame) and closed this connection only
-                    if not isinstance(e, conn_mod.ConnectionClosed):
-                        log.warning("bad message from %s: %s", self.wid, e)
-                    return
-                op = msg["op"]
-                if op == "bye":
-                    return
-                if op == "error":  # nobody answers an error with an error (SPEC 9)
-                    log.info("%s sent error %s: %s", self.wid, msg["code"][:40], msg["msg"][:200])
-                    if ERROR_CODES.get(msg["code"], False):
-                        return
-                    continue
-                try:
-                    m.check_allowed(msg, self.role, self.access)
-                except m.AccessDenied as e:
-                    self.error(msg.get("id"), "access", str(e))
-                    await self.conn.drain()
-                    continue
-                except m.UnknownOp:
-                    pass  # hello or auth again: no handler below, an "op" error and the close
-                if op == "lease":
-                    t = asyncio.ensure_future(self._guarded(self.on_lease, msg))
-                    tasks.add(t)
-                    t.add_done_callback(tasks.discard)
-                    continue
-                handler = getattr(self, "on_" + op, None)
-                if handler is None:
-                    self.error(msg.get("id"), "op", f"unexpected operation {op!r}")
-                    await self.conn.drain()
-                    return
-                await self._guarded(handler, msg)
-        finally:
-            for t in tasks:
-                t.cancel()
-
-    async def _guarded(self, handler: Callable[[dict[str, Any]], Any], msg: dict[str, Any]) -> None:
-        """Run one request: a connection that broke meanwhile ends quietly; a bug in the
-        coordinator answers ``internal`` (SPEC 9) and the connection carries on."""
-        try:
-            await handler(msg)
-        except ProtocolError:
-            self.conn.close()
-        except Exception:
-            log.exception("%s request from %s failed", msg["op"], self.wid)
-            try:
-                self.error(msg.get("id"), "internal", "internal error")
-                await self.conn.drain()
-            except ProtocolError:
-                self.conn.close()
-
-    async def on_lease(self, msg: dict[str, Any]) -> None:
-        c = self.c
-        if not await c.may_hand_out():
-            return
-        sched = c.sched
-        assert sched is not None
-        sched.touch(self.wid)
-        w = sched.workers.get(self.wid)
-        if w is not None:
-            w.follow = bool(msg.get("follow"))
-        changed = self._report(msg)
-        if changed:
-            c._notify_from(self)
-            await c._check_finished()
-        want = min(int(msg["want"]), MAX_LEASES_PER_REQUEST)
-        deadline = time.monotonic() + min(msg["wait_ms"], MAX_WAIT_MS) / 1000.0
-        leases: list[tuple[int, int]] = []
-        while True:
-            sched = c.sched
-            assert sched is not None
-            if want and c.state == "running" and time.monotonic() >= c.resume_until:
-                if not await c.may_hand_out():
-                    return
-                sched = c.sched
-                assert sched is not None
-                leases = sched.lease(self.wid, want)
-            if leases or not want or c.state == "finished" and (not c.s.stay or c._closing):
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            waiter = Waiter(self, want)
-            c._waiters.add(waiter)
-            try:
-                await asyncio.wait_for(waiter.event.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                c._waiters.discard(waiter)
-            if waiter.leases:  # served directly by _notify_from
-                leases = waiter.leases
-                break
-            if time.monotonic() >= deadline:
-                break
-        self._reply_leases(msg["id"], leases)
-        await self.conn.drain()
-
-    def _report(self, msg: dict[str, Any]) -> bool:
-        c = self.c
-        sched, graph = c.sched, c.graph
-        assert sched is not None and graph is not None
-        changed = False
-        for key, tok, meta in msg["done"]:
-            i = graph.index.get(key)
-            if i is None:
-                continue
-            size = meta.get("size")
-            if type(size) is int and 0 <= size < 1 << 64:
-                c.sizes[i] = size
-            if sched.complete(self.wid, i, tok):
-                changed = True
-                if c.records is not None and c.records.known:
-                    c.records.succeeded(key)
-                rt = meta.get("rt")
-                if isinstance(rt, (int, float)) and rt >= 0:
-                    c.durations[bisect.bisect_left(DURATION_BUCKETS_S, rt)] += 1
-                    c.duration_sum_s += rt
-            elif sched.state[i] != DONE and i not in c._late_pending:
-                # the lease was reclaimed: the result counts if it reached the store
-                c._late_pending.add(i)
-                asyncio.ensure_future(self._late_done(i))
-        for key, tok, err in msg["failed"]:
-            i = graph.index.get(key)
-            if i is None:
-                continue
-            j = self._missing_input(i, err)
-            if j is not None:  # not the task's fault: its input is computed again, it waits
-                sched.input_missing(self.wid, i, tok, j)
-                changed = True
-                continue
-            r = sched.fail(self.wid, i, tok, err)
-            if r != "stale":
-                changed = True
-                if r == "failed" and c.s.fail_fast:
-                    c.record_failures()
-                    log.error("stopping at the first failure (--fail-fast)")
-                    c.stop()
-        c.record_failures()
-        return changed
-
-    def _missing_input(self, i: int, err: dict[str, Any]) -> int | None:
-        """The input of ``i`` that its worker found missing from the store, if ``err`` says
-        so and names one of the task's inputs (else the report is an ordinary failure)."""
-        if err.get("kind") != "input-missing":
-            return None
-        graph = self.c.graph
-        assert graph is not None
-        j = graph.index.get(err.get("input", ""))
-        if j is None:
-            return None
-        ds, di = graph.dep_start, graph.dep_idx
-        return j if any(di[q] == j for q in range(ds[i], ds[i + 1])) else None
-
-    async def _late_done(self, i: int) -> None:
-        c = self.c
-        graph, store = c.graph, c.store
-        assert graph is not None and store is not None
-        key = graph.keys[i]
-        try:
-            ok = await asyncio.get_running_loop().run_in_executor(None, store.contains, key)
-        except StoreError:
-            return
-        finally:
-            c._late_pending.discard(i)
-        if ok and c.graph is graph and c.sched is not None and c.sched.accept_late(self.wid, i):
-            if c.records is not None:
-                c.records.succeeded(key)
-            c._notify()
-            await c._check_finished()
-
-    def _reply_leases(self, rid: int, leases: list[tuple[int, int]]) -> None:
-        c = self.c
-        graph, sched = c.graph, c.sched
-        assert graph is not None and sched is not None
-        if leases and not c.lock_fresh():  # frozen since the lock was checked: not these
-            for i, tok in leases:
-                sched.give_back(i, tok)
-            leases = []
-        if self.graph_epoch != c.loads:  # the graph was rebuilt past a barrier
-            self.graph_epoch = c.loads
-            self.sent_funcs = set()
-        out, funcs = [], []
-        for i, tok in leases:
-            fid = graph.fn[i]
-            if fid not in self.sent_funcs:
-                self.sent_funcs.add(fid)
-                f = graph.functions[fid]
-                funcs.append(m.func_item(fid, f.name, f.src, f.code))
-            out.append(m.lease_item(graph.keys[i], tok, fid, graph.args[i],
-                                    [graph.keys[d] for d in sched.after(i)]))
-        if out:
-            state = "run"
-        elif c.state == "finished" and (not c.s.stay or c._closing):
-            state = "finished"
-        else:
-            state = "idle"
-        self.conn.send(m.leases(rid, state=state, leases=out, funcs=funcs))
-
-    async def on_renew(self, msg: dict[str, Any]) -> None:
-        while True:
-            if not await self.c.may_hand_out():
-                return
-            sched, graph = self.c.sched, self.c.graph
-            assert sched is not None and graph is not None
-            items, lost = [], []
-            for key, tok in msg["leases"]:
-                i = graph.index.get(key)
-                if i is None:
-                    lost.append(key)
-                else:
-                    items.append((i, tok))
-            lost.extend(graph.keys[i] for i in sched.renew(self.wid, items))
-            if self.c.lock_fresh():  # else frozen meanwhile: renew the lock, then these again
-                break
-        self.conn.send(m.renewed(msg["id"], lost))
-        await self.conn.drain()
-
-    async def on_resume(self, msg: dict[str, Any]) -> None:
-        if not await self.c.may_hand_out():
-            return
-        sched, graph = self.c.sched, self.c.graph
-        assert sched is not None and graph is not None
-        idxs, lost = [], []
-        for key in msg["running"]:
-            i = graph.index.get(key)
-            if i is None:
-                lost.append(key)
-            else:
-                idxs.append(i)
-        kept, lost_i = sched.resume(self.wid, idxs)
-        lost.extend(graph.keys[i] for i in lost_i)
-        if kept:
-            log.info("worker %s resumed %d running task(s)", self.wid, len(kept))
-        self.conn.send(m.resumed(msg["id"], [(graph.keys[i], t) for i, t in kept], lost))
-        await self.conn.drain()
-
-    async def on_code(self, msg: dict[str, Any]) -> None:
-        """Where the jugfile's code lives, and (if asked) the coordinator's copy of it, for a
-        worker on a machine without those directories (see codeship)."""
-        c = self.c
-        assert c.loaded is not None
-        modules: list[dict[str, Any]] = []
-        if msg["bundle"]:
-            bundle = await c.code_bundle()
-            modules = [m.module_item(x.name, x.path, x.is_pkg, x.source) for x in bundle]
-        self.conn.send(m.code_reply(msg["id"], jugfile=str(c.loaded.path),
-                                    roots=c.loaded.code_roots, modules=modules))
-        await self.conn.drain()
-
-    async def on_status(self, msg: dict[str, Any]) -> None:
-        self.conn.send(m.status_reply(msg["id"], self.c.status(bool(msg["detail"]))))
-        await self.conn.drain()
-
-    async def on_shutdown(self, msg: dict[str, Any]) -> None:
-        log.info("shutdown requested by %s", self.wid)
-        self.conn.send(m.ok(msg["id"]))
-        await self.conn.drain()
-        self.c.stop()
-
-    async def on_exited(self, msg: dict[str, Any]) -> None:
-        """A supervisor (``ajug work -j N``) says how one of its worker processes ended."""
-        self.c.worker_exited(msg["host"], msg["pid"], msg["cause"], msg["detail"])
-        self.conn.send(m.ok(msg["id"]))
-        await self.conn.drain()
-
-    async def on_invalidate(self, msg: dict[str, Any]) -> None:
-        sched, graph = self.c.sched, self.c.graph
-        assert sched is not None and graph is not None
-        idxs = [graph.index[k] for k in msg["keys"] if k in graph.index]
-        n = sched.invalidate(idxs)
-        log.info("invalidated %d task(s) on request", n)
-        if self.c.records is not None and self.c.records.known:
-            for k in msg["keys"]:
-                self.c.records.succeeded(k)
-            self.c.records.flush()
-        if self.c.state == "finished":
-            self.c.state = "running"
-        self.c._notify()
-        self.conn.send(m.ok(msg["id"]))
-        await self.conn.drain()
-
-
-__all__ = ["Coordinator", "Settings", "DEFAULT_PORT", "WAITING", "READY", "RUNNING"]
+__all__ = ["Coordinator", "Settings", "DEFAULT_PORT", "DURATION_BUCKETS_S", "MAX_LEASES_PER_REQUEST",
+           "MAX_WAIT_MS", "ConnSession", "Waiter", "bind_error", "WAITING", "READY", "RUNNING"]

@@ -17,12 +17,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
 from .scheduler import Failure
 from .stores.base import Store
+
+if TYPE_CHECKING:
+    from .graph import Graph
+    from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +115,22 @@ def clear_records(store: Store, keys: Sequence[str]) -> int:
     known = set(store.failure_keys())
     mine = [k for k in keys if k in known]
     return store.clear_failures(mine) if mine else 0
+
+
+def record_new_failures(sched: Scheduler, graph: Graph, records: FailureRecords | None,
+                        worker_name: Callable[[str], str]) -> None:
+    """Log each task newly marked failed (once, here: not also in the worker's log) and have
+    it recorded in the store; writes happen in a thread."""
+    if not sched.new_failures:
+        return
+    new, sched.new_failures = sched.new_failures, []
+    for i in new:
+        f = sched.failures.get(i)
+        if f is None:
+            continue
+        name = graph.functions[graph.fn[i]].name
+        log.warning("task %s (%s) failed: %s: %s", name, graph.keys[i][:12], f.type, f.msg)
+        if records is not None:
+            records.failed(graph.keys[i], failure_record(name, f, worker_name(f.worker)))
+    if records is not None:
+        records.flush()

@@ -33,6 +33,7 @@ from .taskstate import (
     RUNNING,
     WAITING,
     Failure,
+    FailureKind,
 )
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class Recovery:
                     "something deleting results, or do some workers write to another store "
                     "(a worker's --store must point where the coordinator's does)?"
                 )
-                self._fail(j, Failure(j, "store", "ResultVanished", msg, "", "", n))
+                self._fail(j, Failure(j, FailureKind.STORE, "ResultVanished", msg, "", "", n))
             else:
                 self._vanished.add(j)
                 self._requeue(j)
@@ -166,7 +167,7 @@ class Recovery:
         notes = self.loss_notes.get(i, [])
         msg = (f"lost its worker {n} times ({'; '.join(notes[-MAX_NOTES:])}); suspected of "
                "killing workers, so it is not handed out again")
-        return Failure(i, "worker-lost", "WorkerLost", msg, "", worker, n, list(notes))
+        return Failure(i, FailureKind.WORKER_LOST, "WorkerLost", msg, "", worker, n, list(notes))
 
     def worker_exited(self, host: str, pid: int, cause: str, detail: str) -> list[int]:
         """A worker's supervisor says how its process ended (``ajug.supervisor``): ``cause``
@@ -188,7 +189,7 @@ class Recovery:
                 notes[n] = detail if counts else detail + " (not counted)"
             if counts:
                 f = self.failures.get(i)
-                if f is not None and f.kind == "worker-lost":
+                if f is not None and f.kind == FailureKind.WORKER_LOST:
                     self.failures[i] = self._suspect(i, f.worker, f.attempts)
             else:
                 self._uncount(i)
@@ -203,7 +204,7 @@ class Recovery:
         else:
             self.lost_count.pop(i, None)
         f = self.failures.get(i)
-        if self.state[i] != FAILED or f is None or f.kind != "worker-lost":
+        if self.state[i] != FAILED or f is None or f.kind != FailureKind.WORKER_LOST:
             return
         del self.failures[i]
         self._set(i, WAITING)

@@ -15,14 +15,11 @@ Lease rules (DESIGN.md, "Leases and failures"):
 - a ``done`` for a lease that is no longer current is the caller's to verify in the store
   (``complete`` returns False) and then ``accept_late``.
 
-What to do when a result vanishes from the store, and whom to blame when a worker dies, is in
-``recovery`` (a part of this class).
-
-Follow-on leases (a worker that asks with ``follow``): a waiting task whose unfinished inputs
-are all leased to that worker is leased to it as well, to run right after them on the same
-machine. A chain then runs without a round trip per step, and a reduce runs where its inputs
-are. Such a task is RUNNING with ``remaining > 0``; losing it (or one of its inputs) puts it
-back to WAITING without counting an attempt, since it never ran.
+Parts of this class kept in modules of their own, each one idea: ``recovery`` (a result that
+vanished from the store, a worker that died), ``followon`` (leasing a chain ahead to the worker
+that holds its start), ``admission`` (the resume grace, which waiting request is served first)
+and ``runstart`` (the done set from the store; the carry-over past a barrier). Failure kinds
+and report outcomes are enums in ``taskstate``; ``fail_fast`` halts at the first failure.
 """
 
 from __future__ import annotations
@@ -35,8 +32,11 @@ from collections.abc import Callable, Iterable
 from itertools import accumulate, compress
 from typing import Any
 
+from .admission import Admission, LeaseRequest
+from .followon import FollowOn
 from .graph import Graph
 from .recovery import Recovery
+from .runstart import RunStart
 from .taskstate import (
     BLOCKED,
     DONE,
@@ -49,12 +49,14 @@ from .taskstate import (
     STATE_NAMES,
     WAITING,
     Failure,
+    FailureKind,
     Lease,
+    Outcome,
     WorkerInfo,
 )
 
 
-class Scheduler(Recovery):
+class Scheduler(Recovery, FollowOn, Admission, RunStart):
     def __init__(
         self,
         graph: Graph,
@@ -62,9 +64,13 @@ class Scheduler(Recovery):
         lease_ttl_s: float = 30.0,
         max_attempts: int = 3,
         retries: int = 0,
+        fail_fast: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.graph = graph
+        #: stop the run at the first task failed for good (``--fail-fast``): ``halted`` says so
+        self.fail_fast = fail_fast
+        self.halted = False
         self.lease_ttl_s = lease_ttl_s
         self.max_attempts = max_attempts
         self.retries = retries
@@ -120,61 +126,6 @@ class Scheduler(Recovery):
                 fill[j] += 1
         self.rdep_start = nd
         self.rdep_idx = rev
-
-    # -- setup ----------------------------------------------------------------------------
-    def start(self, done: Iterable[bool]) -> None:
-        """Mark what the store already holds as done, then compute the ready set."""
-        st, fn, counts, n = self.state, self.graph.fn, self.counts, len(self.state)
-        done_idx = list(compress(range(n), done))
-        for i in done_idx:
-            st[i] = DONE
-        for f, c in Counter(map(fn.__getitem__, done_idx)).items():
-            counts[f][WAITING] -= c
-            counts[f][DONE] += c
-        ds, di, rem = self.graph.dep_start, self.graph.dep_idx, self.remaining
-        ready: list[int] = []
-        no_deps: Iterable[int]
-        if done_idx:
-            no_deps = (i for i in range(n) if not self._ndeps[i] and st[i] != DONE)
-        else:
-            no_deps = compress(range(n), map(operator.not_, self._ndeps))
-        ready.extend(no_deps)
-        for i in compress(range(n), self._ndeps):
-            if st[i] == DONE:
-                continue
-            r = 0
-            for p in range(ds[i], ds[i + 1]):
-                if st[di[p]] != DONE:
-                    r += 1
-            rem[i] = r
-            if r == 0:
-                ready.append(i)
-        ready.sort()  # graph order
-        for i in ready:
-            st[i] = READY
-        for f, c in Counter(map(fn.__getitem__, ready)).items():
-            counts[f][WAITING] -= c
-            counts[f][READY] += c
-        self.ready.extend(ready)
-
-    def inherit(self, old: Scheduler, old_graph: Graph) -> None:
-        """Past a barrier the graph is new, the run is not: same workers (holding nothing: the
-        coordinator reloads only when nothing runs), same counters, and each task's count of
-        vanished results, by key."""
-        self.workers = old.workers
-        for w in self.workers.values():
-            w.leases = set()
-            w.frontier.clear()
-        self.reclaimed, self.completed = old.reclaimed, old.completed
-        self.duplicates = old.duplicates
-        self.vanished, self.recomputed = old.vanished, old.recomputed
-        index, keys = self.graph.index, old_graph.keys
-        for i, n in old.vanish_count.items():
-            j = index.get(keys[i])
-            if j is not None:
-                self.vanish_count[j] = n
-                if i in old._vanished:
-                    self._vanished.add(j)
 
     def _set(self, i: int, s: int) -> None:
         c = self.counts[self.graph.fn[i]]
@@ -254,52 +205,6 @@ class Scheduler(Recovery):
         out.append((i, self._tok))
         if w.follow and self.rdep_start[i] != self.rdep_start[i + 1]:
             w.frontier.append([i, self.rdep_start[i]])
-
-    def _follow(self, w: WorkerInfo, out: list[tuple[int, int]], n: int, deadline: float) -> None:
-        """Lease to ``w`` the waiting dependents of its leases whose other unfinished inputs
-        are all leased to ``w`` too."""
-        fr, st, rem, leases = w.frontier, self.state, self.remaining, self.leases
-        rs, ri = self.rdep_start, self.rdep_idx
-        ds, di = self.graph.dep_start, self.graph.dep_idx
-        wid = w.wid
-        while fr and len(out) < n:
-            ent = fr[0]
-            i, p = ent
-            lz = leases.get(i)
-            if st[i] != RUNNING or lz is None or lz.worker != wid:
-                fr.popleft()
-                continue
-            end = rs[i + 1]
-            while p < end and len(out) < n:
-                j = ri[p]
-                p += 1
-                if st[j] != WAITING:
-                    continue
-                for q in range(ds[j], ds[j + 1]):
-                    d = di[q]
-                    s = st[d]
-                    if s == DONE:
-                        continue
-                    if s != RUNNING:
-                        break
-                    dl = leases.get(d)
-                    if dl is None or dl.worker != wid:
-                        break
-                else:
-                    if rem[j]:
-                        self._grant(w, j, deadline, out)
-            if p >= end:
-                fr.popleft()
-            else:
-                ent[1] = p
-
-    def after(self, i: int) -> list[int]:
-        """The inputs of a leased task that are not done yet: non-empty for a follow-on lease,
-        whose worker must run these first."""
-        if not self.remaining[i]:
-            return []
-        st, ds, di = self.state, self.graph.dep_start, self.graph.dep_idx
-        return [di[q] for q in range(ds[i], ds[i + 1]) if st[di[q]] != DONE]
 
     def give_back(self, i: int, tok: int) -> None:
         """A lease granted but not sent (the coordinator was frozen meanwhile and must check
@@ -391,16 +296,17 @@ class Scheduler(Recovery):
         # round trip and finds the input in its cache
         self.ready.extendleft(reversed(newly))
 
-    def fail(self, wid: str, i: int, tok: int, err: dict[str, Any]) -> str:
-        """The task raised. Returns "retry", "failed" or "stale" (lease not current)."""
+    def fail(self, wid: str, i: int, tok: int, err: dict[str, Any]) -> Outcome:
+        """The task raised (``err``: the worker's report). Retried, failed for good (with
+        ``fail_fast``, the run is ``halted``), or a stale report ignored."""
         lease = self.leases.get(i)
         if lease is None or lease.tok != tok:
-            return "stale"
+            return Outcome.STALE
         self._release(lease)
         self._revoke_followers(i)
-        if err.get("kind") == "skipped":  # a follow-on the worker could not run: not an attempt
+        if err.get("kind") == FailureKind.SKIPPED:  # a follow-on its worker could not run
             self._back(i)
-            return "retry"
+            return Outcome.RETRY
         w = self.workers.get(wid)
         if w is not None:
             w.failed += 1
@@ -408,20 +314,13 @@ class Scheduler(Recovery):
         if n <= self.retries:
             self._set(i, READY)
             self.ready.append(i)
-            return "retry"
-        self._fail(
-            i,
-            Failure(
-                i,
-                str(err.get("kind", "exception")),
-                str(err.get("type", "Exception")),
-                str(err.get("msg", "")),
-                str(err.get("tb", "")),
-                wid,
-                n,
-            ),
-        )
-        return "failed"
+            return Outcome.RETRY
+        kind = str(err.get("kind", FailureKind.EXCEPTION))
+        self._fail(i, Failure(i, kind, str(err.get("type", "Exception")), str(err.get("msg", "")),
+                              str(err.get("tb", "")), wid, n))
+        if self.fail_fast:
+            self.halted = True
+        return Outcome.FAILED
 
     def mark_failed(self, i: int, failure: Failure) -> None:
         """Offline status: a task whose failure the store records is failed, and what needs it
@@ -439,22 +338,6 @@ class Scheduler(Recovery):
         w = self.workers.get(lease.worker)
         if w is not None:
             w.leases.discard(lease.idx)
-
-    def _revoke_followers(self, i: int) -> None:
-        """``i`` will not be done where it was leased: its follow-on leases (and theirs) are
-        taken back; they wait for their inputs again."""
-        rs, ri, st, rem = self.rdep_start, self.rdep_idx, self.state, self.remaining
-        stack = [i]
-        while stack:
-            k = stack.pop()
-            for p in range(rs[k], rs[k + 1]):
-                j = ri[p]
-                if st[j] == RUNNING and rem[j]:
-                    lease = self.leases.get(j)
-                    if lease is not None:
-                        self._release(lease)
-                    self._set(j, WAITING)
-                    stack.append(j)
 
     def _back(self, i: int) -> None:
         """A lease given up without an attempt: ready again, or waiting for its inputs."""
@@ -563,4 +446,5 @@ class Scheduler(Recovery):
 
 
 __all__ = ["BLOCKED", "DONE", "FAILED", "MAX_NOTES", "MAX_REMEMBERED", "MAX_VANISHED", "READY",
-           "RUNNING", "STATE_NAMES", "WAITING", "Failure", "Lease", "Scheduler", "WorkerInfo"]
+           "RUNNING", "STATE_NAMES", "WAITING", "Failure", "FailureKind", "Lease", "LeaseRequest",
+           "Outcome", "Scheduler", "WorkerInfo"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from enum import Enum
 
 WAITING, READY, RUNNING, DONE, FAILED, BLOCKED = range(6)
 STATE_NAMES = ("waiting", "ready", "running", "done", "failed", "blocked")
@@ -16,6 +17,31 @@ MAX_VANISHED = 5
 MAX_REMEMBERED = 4096
 #: Causes of loss listed in a "suspected of killing workers" failure.
 MAX_NOTES = 10
+
+
+class FailureKind(str, Enum):
+    """Why a task failed (``Failure.kind``; the ``kind`` of a worker's failure report). A str,
+    so that it is written to the wire, JSON and the store as its value."""
+
+    EXCEPTION = "exception"  # the task raised
+    WORKER_LOST = "worker-lost"  # suspected of killing its workers (``max_attempts`` lost)
+    STORE = "store"  # its result kept vanishing from the store (``MAX_VANISHED``)
+    INPUT_MISSING = "input-missing"  # an input's result was not in the store: not its fault
+    SKIPPED = "skipped"  # a follow-on its worker could not run: not an attempt
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Outcome(str, Enum):
+    """What a failure report did to its task (``Scheduler.fail``)."""
+
+    RETRY = "retry"  # ready again (a retry, or a skipped follow-on)
+    FAILED = "failed"  # failed for good: what needs it is blocked
+    STALE = "stale"  # not a current lease: ignored
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -48,7 +74,7 @@ class WorkerInfo:
 @dataclass
 class Failure:
     idx: int
-    kind: str  # "exception", "worker-lost", "store", "input-missing"
+    kind: str  # a FailureKind (or, read back from the store, its value)
     type: str
     msg: str
     tb: str
@@ -56,3 +82,7 @@ class Failure:
     attempts: int
     #: how the task lost each of its workers, when it did ("exit status 3 (...)", ...)
     causes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # a plain str on the wire and in the store (the codec and schema check exact types)
+        self.kind = str(self.kind)

@@ -73,24 +73,29 @@ class _Map(_Type):
                 return False
         else:
             return True
-        stack: list[tuple[Any, int]] = [(value, 1)]
-        while stack:
-            v, depth = stack.pop()
-            if depth > MAX_DEPTH:
-                return False
-            if type(v) is dict:
-                for k, item in v.items():
-                    if type(k) is not str:
-                        return False
-                    stack.append((item, depth + 1))
-            elif type(v) in (list, tuple):
-                stack.extend((item, depth + 1) for item in v)
-            elif type(v) is int:
-                if not INT64_MIN <= v <= UINT64_MAX:
+        return _nested_ok(value)
+
+
+def _nested_ok(value: dict[Any, Any]) -> bool:
+    """The walk for a map holding maps or arrays: str keys, plain values, bounded depth."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return False
+        if type(v) is dict:
+            for k, item in v.items():
+                if type(k) is not str:
                     return False
-            elif v is not None and type(v) not in (bool, float, str, bytes):
+                stack.append((item, depth + 1))
+        elif type(v) in (list, tuple):
+            stack.extend((item, depth + 1) for item in v)
+        elif type(v) is int:
+            if not INT64_MIN <= v <= UINT64_MAX:
                 return False
-        return True
+        elif v is not None and type(v) not in (bool, float, str, bytes):
+            return False
+    return True
 
 
 class List(_Type):

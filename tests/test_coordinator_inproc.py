@@ -1,0 +1,107 @@
+# ruff: noqa: F811  (the make_coordinator fixture is imported from tests/inproc.py)
+"""A coordinator in the test's own process and event loop (``tests/inproc.py``), driven over
+real TCP on 127.0.0.1: what needs no worker processes is tested here in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from ajug.protocol import messages as m
+from ajug.protocol.connection import Connection, open_connection
+from tests.inproc import TOKEN, MakeCoordinator, connect, make_coordinator  # noqa: F401
+
+INDEPENDENT = """
+from ajug import TaskGenerator
+
+@TaskGenerator
+def double(x):
+    return 2 * x
+
+xs = [double(i) for i in range(3)]
+"""
+
+
+async def ask(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    conn.send(msg)
+    await conn.drain()
+    return await asyncio.wait_for(conn.recv(), 10)
+
+
+async def test_a_worker_leases_reports_and_hears_finished(make_coordinator: MakeCoordinator) -> None:
+    coord = await make_coordinator(INDEPENDENT)
+    assert coord.store is not None
+    w = await connect(coord)
+    reply = await ask(w, m.lease(1, want=10))
+    assert reply["state"] == "run" and len(reply["leases"]) == 3 and len(reply["funcs"]) == 1
+    done = []
+    for item in reply["leases"]:
+        coord.store.save(item["key"], 0)
+        done.append((item["key"], item["tok"], {"rt": 0.5, "size": 1}))
+    reply = await ask(w, m.lease(2, want=10, done=done))
+    assert reply["state"] == "finished" and reply["leases"] == []
+    assert coord.state == "finished" and coord.exit_status() == 0
+    assert sum(coord.durations) == 3 and coord.duration_sum_s == 1.5
+    w.close()
+
+
+async def test_a_read_only_client_reads_status_but_may_not_shut_down(
+        make_coordinator: MakeCoordinator) -> None:
+    coord = await make_coordinator(INDEPENDENT, read_token=b"read-only-token-0123456789")
+    c = await connect(coord, role="client", access="read", token=b"read-only-token-0123456789")
+    st = (await ask(c, m.status(1)))["status"]
+    assert st["tasks"] == 3 and st["totals"]["ready"] == 3 and st["state"] == "running"
+    denied = await ask(c, m.shutdown(2))
+    assert denied["op"] == "error" and denied["code"] == "access"
+    assert (await ask(c, m.status(3)))["op"] == "status"  # the connection carries on
+    assert not coord._stop.is_set()
+    c.close()
+
+
+async def test_fail_fast_stops_the_coordinator_at_the_first_failure(
+        make_coordinator: MakeCoordinator) -> None:
+    coord = await make_coordinator(INDEPENDENT, fail_fast=True)
+    w = await connect(coord)
+    (first, *_) = (await ask(w, m.lease(1, want=3)))["leases"]
+    err = m.task_error("ValueError", "boom", "", "exception")
+    w.send(m.lease(2, want=0, failed=[(first["key"], first["tok"], err)]))
+    await w.drain()
+    await asyncio.wait_for(coord._stop.wait(), 10)
+    st = coord.status()
+    assert st["totals"]["failed"] == 1 and st["failures"][0]["kind"] == "exception"
+    w.close()
+
+
+async def test_serve_connection_takes_any_stream_pair(make_coordinator: MakeCoordinator) -> None:
+    """The public entry for one connection: a second listener on port 0 hands its
+    connections to ``serve_connection``, as the coordinator's own does."""
+    coord = await make_coordinator(INDEPENDENT)
+    server = await asyncio.start_server(coord.serve_connection, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        c = await open_connection("127.0.0.1", port, token=TOKEN, role="client")
+        st = (await ask(c, m.status(1)))["status"]
+        assert st["tasks"] == 3
+        c.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("took_over", [False, True])
+async def test_resume_grace_holds_leases_on_the_coordinators_clock(
+        make_coordinator: MakeCoordinator, took_over: bool) -> None:
+    now = [1000.0]
+    coord = await make_coordinator(INDEPENDENT, clock=lambda: now[0], resume_grace_s=5.0)
+    assert coord.sched is not None
+    if took_over:  # as ``load`` does after taking over a dead coordinator's store
+        coord.sched.hold_for_resume(coord.s.resume_grace_s)
+    w = await connect(coord)
+    reply = await ask(w, m.lease(1, want=3))
+    assert len(reply["leases"]) == (0 if took_over else 3)
+    now[0] += 6
+    reply = await ask(w, m.lease(2, want=3))
+    assert len(reply["leases"]) == (3 if took_over else 0)
+    w.close()
