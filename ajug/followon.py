@@ -34,6 +34,7 @@ class FollowOn:
     if TYPE_CHECKING:
         def _set(self, i: int, s: int) -> None: ...
         def _release(self, lease: Lease) -> None: ...
+        def fits(self, w: WorkerInfo, i: int) -> bool: ...
         def _grant(self, w: WorkerInfo, i: int, deadline: float,
                    out: list[tuple[int, int]]) -> None: ...
 
@@ -61,7 +62,7 @@ class FollowOn:
             while p < end and len(out) < n:
                 j = ri[p]
                 p += 1
-                if st[j] == WAITING and rem[j] and self._inputs_with(j, wid):
+                if st[j] == WAITING and rem[j] and self._inputs_with(j, wid) and self.fits(w, j):
                     self._grant(w, j, deadline, out)
             if p >= end:
                 fr.popleft()

@@ -17,6 +17,7 @@ import types
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, compress
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,23 @@ class Graph:
     def opts(self, i: int) -> TaskOptions:
         """Task ``i``'s options (NO_OPTIONS if it has none)."""
         return NO_OPTIONS if self.opt_of is None else self.options[self.opt_of[i]]
+
+    def dependents(self, ndeps: Sequence[int]) -> tuple[array[int], array[int]]:
+        """The dependents of every task, as CSR (start offsets, indices): the reverse of the
+        inputs. ``ndeps``: each task's number of inputs."""
+        n, ds, di = len(self.keys), self.dep_start, self.dep_idx
+        count = array("I", bytes(4 * n))
+        for j in di:
+            count[j] += 1
+        start = array("I", accumulate(count, initial=0))
+        fill = array("I", start[:-1]) if n else array("I")
+        rev = array("I", bytes(4 * len(di)))
+        for i in compress(range(n), ndeps):
+            for p in range(ds[i], ds[i + 1]):
+                j = di[p]
+                rev[fill[j]] = i
+                fill[j] += 1
+        return start, rev
 
     def deps(self, i: int) -> Sequence[int]:
         return self.dep_idx[self.dep_start[i] : self.dep_start[i + 1]]

@@ -82,6 +82,7 @@ async def load_run(
         lease_ttl_s=settings.lease_ttl_s,
         max_attempts=settings.max_attempts,
         retries=settings.retries,
+        task_timeout_s=settings.task_timeout_s,
         fail_fast=settings.fail_fast,
         clock=clock,
     )

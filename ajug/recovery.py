@@ -38,9 +38,9 @@ from .taskstate import (
 
 if TYPE_CHECKING:
     from array import array
-    from collections import deque
 
     from .graph import Graph
+    from .readyqueue import ReadyQueue
     from .taskstate import Lease
 
 
@@ -50,7 +50,7 @@ class Recovery:
     graph: Graph
     state: bytearray
     remaining: array[int]
-    ready: deque[int]
+    ready: ReadyQueue
     leases: dict[int, Lease]
     rdep_start: array[int]
     rdep_idx: array[int]

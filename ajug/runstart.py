@@ -13,9 +13,9 @@ from .taskstate import DONE, READY, WAITING
 
 if TYPE_CHECKING:
     from array import array
-    from collections import deque
 
     from .graph import Graph
+    from .readyqueue import ReadyQueue
     from .scheduler import Scheduler
     from .taskstate import WorkerInfo
 
@@ -26,7 +26,7 @@ class RunStart:
     graph: Graph
     state: bytearray
     remaining: array[int]
-    ready: deque[int]
+    ready: ReadyQueue
     counts: list[list[int]]
     workers: dict[str, WorkerInfo]
     unverified: array[int]

@@ -27,14 +27,14 @@ from __future__ import annotations
 import operator
 import time
 from array import array
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
-from itertools import accumulate, compress
 from typing import Any
 
 from .admission import Admission, LeaseRequest
 from .followon import FollowOn
 from .graph import Graph
+from .placement import Placement
 from .recovery import Recovery
 from .runstart import RunStart
 from .taskstate import (
@@ -56,7 +56,7 @@ from .taskstate import (
 )
 
 
-class Scheduler(Recovery, FollowOn, Admission, RunStart):
+class Scheduler(Recovery, FollowOn, Admission, RunStart, Placement):
     def __init__(
         self,
         graph: Graph,
@@ -65,6 +65,7 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart):
         max_attempts: int = 3,
         retries: int = 0,
         fail_fast: bool = False,
+        task_timeout_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.graph = graph
@@ -74,11 +75,12 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart):
         self.lease_ttl_s = lease_ttl_s
         self.max_attempts = max_attempts
         self.retries = retries
+        self.task_timeout_s = task_timeout_s
         self.clock = clock
         n = len(graph)
         self.state = bytearray(n)  # all WAITING
         self.remaining = array("I", bytes(4 * n))
-        self.ready: deque[int] = deque()
+        self._init_placement()
         self.leases: dict[int, Lease] = {}
         self.workers: dict[str, WorkerInfo] = {}
         self.lost_count: dict[int, int] = {}
@@ -106,26 +108,11 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart):
         self._vanished: set[int] = set()
         #: tasks done in this run whose results the coordinator has not confirmed present yet
         self.unverified = array("I")
-        # the number of inputs of each task, and the tasks that have any (iterated at C speed:
-        # a million-task graph is mostly tasks with none)
+        # the number of inputs of each task (its tasks with any are iterated at C speed: a
+        # million-task graph is mostly tasks with none), and the dependents of each, as CSR
         ds = graph.dep_start
         self._ndeps = array("I", map(operator.sub, ds[1:], ds[:-1]))
-        with_deps = list(compress(range(n), self._ndeps))
-        # dependents, as CSR, for making tasks ready when their inputs are done
-        di = graph.dep_idx
-        dependents = array("I", bytes(4 * n))
-        for j in di:
-            dependents[j] += 1
-        nd = array("I", accumulate(dependents, initial=0))
-        fill = array("I", nd[:-1]) if n else array("I")
-        rev = array("I", bytes(4 * len(di)))
-        for i in with_deps:
-            for p in range(ds[i], ds[i + 1]):
-                j = di[p]
-                rev[fill[j]] = i
-                fill[j] += 1
-        self.rdep_start = nd
-        self.rdep_idx = rev
+        self.rdep_start, self.rdep_idx = graph.dependents(self._ndeps)
 
     def _set(self, i: int, s: int) -> None:
         c = self.counts[self.graph.fn[i]]
@@ -134,9 +121,12 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart):
         self.state[i] = s
 
     # -- workers --------------------------------------------------------------------------
-    def add_worker(self, wid: str, host: str = "", pid: int = 0, name: str = "") -> WorkerInfo:
+    def add_worker(self, wid: str, host: str = "", pid: int = 0, name: str = "",
+                   group: str = "", offers: dict[str, float] | None = None) -> WorkerInfo:
+        """``group``/``offers``: the host group the worker runs for, and what it offers."""
         now = self.clock()
         w = self.workers[wid] = WorkerInfo(wid, host, pid, name, now, now)
+        self.join_pool(w, group, offers)
         return w
 
     def remove_worker(self, wid: str) -> list[int]:
@@ -157,6 +147,7 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart):
             self._departed[(w.host, w.pid)] = lost_here
             while len(self._departed) > MAX_REMEMBERED:
                 self._departed.popitem(last=False)
+        self.leave_pool(w)
         return lost
 
     # -- leases ---------------------------------------------------------------------------
@@ -176,10 +167,12 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart):
         deadline = now + self.lease_ttl_s
         if w.follow:
             self._follow(w, out, n, deadline)
-        ready, st = self.ready, self.state
+        ready, st, fits = self.ready, self.state, self.fitter(w)
         later: list[int] = []
-        while ready and len(out) < n:
-            i = ready.popleft()
+        while len(out) < n:
+            i = ready.pop(fits)
+            if i is None:
+                break
             if st[i] != READY:
                 continue
             if i in lost:
@@ -201,6 +194,7 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart):
         self._tok += 1
         self.leases[i] = Lease(i, w.wid, self._tok, deadline, deadline - self.lease_ttl_s)
         w.leases.add(i)
+        self._hold(w, i)
         self._set(i, RUNNING)
         out.append((i, self._tok))
         if w.follow and self.rdep_start[i] != self.rdep_start[i + 1]:
@@ -311,7 +305,7 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart):
         if w is not None:
             w.failed += 1
         n = self.error_count[i] = self.error_count.get(i, 0) + 1
-        if n <= self.retries:
+        if n <= self.retries_of(i):
             self._set(i, READY)
             self.ready.append(i)
             return Outcome.RETRY
@@ -335,6 +329,7 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart):
 
     def _release(self, lease: Lease) -> None:
         del self.leases[lease.idx]
+        self._unhold(lease.idx)
         w = self.workers.get(lease.worker)
         if w is not None:
             w.leases.discard(lease.idx)
@@ -390,6 +385,7 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart):
                 self._tok += 1
                 self.leases[i] = Lease(i, wid, self._tok, now + self.lease_ttl_s, now)
                 w.leases.add(i)
+                self._hold(w, i)
                 self._set(i, RUNNING)
                 kept.append((i, self._tok))
             else:

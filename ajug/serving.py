@@ -24,6 +24,8 @@ class Settings:
     lease_ttl_s: float = 30.0
     max_attempts: int = 3
     retries: int = 0
+    #: default timeout of a task without one of its own (``--task-timeout``); None: none
+    task_timeout_s: float | None = None
     stay: bool = False
     fail_fast: bool = False
     ssl: _ssl.SSLContext | None = None

@@ -160,6 +160,9 @@ class ConnSession:
         assert sched is not None
         sched.touch(self.wid)
         sched.set_follow(self.wid, bool(msg.get("follow")))
+        offer = msg.get("offer")
+        if offer is not None:
+            sched.set_offer(self.wid, offer["group"], offer["resources"])
         if self._report(msg):
             c._notify_from(self)
             await c._check_finished()
@@ -306,7 +309,7 @@ class ConnSession:
                 f = graph.functions[fid]
                 funcs.append(m.func_item(fid, f.name, f.src, f.code))
             out.append(m.lease_item(graph.keys[i], tok, fid, graph.args[i],
-                                    [graph.keys[d] for d in sched.after(i)]))
+                                    [graph.keys[d] for d in sched.after(i)], sched.timeout_of(i)))
         if out:
             state = "run"
         elif c.state == "finished" and (not c.s.stay or c._closing):

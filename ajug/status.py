@@ -119,6 +119,8 @@ def render(st: dict[str, Any], console: Console, failed_tracebacks: bool = False
         render_jobs(st["jobs"], console)
     if st.get("barrier"):
         console.print("more tasks follow a barrier once these are done")
+    for u in st.get("unplaceable", []):
+        console.print(f"[yellow]{waiting_line(u)}[/yellow]", highlight=False, soft_wrap=True)
     jugfile = st.get("jugfile") or "JUGFILE"
     for f in st.get("stale", []):
         of = "" if f["exact"] else f" (of {f['checked']} checked)"
@@ -137,6 +139,12 @@ def render(st: dict[str, Any], console: Console, failed_tracebacks: bool = False
                               soft_wrap=True)
 
 
+def waiting_line(u: dict[str, Any]) -> str:
+    """Ready tasks no connected worker can hold (``placement.unplaceable``)."""
+    return (f"{u['tasks']} task(s) waiting for a worker with {u['needs']}: no connected "
+            "worker offers that (ajug work --resources)")
+
+
 def plain_line(st: dict[str, Any]) -> str:
     tot = st["totals"]
     n = st.get("tasks", sum(tot.values()))
@@ -153,6 +161,8 @@ def plain_line(st: dict[str, Any]) -> str:
     if st.get("vanished"):
         r += (f"; {st['vanished']} result(s) vanished from the store, "
               f"{st.get('recomputed', 0)} computed again")
+    for u in st.get("unplaceable", []):
+        r += f"; {u['tasks']} waiting for a worker with {u['needs']}"
     jobs = st.get("jobs")
     if jobs:  # --workers slurm: the jobs too
         r += f"; jobs: {jobs.get('running', 0)} running, {jobs.get('pending', 0)} pending"

@@ -122,6 +122,7 @@ def live_status(coord: Coordinator, detail: bool = False) -> dict[str, Any]:
         "duplicates": sched.duplicates,
         "vanished": sched.vanished,
         "recomputed": sched.recomputed,
+        "unplaceable": sched.unplaceable(),
         "rate": round(done_rate(coord.history), 2),
         **{name: section() for name, section in coord.status_sections.items()},
     }

@@ -28,6 +28,7 @@ class FailureKind(str, Enum):
     STORE = "store"  # its result kept vanishing from the store (``MAX_VANISHED``)
     INPUT_MISSING = "input-missing"  # an input's result was not in the store: not its fault
     SKIPPED = "skipped"  # a follow-on its worker could not run: not an attempt
+    TIMEOUT = "timeout"  # it ran past its timeout; its worker stopped it (an attempt)
 
     def __str__(self) -> str:
         return self.value
@@ -69,6 +70,8 @@ class WorkerInfo:
     follow: bool = False
     #: leased tasks whose dependents have not all been looked at: [task, next rdep position]
     frontier: deque[list[int]] = field(default_factory=deque)
+    #: the host group whose resources its tasks hold (``placement``)
+    group: str = ""
 
 
 @dataclass

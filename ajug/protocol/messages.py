@@ -35,6 +35,8 @@ from ajug.protocol.schema import (  # noqa: F401 - the field types are re-export
     MAP,
     MAX_DEPTH,
     NIL_OR_UINT,
+    RESOURCES,
+    SECONDS,
     STR,
     UINT,
     UINT64_MAX,
@@ -104,12 +106,15 @@ def _lease_item_ok(v: Any) -> bool:
             and 0 <= tok <= UINT64_MAX and type(fn) is int and 0 <= fn <= UINT64_MAX
             and type(v.get("args")) is bytes):
         return False
-    return "after" not in v or _KEYS.ok(v["after"])
+    return ("after" not in v or _KEYS.ok(v["after"])) and ("timeout" not in v
+                                                         or SECONDS.ok(v["timeout"]))
 
 
 DONE_ITEM = Fast(Tuple(("key", KEY), ("tok", UINT), ("meta", MAP)), _done_item_ok)
+OFFER = Struct(group=STR, resources=RESOURCES)
 LEASE_ITEM = Fast(
-    Struct(key=KEY, tok=UINT, fn=UINT, args=BIN, optional={"after": _KEYS}), _lease_item_ok
+    Struct(key=KEY, tok=UINT, fn=UINT, args=BIN, optional={"after": _KEYS, "timeout": SECONDS}),
+    _lease_item_ok,
 )
 FUNC_ITEM = Struct(fn=UINT, name=STR, src=STR, code=BIN)
 MODULE_ITEM = Struct(name=STR, path=STR, pkg=BOOL, src=BIN)
@@ -135,7 +140,7 @@ SCHEMAS: dict[Sender, dict[str, Struct]] = {
             wait_ms=UINT,
             done=List(DONE_ITEM),
             failed=List(Tuple(("key", KEY), ("tok", UINT), ("err", TASK_ERROR))),
-            optional={"follow": BOOL},
+            optional={"follow": BOOL, "offer": OFFER},
         ),
         "renew": Struct(id=UINT, leases=List(KEY_TOK)),
         "resume": Struct(id=UINT, running=List(KEY)),
@@ -301,9 +306,12 @@ def lease(
     done: Iterable[Sequence[Any]] = (),
     failed: Iterable[Sequence[Any]] = (),
     follow: bool = False,
+    offer: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Report ``done`` ``(key, tok, meta)`` and ``failed`` ``(key, tok, err)``; ask for ``want``
-    (``follow``: this worker honours ``after`` and may be given follow-on leases)."""
+    (``follow``: this worker honours ``after`` and may be given follow-on leases; ``offer``:
+    ``{"group": str, "resources": {name: amount}}``, what its host offers, sent in the first
+    request of a connection)."""
     msg = {
         "op": "lease",
         "id": id,
@@ -314,14 +322,20 @@ def lease(
     }
     if follow:
         msg["follow"] = True
+    if offer is not None:
+        msg["offer"] = {"group": offer["group"], "resources": dict(offer["resources"])}
     return msg
 
 
-def lease_item(key: str, tok: int, fn: int, args: bytes, after: Sequence[str] = ()) -> dict[str, Any]:
-    """``after``: keys this worker runs first (a follow-on lease); absent when empty."""
-    item = {"key": key, "tok": tok, "fn": fn, "args": args}
+def lease_item(key: str, tok: int, fn: int, args: bytes, after: Sequence[str] = (),
+               timeout: float | None = None) -> dict[str, Any]:
+    """``after``: keys this worker runs first (a follow-on lease); absent when empty.
+    ``timeout``: seconds the task may run before its worker stops it; absent: no limit."""
+    item: dict[str, Any] = {"key": key, "tok": tok, "fn": fn, "args": args}
     if after:
         item["after"] = list(after)
+    if timeout:
+        item["timeout"] = timeout
     return item
 
 

@@ -44,6 +44,14 @@ STR = _Pred("str", lambda v: type(v) is str)
 BIN = _Pred("bin", lambda v: type(v) is bytes)
 KEY = _Pred("a key (40 lowercase hex chars)", lambda v: type(v) is str and _KEY.fullmatch(v))
 NIL_OR_UINT = _Pred("uint or nil", lambda v: v is None or UINT.ok(v))
+#: a positive number of seconds (a task's timeout)
+SECONDS = _Pred("a positive number of seconds",
+                lambda v: type(v) in (int, float) and 0 < v < 1e12)
+#: what a worker's host offers: resource name -> amount (at most 64 names)
+RESOURCES = _Pred("a map of resource names to amounts >= 0",
+                  lambda v: type(v) is dict and len(v) <= 64 and all(
+                      type(k) is str and 0 < len(k) <= 64 and type(x) in (int, float)
+                      and 0 <= x < 1e30 for k, x in v.items()))
 
 
 def bin_of(n: int) -> _Type:
