@@ -25,6 +25,7 @@ from .hashing import (
 )
 from .resultmeta import result_meta, source_hash  # noqa: F401 - jug's names, here as there
 from .taskopts import TaskOptions, make_options
+from .taskstore import InstanceStore, StoreMeta
 from .walk import tasks_in
 
 __all__ = [
@@ -83,7 +84,7 @@ class TaskletMixin:
         )
 
 
-class Task(TaskletMixin):
+class Task(TaskletMixin, metaclass=StoreMeta):
     """A lazy call ``f(*args, **kwargs)`` whose result is kept in the store under its identity.
 
     Arguments that are Tasks (or lists/tuples/dicts holding Tasks) are replaced by their results
@@ -91,8 +92,9 @@ class Task(TaskletMixin):
     """
 
     #: The store ``value()`` and ``can_load()`` use (set by ``ajug.init``, the coordinator and
-    #: the worker; a class attribute, as in jug).
-    store: Any = None
+    #: the worker; a class attribute, as in jug: one per process unless a thread isolates its
+    #: own, see ajug.taskstore).
+    store: Any = InstanceStore()
     #: resources, timeout, retries, priority (ajug.taskopts): not part of the identity
     opts: TaskOptions | None = None
     _ajug_task = True  # what ajug.walk recognises a Task by

@@ -209,6 +209,29 @@ def procs(tmp_path: Path) -> Iterator[Any]:
     p.stop_all()
 
 
+@pytest.fixture
+def engine() -> Iterator[Any]:
+    """The engine in this process (tests/inproc.py): ``engine.make_coordinator(jugfile)`` and
+    ``engine.run_worker(port, max_tasks=...)``; all of it stopped at the end."""
+    from inproc import Engine
+
+    e = Engine()
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def make_coordinator(engine: Any) -> Any:
+    """``make_coordinator(jugfile, store_url=None, port=0, **settings)``: serving, loaded."""
+    return engine.make_coordinator
+
+
+@pytest.fixture
+def run_worker(engine: Any) -> Any:
+    """``run_worker(address, max_tasks=None, **worker_options)``: a Worker in a thread."""
+    return engine.run_worker
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real one-node SLURM cluster (tests/slurm_cluster.py) for the session: munged,

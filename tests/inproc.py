@@ -1,49 +1,175 @@
-"""In-process coordinators for tests: ``make_coordinator(...)`` builds one in the test's own
-event loop on a memory store (or any store URL), listening on 127.0.0.1 port 0, and closes it
-when the test ends. Drive it over real TCP with ``connect(coord)`` or through
-``Coordinator.serve_connection`` with any stream pair."""
+"""The engine in the test's own process: a real Coordinator served on 127.0.0.1 (port 0 unless
+told) in a thread with its own event loop, and real Workers, each in a thread of its own (with
+its network thread beside it), over real TCP. No interpreter is started, so an engine test runs
+in milliseconds; what needs processes (signals, fork, a crash) stays with tests/procs.py.
+
+Each worker thread keeps its own ``Task.store`` (ajug.taskstore.isolate), as a worker process
+would; the coordinator's is the process's, as in ``ajug serve``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from ajug import taskstore
 from ajug.coordinator import Coordinator, Settings
-from ajug.protocol.connection import Connection, open_connection
+from ajug.jugfile import default_store_url
+from ajug.worker import Worker, WorkerOptions
 
-TOKEN = b"inproc-token-0123456789abcdef"
-
-MakeCoordinator = Callable[..., Awaitable[Coordinator]]
-
-
-@pytest.fixture
-async def make_coordinator(tmp_path: Path) -> AsyncIterator[MakeCoordinator]:
-    """``await make_coordinator(source, **settings)``: a coordinator serving the jugfile
-    ``source`` (its text), loaded and listening; closed at the end of the test."""
-    made: list[Coordinator] = []
-
-    async def make(source: str, *, name: str = "jugfile.py", store_url: str = "memory:",
-                   clock: Callable[[], float] | None = None, **settings: Any) -> Coordinator:
-        jugfile = tmp_path / name
-        jugfile.write_text(source)
-        s = Settings(jugfile=str(jugfile), store_url=store_url, host="127.0.0.1", port=0,
-                     token=TOKEN, **settings)
-        coord = Coordinator(s) if clock is None else Coordinator(s, clock=clock)
-        made.append(coord)
-        await coord.open()
-        return coord
-
-    yield make
-    for coord in made:
-        await coord.close()
+TOKEN = b"test-token"
 
 
-async def connect(coord: Coordinator, role: str = "worker", access: str = "full",
-                  token: bytes = TOKEN) -> Connection:
-    """A client or worker connection to ``coord`` over TCP on 127.0.0.1."""
-    assert coord.port is not None
-    return await open_connection("127.0.0.1", coord.port, token=token, role=role, access=access,
-                                 handshake_timeout_s=5)
+class InprocCoordinator:
+    """``ajug serve`` in a thread: listening once ``start`` returns, stopped by ``stop``."""
+
+    def __init__(self, jugfile: Path, store_url: str | None = None, port: int = 0,
+                 **settings: Any) -> None:
+        self.settings = Settings(jugfile=str(jugfile),
+                                 store_url=store_url or default_store_url(Path(jugfile)),
+                                 host="127.0.0.1", port=port, token=TOKEN, **settings)
+        self.coord: Coordinator | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.port = 0
+        self.rc: int | None = None
+        self.error: BaseException | None = None
+        self._listening = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="test-coordinator", daemon=True)
+
+    def start(self, timeout_s: float = 60.0) -> InprocCoordinator:
+        """Listen and load the jugfile (as ``ajug serve`` does before it prints its port)."""
+        self._thread.start()
+        if not self._listening.wait(timeout_s):
+            raise AssertionError(f"the coordinator did not start in {timeout_s} s")
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as e:  # noqa: BLE001 - handed to the test by wait()
+            self.error = e
+        finally:
+            self._listening.set()
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        coord = self.coord = Coordinator(self.settings)
+        await coord.listen()
+        assert coord.port is not None
+        self.port = coord.port
+        await coord.load()
+        self._listening.set()
+        self.rc = await coord.run()
+
+    def call(self, fn: Any, *args: Any, timeout_s: float = 10.0) -> Any:
+        """``fn(coordinator, *args)`` run in the coordinator's loop; its result."""
+        async def call() -> Any:
+            return fn(self.coord, *args)
+
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout_s)
+
+    def status(self, detail: bool = False) -> dict[str, Any]:
+        """What ``ajug status --json`` would print."""
+        return self.call(Coordinator.status, detail)  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        """As Ctrl-C does to ``ajug serve``."""
+        if self.loop is not None and self.coord is not None and not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(self.coord.stop)
+            except RuntimeError:  # the loop has just ended
+                pass
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        """The exit status ``ajug serve`` would have (what it raised, raised here)."""
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise AssertionError(f"the coordinator still runs after {timeout_s} s")
+        if self.error is not None:
+            raise self.error
+        assert self.rc is not None
+        return self.rc
+
+
+class InprocWorker:
+    """``ajug work`` in a thread; ``wait`` gives its exit status."""
+
+    def __init__(self, address: int | str, max_tasks: int | None = None, **opts: Any) -> None:
+        host, port = "127.0.0.1", address
+        if isinstance(address, str):
+            host, _, p = address.rpartition(":")
+            port = int(p)
+        assert isinstance(port, int)
+        opts.setdefault("connect_timeout_s", 30.0)
+        self.worker = Worker(WorkerOptions(host=host, port=port, token=TOKEN,
+                                           max_tasks=max_tasks, **opts))
+        self.rc: int | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="test-worker", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        taskstore.isolate()  # its own Task.store, as in a process of its own
+        try:
+            self.rc = self.worker.run()
+        except BaseException as e:  # noqa: BLE001 - handed to the test by wait()
+            self.error = e
+
+    def stop(self) -> None:
+        """Stop between tasks (a task that runs is not interrupted)."""
+        self.worker._stop_net()
+        self.worker.leases.put(None)
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise AssertionError(f"the worker still runs after {timeout_s} s")
+        if self.error is not None:
+            raise self.error
+        assert self.rc is not None
+        return self.rc
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+class Engine:
+    """What the fixtures made, stopped (and the process's settings restored) at the end."""
+
+    def __init__(self) -> None:
+        self.coordinators: list[InprocCoordinator] = []
+        self.workers: list[InprocWorker] = []
+        self._store = taskstore.current()
+        self._switch = sys.getswitchinterval()
+
+    def make_coordinator(self, jugfile: Path, store_url: str | None = None, port: int = 0,
+                         **settings: Any) -> InprocCoordinator:
+        c = InprocCoordinator(jugfile, store_url, port, **settings)
+        self.coordinators.append(c)
+        return c.start()
+
+    def run_worker(self, address: int | str, max_tasks: int | None = None,
+                   **opts: Any) -> InprocWorker:
+        w = InprocWorker(address, max_tasks, **opts)
+        self.workers.append(w)
+        return w
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        for c in self.coordinators:
+            c.stop()
+        for t in [w._thread for w in self.workers] + [c._thread for c in self.coordinators]:
+            t.join(30)
+        taskstore.set_current(self._store)
+        sys.setswitchinterval(self._switch)
+        left = [t.name for t in [w._thread for w in self.workers] +
+                [c._thread for c in self.coordinators] if t.is_alive()]
+        assert not left, f"still running after the test: {left}"

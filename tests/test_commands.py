@@ -4,6 +4,7 @@ config. Every command runs as its own `ajug` process; results come from real `aj
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import socket
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Procs, ajug_cmd, env, offline_status, read_log, status, wait_for
+from inproc import Engine
+from procs import Procs, ajug_cmd, env, offline_status, read_log, wait_for
 
 HERE = Path(__file__).parent
 N = 6  # items in tests/jugfiles/pipeline.py
@@ -124,16 +126,21 @@ def test_stale_code_listed_by_status_and_redone_by_invalidate_stale(proj: Path) 
 
 
 @pytest.mark.timeout(60)
-def test_invalidate_tells_a_live_coordinator_which_runs_them_again(proj: Path, procs: Procs) -> None:
+def test_invalidate_tells_a_live_coordinator_which_runs_them_again(
+        proj: Path, engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """The commands are processes; the coordinator and its worker run in this one (inproc)."""
+    caplog.set_level(logging.INFO, logger="ajug")
     before = stored(proj)
-    coord, port = procs.serve(proj, "--stay")
-    procs.work(port)
+    coord = engine.make_coordinator(proj, stay=True)
+    port = coord.port
+    engine.run_worker(port)
     addr = f"127.0.0.1:{port}"
     assert ok("check", addr).strip().endswith(f"{2 * N + 2}/{2 * N + 2} tasks done")
     g = graph_of(proj)
     out = ok("invalidate", str(proj), "--target", "total", "--coordinator", addr)
     assert "removed 2 result(s)" in out and "runs them again" in out
-    wait_for(lambda: status(port)["totals"]["done"] == 2 * N + 2, 30, what="re-run after invalidate")
+    wait_for(lambda: coord.status()["totals"]["done"] == 2 * N + 2, 30,
+             what="re-run after invalidate")
     ok("sleep-until", addr, "--interval", "0.2", timeout=30)
     after = stored(proj)
     assert set(after) == set(before)
@@ -141,7 +148,7 @@ def test_invalidate_tells_a_live_coordinator_which_runs_them_again(proj: Path, p
         assert after[k][1] > before[k][1]  # computed again
     for k in keys_of(g, "double"):
         assert after[k] == before[k]
-    assert "invalidated" in read_log(coord)
+    assert "invalidated" in caplog.text
 
 
 @pytest.mark.timeout(60)

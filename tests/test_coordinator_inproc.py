@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (the make_coordinator fixture is imported from tests/inproc.py)
+# ruff: noqa: F811  (the make_coordinator fixture is imported from tests/inproc_async.py)
 """A coordinator in the test's own process and event loop (``tests/inproc.py``), driven over
 real TCP on 127.0.0.1: what needs no worker processes is tested here in milliseconds."""
 
@@ -11,7 +11,7 @@ import pytest
 
 from ajug.protocol import messages as m
 from ajug.protocol.connection import Connection, open_connection
-from tests.inproc import TOKEN, MakeCoordinator, connect, make_coordinator  # noqa: F401
+from tests.inproc_async import TOKEN, MakeCoordinator, connect, make_coordinator  # noqa: F401
 
 INDEPENDENT = """
 from ajug import TaskGenerator

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from inproc import Engine
 from procs import (
     Procs,
     ajug_cmd,
@@ -39,8 +40,12 @@ def result_stamps(jugfile: Path, store: str | None) -> dict[str, float]:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", ["file", "redis"])
 def test_serve_and_two_workers_run_mapreduce_with_barrier(
-    backend: str, procs: Procs, tmp_path: Path, free_tcp_port: int, request: pytest.FixtureRequest
+    backend: str, engine: Engine, tmp_path: Path, free_tcp_port: int,
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """In one process (tests/inproc.py): a coordinator and two workers, one of them started
+    before the coordinator exists."""
+    caplog.set_level(logging.INFO, logger="ajug")
     jugfile = copy_jugfile(tmp_path, "mr_barrier.py")
     store_args: list[str] = []
     store = None
@@ -49,15 +54,16 @@ def test_serve_and_two_workers_run_mapreduce_with_barrier(
         store = f"{url}?namespace=t{free_tcp_port}:"
         store_args = ["--store", store]
     # one worker before the coordinator exists, one after
-    early = procs.work(free_tcp_port, "--connect-timeout", "60")
-    time.sleep(0.5)
-    coord, port = procs.serve(jugfile, *store_args, port=free_tcp_port)
-    late = procs.work(port)
-    assert coord.wait(90) == 0, read_log(coord)
-    assert early.wait(30) == 0, read_log(early)
-    assert late.wait(30) == 0, read_log(late)
+    early = engine.run_worker(free_tcp_port, connect_timeout_s=60)
+    wait_for(lambda: "waiting for the coordinator" in caplog.text, 30,
+             what="the early worker to try to connect")
+    coord = engine.make_coordinator(jugfile, store, port=free_tcp_port)
+    late = engine.run_worker(coord.port)
+    assert coord.wait(90) == 0
+    assert early.wait(30) == 0
+    assert late.wait(30) == 0
     # both workers took part: the one started before the coordinator and the one after
-    assert len(re.findall(r"worker \S+ connected", read_log(coord))) == 2, read_log(coord)
+    assert len(re.findall(r"worker \S+ connected", caplog.text)) == 2, caplog.text
     got = values(jugfile, ["result", "total"], store)
     assert got["result"] == {"n": 60, "total": EXPECTED_TOTAL}
     assert got["total"] == EXPECTED_TOTAL
@@ -174,21 +180,24 @@ def test_barrier_example_with_jugfile_functions_as_arguments(tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(90)
-def test_status_watch_follows_a_run_to_its_end(procs: Procs, tmp_path: Path) -> None:
+def test_status_watch_follows_a_run_to_its_end(engine: Engine, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ajug status --watch`` (a process) on a coordinator and a worker in this one."""
     jugfile = copy_jugfile(tmp_path, "steps.py")
-    e = env(AJUG_TEST_N="12", AJUG_TEST_STEP_S="0.25")
-    coord, port = procs.serve(jugfile, "--stay", env=e)
-    procs.work(port, env=e)
+    monkeypatch.setenv("AJUG_TEST_N", "12")
+    monkeypatch.setenv("AJUG_TEST_STEP_S", "0.25")
+    coord = engine.make_coordinator(jugfile, stay=True)
+    engine.run_worker(coord.port)
     watch = subprocess.run(
-        ajug_cmd("status", f"127.0.0.1:{port}", "--watch", "--interval", "0.3"),
-        env=e, capture_output=True, text=True, timeout=60,
+        ajug_cmd("status", f"127.0.0.1:{coord.port}", "--watch", "--interval", "0.3"),
+        env=env(), capture_output=True, text=True, timeout=60,
     )
     # --stay: the run finishes but the coordinator stays; --watch ends at "finished"
     assert watch.returncode == 0, watch.stderr
     assert "13/13 done" in watch.stderr
     json_lines = subprocess.run(
-        ajug_cmd("status", f"127.0.0.1:{port}", "--json"), env=e, capture_output=True,
+        ajug_cmd("status", f"127.0.0.1:{coord.port}", "--json"), env=env(), capture_output=True,
         text=True, timeout=30)
     assert json.loads(json_lines.stdout)["state"] == "finished"
-    coord.terminate()
+    coord.stop()
     assert coord.wait(30) == 0

@@ -156,21 +156,25 @@ def test_frozen_worker_resumes_late_result_counted_once(procs: Procs, tmp_path: 
 def test_worker_drops_lost_leases_from_its_queue_and_inbox() -> None:
     """What the network thread does with a ``lost`` list (renewed or resumed), and the main
     thread's check before it starts a lease: in process, no socket."""
+    from ajug.protocol import messages as m
     from ajug.stores.memory import MemoryStore
     from ajug.worker import Lease, ResultCache, SaveBatch, Worker, WorkerOptions
 
     w = Worker(WorkerOptions(host="127.0.0.1", port=1))
-    batch = SaveBatch(MemoryStore(), ResultCache(), w)
+    batch = SaveBatch(MemoryStore(), ResultCache(), w._post, w._save_failed)
     try:
         now = time.monotonic()
         a, b, c = (Lease(k * 40, n, 0, b"", b"", "m.f", "") for n, k in enumerate("abc"))
         for lz in (a, b, c):
             lz.valid_until = now + 30
-            w.queued[lz.key] = lz
+            w.session.queued[lz.key] = lz
         w.leases.put(a, b)  # c: taken by the main thread already
-        w._drop_lost([b.key, c.key, "d" * 40])
+        w.session.on_reconnect(now, resume=False)
+        w.session.renew_soon()
+        renew = w.session.due_messages(now)[0]
+        w._apply(w.session.on_reply(m.renewed(renew["id"], [b.key, c.key, "d" * 40]), now))
         assert (a.lost, b.lost, c.lost) == (False, True, True)
-        assert list(w.queued) == [a.key] and list(w.leases.items) == [a]
+        assert list(w.session.queued) == [a.key] and list(w.leases.items) == [a]
         assert w._may_start(c, batch) is False  # never started, though already taken
         assert w._may_start(a, batch) is True
         w.finished.set()  # past its validity with no coordinator to confirm it: not started

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Procs, ajug_cmd, copy_jugfile, env, status, values, wait_for
+from inproc import Engine
+from procs import ajug_cmd, copy_jugfile, env, values, wait_for
 
 from ajug.protocol import messages as m
 from ajug.protocol.connection import open_connection
@@ -54,11 +55,14 @@ def test_chain_with_a_step_that_kills_its_worker(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_follow_on_leases_on_the_wire(procs: Procs, tmp_path: Path) -> None:
+def test_follow_on_leases_on_the_wire(engine: Engine, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker that asks with ``follow`` gets the chain ahead of the step it holds, each step
-    naming its input in ``after``; another worker gets nothing of it."""
+    naming its input in ``after``; another worker gets nothing of it. (The coordinator runs in
+    this process: tests/inproc.py.)"""
     jugfile = copy_jugfile(tmp_path, "longchain.py")
-    _, port = procs.serve(jugfile, "--stay", env=env(AJUG_TEST_N="10"))
+    monkeypatch.setenv("AJUG_TEST_N", "10")
+    port = engine.make_coordinator(jugfile, stay=True).port
 
     async def scenario() -> tuple[list[Any], list[Any], list[Any]]:
         a = await open_connection("127.0.0.1", port, token=b"test-token", role="worker")
@@ -86,16 +90,18 @@ def test_follow_on_leases_on_the_wire(procs: Procs, tmp_path: Path) -> None:
     assert [lz["after"] for lz in ahead] == [[k] for k in chain[:5]]
 
 @pytest.mark.timeout(90)
-def test_a_long_follow_on_does_not_hold_back_the_reports_before_it(procs: Procs,
-                                                                    tmp_path: Path) -> None:
+def test_a_long_follow_on_does_not_hold_back_the_reports_before_it(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Quick steps, then their reduce leased ahead to the same worker: while the reduce runs
-    (here: until the test opens its gate) every step must already be reported done."""
+    (here: until the test opens its gate) every step must already be reported done. (In this
+    process: tests/inproc.py.)"""
     jugfile = copy_jugfile(tmp_path, "steady.py")
     gate = tmp_path / "gate"
-    e = env(AJUG_TEST_STEADY_S="0.005", AJUG_TEST_GATE=str(gate))
-    coord, port = procs.serve(jugfile, env=e)
-    procs.work(port, env=e)
-    st = wait_for(lambda: (s := status(port))["totals"]["done"] == 40 and s, 30,
+    monkeypatch.setenv("AJUG_TEST_STEADY_S", "0.005")
+    monkeypatch.setenv("AJUG_TEST_GATE", str(gate))
+    coord = engine.make_coordinator(jugfile)
+    engine.run_worker(coord.port)
+    st = wait_for(lambda: (s := coord.status())["totals"]["done"] == 40 and s, 30,
                   what="every step reported while the reduce runs")
     assert st["totals"]["running"] == 1
     gate.touch()

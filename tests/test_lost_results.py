@@ -5,6 +5,7 @@ confirmed present. The decisions with a fake clock; the faults with real process
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inproc import Engine
 from procs import Procs, copy_jugfile, env, read_log, status, values, wait_for
 from test_leases import sched_for
 
@@ -289,28 +291,30 @@ def test_redis_restarted_without_persistence_mid_run(procs: Procs, tmp_path: Pat
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.slow
-def test_result_files_and_store_directory_deleted_mid_run(procs: Procs, tmp_path: Path) -> None:
+def test_result_files_and_store_directory_deleted_mid_run(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The coordinator and two workers in this process (tests/inproc.py)."""
+    caplog.set_level(logging.INFO, logger="ajug")
     jugfile = copy_jugfile(tmp_path, "steps.py")
     store = tmp_path / "steps.ajugdata"
     runlog = tmp_path / "runs.log"
-    e = env(AJUG_TEST_RUNLOG=str(runlog))
-    coord, port = procs.serve(jugfile, env=e)
-    workers = [procs.work(port, env=e) for _ in range(2)]
-    wait_for(lambda: status(port)["totals"]["done"] >= 10, 60, what="10 tasks done")
+    monkeypatch.setenv("AJUG_TEST_RUNLOG", str(runlog))
+    coord = engine.make_coordinator(jugfile)
+    workers = [engine.run_worker(coord.port) for _ in range(2)]
+    wait_for(lambda: coord.status()["totals"]["done"] >= 10, 60, what="10 tasks done")
     results = [p for p in store.glob("??/*") if p.is_file()]
     for p in results[: len(results) // 2]:
         p.unlink()
-    wait_for(lambda: status(port)["totals"]["done"] >= 20, 60, what="20 tasks done")
+    wait_for(lambda: coord.status()["totals"]["done"] >= 20, 60, what="20 tasks done")
     for _ in range(50):  # everything, the owner lock and tmp/ included (workers write meanwhile)
         shutil.rmtree(store, ignore_errors=True)
         if not store.exists():
             break
-    assert coord.wait(120) == 0, read_log(coord)[-3000:]
+    assert coord.wait(120) == 0
     for w in workers:
-        assert w.wait(30) == 0, read_log(w)[-2000:]
-    st_log = read_log(coord)
-    assert "vanished from the store" in st_log
+        assert w.wait(30) == 0
+    assert "vanished from the store" in caplog.text
     assert len(stored_keys(str(store))) == 41
     assert values(jugfile, ["total"])["total"] == STEPS_TOTAL
     assert sum(runs_by_task(runlog).values()) > 41

@@ -298,6 +298,17 @@ def task_error(type: str, msg: str, tb: str, kind: str, input: str | None = None
     return err
 
 
+def done_item(key: str, tok: int, *, rt: float, size: int) -> list[Any]:
+    """One entry of a lease request's ``done``: the task ran ``rt`` seconds and its result
+    takes ``size`` bytes in the store."""
+    return [key, tok, {"rt": rt, "size": size}]
+
+
+def failed_item(key: str, tok: int, err: Mapping[str, Any]) -> list[Any]:
+    """One entry of a lease request's ``failed`` (``err``: a ``task_error`` map)."""
+    return [key, tok, dict(err)]
+
+
 def lease(
     id: int,
     *,
