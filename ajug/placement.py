@@ -90,8 +90,13 @@ class Placement:
         w = self.workers.get(wid)
         if w is None:
             return
+        moving = [i for i in w.leases if i in self._held]  # resumed before the offer came
+        for i in moving:
+            self._unhold(i)
         self.leave_pool(w)
         self.join_pool(w, group, offers)
+        for i in moving:
+            self._hold(w, i)
 
     def unplaceable(self) -> list[dict[str, object]]:
         """Ready tasks that no connected worker's host could hold, by what they need:

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .watchdog import EXIT_REPLACE
+
 log = logging.getLogger(__name__)
 
 #: Signals a process raises on itself: a crash of the code it runs.
@@ -81,6 +83,8 @@ def _signame(sig: int) -> str:
 
 def classify(pid: int, status: int, oom_before: int | None, oom_after: int | None) -> Death:
     """Why a worker process with this exit status died (see the module docstring)."""
+    if status == EXIT_REPLACE:
+        return Death(pid, status, "outside", "replaced: a task ran past its timeout")
     if status >= 0:
         return Death(pid, status, "task", f"exit status {status} (the worker exited by itself)")
     sig = -status
@@ -140,6 +144,9 @@ class RestartPolicy:
         """Seconds to wait before starting another worker, or None: do not."""
         if status in (0, 2):
             return None
+        if status == EXIT_REPLACE:  # it ended to be replaced (a task timed out): not a crash
+            self.restarts += 1
+            return 0.0
         now = self.clock()
         self.deaths.append(now)
         while self.deaths and self.deaths[0] < now - self.window_s:

@@ -4,7 +4,8 @@ Task code runs in the worker's main thread and may block anywhere: in C code, in
 deadlock. No exception reliably interrupts that, so a task past its deadline ends its process: a
 watchdog thread takes the main thread's stack (where the task was, for the failure record),
 hands it to the worker, which reports a failure of kind ``timeout`` and replaces its process
-(``os.execv`` of the same ``ajug work`` command), so the host keeps its worker count.
+(``os.execv`` of the same ``ajug work`` command, or an exit with ``EXIT_REPLACE`` that its
+supervisor answers with a new process), so the host keeps its worker count.
 
 ``Deadline`` is the decision (no thread, no clock of its own: a test drives it); ``Watchdog``
 is the thread around it.
@@ -12,6 +13,8 @@ is the thread around it.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import threading
 import time
@@ -21,6 +24,16 @@ from dataclasses import dataclass
 
 #: stack frames kept in a timeout's record: the innermost ones say where the task was stuck
 STACK_FRAMES = 40
+#: the exit status of a worker process that ended to be replaced (a task timed out): a
+#: supervisor starts another at once and does not count it as a crash (EX_TEMPFAIL)
+EXIT_REPLACE = 75
+
+
+def replace_by_exit() -> None:
+    """End this process at once for its supervisor to start a fresh one: the main thread is
+    stuck in task code, so no clean shutdown can be waited for."""
+    logging.shutdown()
+    os._exit(EXIT_REPLACE)
 
 
 @dataclass(frozen=True)
@@ -60,12 +73,18 @@ class Deadline:
         return self.at is not None and now >= self.at
 
 
-def thread_stack(ident: int, limit: int = STACK_FRAMES) -> str:
-    """The stack of thread ``ident`` as Python prints a traceback (innermost call last)."""
+def thread_stack(ident: int, below: str | None = None, limit: int = STACK_FRAMES) -> str:
+    """The stack of thread ``ident`` as Python prints a traceback (innermost call last);
+    ``below``: a file whose frames, and those before them, are left out (the worker's own,
+    so that the stack starts at the task's function)."""
     frame = sys._current_frames().get(ident)
     if frame is None:
         return ""
-    lines = traceback.format_stack(frame, limit=limit)
+    frames = traceback.extract_stack(frame)
+    if below is not None:
+        cut = max((n for n, f in enumerate(frames) if f.filename == below), default=-1)
+        frames = traceback.StackSummary.from_list(frames[cut + 1:])
+    lines = traceback.format_list(frames[-limit:])
     return "Stack of the task when it was stopped (most recent call last):\n" + "".join(lines)
 
 
@@ -77,8 +96,9 @@ class Watchdog:
 
     def __init__(self, on_expire: Callable[[Expired], None],
                  clock: Callable[[], float] = time.monotonic,
-                 ident: int | None = None) -> None:
+                 ident: int | None = None, below: str | None = None) -> None:
         self.on_expire = on_expire
+        self.below = below
         self.clock = clock
         self.ident = ident if ident is not None else threading.get_ident()
         self.deadline = Deadline()
@@ -121,4 +141,4 @@ class Watchdog:
                     continue
                 key, timeout_s = self.deadline.key or "", self.deadline.timeout_s
                 self.deadline.finish()
-            self.on_expire(Expired(key, timeout_s, thread_stack(self.ident)))
+            self.on_expire(Expired(key, timeout_s, thread_stack(self.ident, self.below)))

@@ -17,30 +17,31 @@ import asyncio
 import logging
 import os
 import socket
-import ssl as _ssl
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 
 from .errors import AjugError, ProtocolError
 from .graph import decode_args
+from .inbox import Inbox
 from .protocol import messages as m
 from .stores import encoding, open_store
 from .task import Task, value
 from .tracebacks import worker_file
+from .watchdog import Expired, Watchdog, replace_by_exit
 from .workconnect import connect, fetch_code, say
+from .workoptions import WorkerOptions
 from .workresults import (  # noqa: F401 - CachingStore, RecentKeys: importable from here too
     CachingStore,
     RecentKeys,
     ResultCache,
     SaveBatch,
     failure_report,
+    given_back_report,
     skipped_report,
 )
 from .worksession import Lease, Report, Update, WorkerSession, leases_wanted
@@ -49,55 +50,8 @@ log = logging.getLogger(__name__)
 worker_file(__file__)
 
 SWITCH_INTERVAL_S = 0.0005
-
-
-class Inbox:
-    """Leases handed from the network thread to the main thread. A deque (appends and pops
-    are atomic) and an event: one lock operation per reply instead of two per lease, which is
-    what ``queue.Queue`` costs."""
-
-    def __init__(self) -> None:
-        self.items: deque[Lease | None] = deque()
-        self.ready = threading.Event()
-
-    def put(self, *items: Lease | None) -> None:
-        self.items.extend(items)
-        self.ready.set()
-
-    def get_nowait(self) -> Lease | None:
-        """The next lease; IndexError when there is none."""
-        return self.items.popleft()
-
-    def get(self) -> Lease | None:
-        while True:
-            try:
-                return self.items.popleft()
-            except IndexError:
-                pass
-            self.ready.wait()
-            self.ready.clear()  # then look again: a put between the two is in ``items``
-
-    def qsize(self) -> int:
-        return len(self.items)
-
-
-@dataclass
-class WorkerOptions:
-    host: str
-    port: int
-    token: bytes = b""
-    name: str = ""
-    prefetch: int | None = None  # None: adapt to task duration
-    connect_timeout_s: float = 60.0
-    store_url: str | None = None
-    ssl: _ssl.SSLContext | None = None
-    max_tasks: int | None = None
-    #: says connecting / connected / lost to the user (``ajug work``); None: log lines
-    say: Callable[[str], None] | None = None
-    #: exit (status 0) after this long connected with no task to run or report: frees a
-    #: batch job's node while the run waits on something else (a barrier, a long reduce)
-    idle_exit_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+#: how long a worker whose task timed out waits for the coordinator to have its reports
+REPORT_WAIT_S = 10.0
 
 
 class Worker:
@@ -105,7 +59,7 @@ class Worker:
         self.o = opts
         self.leases = Inbox()
         #: the conversation with the coordinator (touched by the network thread only)
-        self.session = WorkerSession()
+        self.session = WorkerSession(offer=opts.offer)
         self.finished = threading.Event()
         self.fatal: BaseException | None = None
         self.store_url: str | None = opts.store_url
@@ -123,6 +77,13 @@ class Worker:
         self.cache = ResultCache()
         #: set by the network thread after each renew (or resume) answer
         self._renewed = threading.Event()
+        self._running: Lease | None = None
+        self._batch: SaveBatch | None = None
+        #: events to set once every report so far has been answered (network thread)
+        self._report_waiters: list[threading.Event] = []
+        #: a task timed out: this process asks for no more leases
+        self._stopping = False
+        self._watchdog: Watchdog | None = None
 
     # -- main thread ------------------------------------------------------------------------
     def run(self) -> int:
@@ -146,7 +107,8 @@ class Worker:
             return self._fatal_status()
         cache = self.cache = ResultCache()
         Task.store = CachingStore(store, cache)
-        batch = SaveBatch(store, cache, self._post, self._save_failed)
+        batch = self._batch = SaveBatch(store, cache, self._post, self._save_failed)
+        self._watchdog = Watchdog(self._timed_out, below=__file__)
         try:
             self._work(batch)
             batch.close()
@@ -154,6 +116,8 @@ class Worker:
             log.info("interrupted")
             self._stop_net()
             return 130
+        finally:
+            self._watchdog.close()
         self._stop_net()
         net.join(10)
         store.close()
@@ -226,7 +190,15 @@ class Worker:
             if f is None:
                 f = self._funcs[lease.func_blob] = cloudpickle.loads(lease.func_blob)
             args, kwargs = decode_args(lease.args)
-            result = f(*[value(a) for a in args], **{k: value(v) for k, v in kwargs.items()})
+            self._running = lease
+            if self._watchdog is not None:
+                self._watchdog.start(lease.key, lease.timeout)
+            try:
+                result = f(*[value(a) for a in args], **{k: value(v) for k, v in kwargs.items()})
+            finally:
+                if self._watchdog is not None:
+                    self._watchdog.finish()
+                self._running = None
             rt = time.perf_counter() - t0
             # pickled now: what is stored, and what dependents get, is the result as it was
             # returned, whatever the object goes through afterwards
@@ -266,6 +238,38 @@ class Worker:
         self.produced.discard(lease.key)
         self._post_failure(lease, e)
 
+    def _timed_out(self, exp: Expired) -> None:
+        """The watchdog thread: the running task is past its timeout. Report it (kind
+        ``timeout``, with its stack), give back the leases not started, wait (bounded) for
+        the coordinator to have the reports, then replace this process: the task's code may
+        be stuck anywhere, so this process is not reused."""
+        lease = self._running
+        if lease is None or lease.key != exp.key:
+            return
+        log.warning("task %s (%s) %s; replacing this worker process", lease.func_name,
+                    lease.key[:12], exp.message())
+        err = m.task_error("Timeout", exp.message(), exp.stack[-20000:], "timeout")
+        reports: list[Report] = [("failed", m.failed_item(lease.key, lease.tok, err))]
+        while True:
+            try:
+                queued = self.leases.get_nowait()
+            except IndexError:
+                break
+            if queued is not None:
+                reports.append(given_back_report(queued))
+        self._stopping = True  # no more leases: the reports go in a request answered at once
+        reported = threading.Event()
+        self._call_net(self._on_reports, reports, reported)
+        batch = self._batch
+        if batch is not None and batch.items:
+            batch.flush()  # results finished before this task: saved and reported first
+        if not reported.wait(REPORT_WAIT_S):
+            log.warning("the coordinator did not confirm the timeout report within %g s; it "
+                        "will learn of it when this process's connection closes", REPORT_WAIT_S)
+        self._stop_net()
+        replace = self.o.replace or replace_by_exit
+        replace()
+
     def _post(self, reports: list[Report]) -> None:
         """Any thread: hand reports to the session, to go with the next request."""
         self._call_net(self._on_reports, reports)
@@ -291,8 +295,12 @@ class Worker:
         finally:
             self.leases.put(None)
 
-    def _on_reports(self, reports: list[Report]) -> None:
+    def _on_reports(self, reports: list[Report], reported: threading.Event | None = None
+                    ) -> None:
+        """``reported``: set once these reports (and all before them) have been answered."""
         self.session.add_reports(reports)
+        if reported is not None:
+            self._report_waiters.append(reported)
         assert self._kick is not None
         self._kick.set()
 
@@ -322,7 +330,7 @@ class Worker:
             self.leases.put(None)
 
     def _want(self) -> int:
-        if self.finished.is_set():
+        if self.finished.is_set() or self._stopping:
             return 0
         return leases_wanted(held=len(self.session.queued), unstarted=self.leases.qsize(),
                              ran=self.ran, avg_task_s=self.avg_task_s, prefetch=self.o.prefetch,
@@ -432,6 +440,10 @@ class Worker:
                 conn.send(m.bye())
                 await conn.drain()
                 return True
+            if self._report_waiters and session.quiet():
+                for waiter in self._report_waiters:
+                    waiter.set()
+                self._report_waiters.clear()
             for msg in session.due_messages(time.monotonic(), self._want()):
                 conn.send(msg)
             await conn.drain()

@@ -137,6 +137,12 @@ def failure_report(lease: Lease, e: BaseException) -> tuple[Report, bool]:
     return ("failed", m.failed_item(lease.key, lease.tok, err)), not missing
 
 
+def given_back_report(lease: Lease) -> Report:
+    """A lease given back unstarted: its worker is being replaced (a task timed out)."""
+    err = m.task_error("Skipped", "its worker was replaced before it started", "", "skipped")
+    return ("failed", m.failed_item(lease.key, lease.tok, err))
+
+
 def skipped_report(lease: Lease) -> Report:
     """A follow-on given back unrun: an input it was to follow failed here (or was lost)."""
     err = m.task_error("Skipped", "an input was not produced on this worker", "", "skipped")

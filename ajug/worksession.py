@@ -47,6 +47,8 @@ class Lease:
     valid_until: float = 0.0
     #: the coordinator said it is no longer ours: never started (set by the network thread)
     lost: bool = False
+    #: seconds it may run before this worker stops it (None: no limit)
+    timeout: float | None = None
 
 
 @dataclass
@@ -94,8 +96,12 @@ class WorkerSession:
     """The worker's side of the conversation. Survives reconnections: ``on_reconnect`` starts
     each connection (the first one too)."""
 
-    def __init__(self, lease_ttl_s: float = 30.0) -> None:
+    def __init__(self, lease_ttl_s: float = 30.0, offer: dict[str, Any] | None = None) -> None:
         self.lease_ttl_s = lease_ttl_s
+        #: ``{"group": ..., "resources": {...}}``: what this worker's host offers, said in the
+        #: first lease request of each connection
+        self.offer = offer
+        self._offer_due = offer is not None
         #: leased, not finished (queued or running)
         self.queued: dict[str, Lease] = {}
         self.reports_done: list[list[Any]] = []
@@ -152,6 +158,7 @@ class WorkerSession:
                                             or self.reports_failed)
         self._last_renew = now
         self._idle_since = None
+        self._offer_due = self.offer is not None
 
     def resume_message(self, now: float) -> dict[str, Any] | None:
         """The ``resume`` request that must open a new connection, once; None if there is
@@ -233,8 +240,9 @@ class WorkerSession:
         rid = self.next_id()
         self.inflight[rid] = (done, failed)
         self._sent_at[rid] = now
+        offer, self._offer_due = (self.offer if self._offer_due else None), False
         return m.lease(rid, want=want, wait_ms=POLL_WAIT_MS if want else 0, done=done,
-                       failed=failed, follow=True)
+                       failed=failed, follow=True, offer=offer)
 
     # -- what came back ---------------------------------------------------------------------
     def on_reply(self, msg: dict[str, Any], now: float) -> Update:
@@ -268,7 +276,8 @@ class WorkerSession:
         for item in rep["leases"]:
             blob, name, src = self.funcs[item["fn"]]
             lease = Lease(item["key"], item["tok"], item["fn"], item["args"], blob, name, src,
-                          tuple(item.get("after", ())), valid_until)
+                          tuple(item.get("after", ())), valid_until,
+                          timeout=item.get("timeout"))
             self.queued[lease.key] = lease
             up.new.append(lease)
         up.finished = rep["state"] == "finished" and not self.queued
