@@ -15,7 +15,6 @@ import os
 import secrets
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -43,93 +42,21 @@ from .cliparams import (
     PORT,
     POSITIVE_SECONDS,
     SECONDS,
+    coordinator_options,
+    dashboard_options,
+    parse_address,
     setup_logging,
+    tls_context,
     verbosity,
     verbosity_options,
 )
 from .errors import AjugError, UsageError
 from .launch.options import launch_options
+from .protocol.client import new_loop_runner, query_status
 from .runreport import RunContext, end_of_run, install_stop, look_for_stale, nothing_to_do
 from .supervisor import RunWatch, Workers
 
 log = logging.getLogger("ajug")
-
-
-def parse_address(addr: str, default_port: int | None = None) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``:port``."""
-    host, sep, port = addr.rpartition(":")
-    if not sep:
-        if default_port is None:
-            raise UsageError(f"address {addr!r} has no port: write HOST:PORT, e.g. 127.0.0.1:5555")
-        host, port = addr, str(default_port)
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        p = int(port)
-        if not 0 <= p < 65536:
-            raise ValueError
-    except ValueError:
-        raise UsageError(f"address {addr!r}: port must be a number from 0 to 65535") from None
-    return host, p
-
-
-def tls_context(server: bool, cert: str | None, key: str | None, ca: str | None) -> ssl.SSLContext | None:
-    if not (cert or ca):
-        return None
-    try:
-        if server:
-            if not cert:
-                raise UsageError("--tls-cert is needed to serve TLS (and --tls-key unless the cert has it)")
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(cert, key)
-            if ca:
-                ctx.load_verify_locations(ca)
-                ctx.verify_mode = ssl.CERT_REQUIRED
-        else:
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-            # identity is proven by the HMAC handshake; the CA pins who may serve
-            ctx.check_hostname = False
-            if cert:
-                ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as e:
-        raise UsageError(f"TLS setup failed: {e}") from None
-    return ctx
-
-
-def _new_loop_runner() -> Any:
-    try:
-        import uvloop
-
-        return uvloop.run
-    except ImportError:  # pragma: no cover
-        return asyncio.run
-
-
-# -- shared options ---------------------------------------------------------------------------
-def coordinator_options(f: Any) -> Any:
-    opts = [
-        click.option("--store", "store_url", default=None, help="Store URL: a directory (default: <jugfile stem>.ajugdata beside the jugfile) or redis://host:port/db."),
-        click.option("--lease-ttl", type=POSITIVE_SECONDS, default=30.0, show_default=True, help="Seconds a lease lives without renewal."),
-        click.option("--retries", type=AT_LEAST_ZERO, default=0, show_default=True, help="Times a task that raised is retried."),
-        click.option("--max-attempts", type=AT_LEAST_ONE, default=3, show_default=True, help="Worker losses before a task is marked failed as suspected of killing workers."),
-        click.option("--keep-going/--fail-fast", default=True, show_default=True, help="After a task fails, run the rest of the graph (default) or stop."),
-        click.option("--token-file", type=click.Path(dir_okay=False), default=None, help="File holding the shared token (or set AJUG_TOKEN)."),
-        click.option("--token", default=None, hidden=True),
-        click.option("--read-token-file", type=click.Path(dir_okay=False), default=None, help="File holding a read-only token for status clients (or AJUG_READ_TOKEN)."),
-        click.option("--tls-cert", default=None, help="PEM certificate to serve TLS."),
-        click.option("--tls-key", default=None, help="PEM private key for --tls-cert."),
-        click.option("--tls-ca", default=None, help="CA bundle: require client certificates signed by it."),
-        verbosity_options,
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def dashboard_options(f: Any) -> Any:
-    f = click.option("--dashboard-host", default="127.0.0.1", show_default=True,
-                     help="Address for the dashboard (it has no authentication).")(f)
-    return click.option("--dashboard", type=PORT, default=None, metavar="PORT",
-                        help="Serve a live web dashboard and /metrics on this port (0: a free one).")(f)
 
 
 async def _start_dashboard(coord: Any, port: int | None, host: str) -> None:
@@ -250,7 +177,7 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
                 await launcher.close(finished=coord.state == "finished")
         return await end_of_run(coord, ctx, prog, stop, stale, code)
 
-    return _new_loop_runner()(main())
+    return new_loop_runner()(main())
 
 
 async def _start_launcher(coord: Any, lo: Any) -> Any:
@@ -492,7 +419,7 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         return code
 
     try:
-        return _new_loop_runner()(main())
+        return new_loop_runner()(main())
     finally:
         if forks is not None:
             forks.close()  # those never handed a port exit at EOF; none is left a zombie
@@ -557,7 +484,7 @@ def status(target: str, store_url: str | None, as_json: bool, watch: bool, inter
         ctx = tls_context(False, tls_cert, tls_key, tls_ca)
 
         def fetch() -> dict[str, Any]:
-            return _new_loop_runner()(query_status(host, port, tok, ctx, detail=failed,
+            return new_loop_runner()(query_status(host, port, tok, ctx, detail=failed,
                                                    access=access))
 
     if not watch:
@@ -571,30 +498,7 @@ def status(target: str, store_url: str | None, as_json: bool, watch: bool, inter
 
     if offline:
         return watch_offline(fetch, interval, as_json)
-    return watch_live(host, port, tok, ctx, access, failed, interval, as_json, _new_loop_runner())
-
-
-async def query_status(host: str, port: int, token: bytes, ctx: ssl.SSLContext | None,
-                       detail: bool = False, timeout_s: float = 10.0,
-                       access: str = "full") -> dict[str, Any]:
-    from .protocol import connection as conn_mod
-    from .protocol import messages as m
-
-    conn = await conn_mod.open_connection(host, port, token=token, role="client", access=access,
-                                          ssl=ctx, name="status")
-    try:
-        conn.send(m.status(1, detail))
-        await conn.drain()
-        try:
-            rep = await asyncio.wait_for(conn.recv(), timeout_s)
-        except asyncio.TimeoutError:
-            raise AjugError(f"the coordinator at {host}:{port} did not answer a status request "
-                            f"within {timeout_s:g}s") from None
-        if rep["op"] == "error":
-            raise AjugError(f"the coordinator refused: {rep['msg']}")
-        return rep["status"]
-    finally:
-        conn.close()
+    return watch_live(host, port, tok, ctx, access, failed, interval, as_json, new_loop_runner())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -607,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from .config import default_map_for
 
-        rv = cli.main(args=argv, standalone_mode=False, default_map=default_map_for(argv))
+        rv = cli.main(args=argv, standalone_mode=False, default_map=default_map_for(cli, argv))
     except click.exceptions.Abort:
         click.echo("ajug: interrupted", err=True)
         sys.exit(130)

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ConnectError
+
 log = logging.getLogger(__name__)
 
 #: Signals a process raises on itself: a crash of the code it runs.
@@ -309,18 +311,17 @@ def report_death(host: str, port: int, token: bytes, ssl: Any, death: Death,
     message over a client connection of its own)."""
     from .protocol import connection as conn_mod
     from .protocol import messages as m
+    from .protocol.client import ask
 
     async def send() -> None:
         conn = await asyncio.wait_for(conn_mod.open_connection(
             host, port, token=token, role="client", access="full", ssl=ssl, name="supervisor"),
             timeout_s)
         try:
-            conn.send(m.exited(1, socket.gethostname(), death.pid, death.status, death.cause,
-                               death.detail))
-            await conn.drain()
-            await asyncio.wait_for(conn.recv(), timeout_s)
+            await ask(conn, m.exited(1, socket.gethostname(), death.pid, death.status,
+                                     death.cause, death.detail), timeout_s,
+                      ConnectError(f"the coordinator at {host}:{port} did not answer"))
         finally:
             conn.close()
 
     asyncio.run(send())
-
