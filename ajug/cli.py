@@ -8,17 +8,10 @@ in memory only (``access.py``: out of the environment that jugfile and task code
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
 import secrets
-import signal
-import socket
-import ssl
-import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -28,7 +21,6 @@ import click
 from .access import (
     bound_addresses,
     check_bound,
-    check_listen,
     forget_tokens,
     read_token,
     read_token_fd,
@@ -43,137 +35,20 @@ from .cliparams import (
     PORT,
     POSITIVE_SECONDS,
     SECONDS,
+    coordinator_options,
+    dashboard_options,
+    parse_address,
     setup_logging,
+    tls_context,
     verbosity,
     verbosity_options,
 )
 from .errors import AjugError, UsageError
 from .launch.options import launch_options
-from .runreport import RunContext, end_of_run, install_stop, look_for_stale, nothing_to_do
-from .supervisor import RunWatch, Workers
-
-log = logging.getLogger("ajug")
-
-
-def parse_address(addr: str, default_port: int | None = None) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``:port``."""
-    host, sep, port = addr.rpartition(":")
-    if not sep:
-        if default_port is None:
-            raise UsageError(f"address {addr!r} has no port: write HOST:PORT, e.g. 127.0.0.1:5555")
-        host, port = addr, str(default_port)
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        p = int(port)
-        if not 0 <= p < 65536:
-            raise ValueError
-    except ValueError:
-        raise UsageError(f"address {addr!r}: port must be a number from 0 to 65535") from None
-    return host, p
-
-
-def tls_context(server: bool, cert: str | None, key: str | None, ca: str | None) -> ssl.SSLContext | None:
-    if not (cert or ca):
-        return None
-    try:
-        if server:
-            if not cert:
-                raise UsageError("--tls-cert is needed to serve TLS (and --tls-key unless the cert has it)")
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(cert, key)
-            if ca:
-                ctx.load_verify_locations(ca)
-                ctx.verify_mode = ssl.CERT_REQUIRED
-        else:
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-            # identity is proven by the HMAC handshake; the CA pins who may serve
-            ctx.check_hostname = False
-            if cert:
-                ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as e:
-        raise UsageError(f"TLS setup failed: {e}") from None
-    return ctx
-
-
-def _new_loop_runner() -> Any:
-    try:
-        import uvloop
-
-        return uvloop.run
-    except ImportError:  # pragma: no cover
-        return asyncio.run
-
-
-# -- shared options ---------------------------------------------------------------------------
-def coordinator_options(f: Any) -> Any:
-    opts = [
-        click.option("--store", "store_url", default=None, help="Store URL: a directory (default: <jugfile stem>.ajugdata beside the jugfile) or redis://host:port/db."),
-        click.option("--lease-ttl", type=POSITIVE_SECONDS, default=30.0, show_default=True, help="Seconds a lease lives without renewal."),
-        click.option("--retries", type=AT_LEAST_ZERO, default=0, show_default=True, help="Times a task that raised is retried."),
-        click.option("--max-attempts", type=AT_LEAST_ONE, default=3, show_default=True, help="Worker losses before a task is marked failed as suspected of killing workers."),
-        click.option("--keep-going/--fail-fast", default=True, show_default=True, help="After a task fails, run the rest of the graph (default) or stop."),
-        click.option("--token-file", type=click.Path(dir_okay=False), default=None, help="File holding the shared token (or set AJUG_TOKEN)."),
-        click.option("--token", default=None, hidden=True),
-        click.option("--read-token-file", type=click.Path(dir_okay=False), default=None, help="File holding a read-only token for status clients (or AJUG_READ_TOKEN)."),
-        click.option("--tls-cert", default=None, help="PEM certificate to serve TLS."),
-        click.option("--tls-key", default=None, help="PEM private key for --tls-cert."),
-        click.option("--tls-ca", default=None, help="CA bundle: require client certificates signed by it."),
-        verbosity_options,
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def dashboard_options(f: Any) -> Any:
-    f = click.option("--dashboard-host", default="127.0.0.1", show_default=True,
-                     help="Address for the dashboard (it has no authentication).")(f)
-    return click.option("--dashboard", type=PORT, default=None, metavar="PORT",
-                        help="Serve a live web dashboard and /metrics on this port (0: a free one).")(f)
-
-
-async def _start_dashboard(coord: Any, port: int | None, host: str) -> None:
-    """Start the dashboard beside the coordinator; it closes with the coordinator's loop."""
-    if port is None:
-        return
-    from .coordinator import bind_error
-    from .dashboard import dashboard_url, start_dashboard
-
-    try:
-        server = await start_dashboard(coord, host, port)
-    except OSError as e:
-        await coord.close()
-        raise UsageError(bind_error(host, port, e, "serve the dashboard on", "--dashboard PORT",
-                                    "--dashboard-host")) from None
-    print(f"ajug: dashboard on {dashboard_url(server, host)}", flush=True)
-
-
-def _settings(jugfile: str, store_url: str | None, host: str, port: int,
-              made_token: bytes | None = None, **kw: Any) -> Any:
-    """The coordinator's settings; the tokens leave the environment here (``forget_tokens``)."""
-    from .coordinator import Settings
-    from .jugfile import check_jugfile, default_store_url
-
-    path = check_jugfile(jugfile)
-    token = made_token if made_token is not None else read_token(kw["token"], kw["token_file"])
-    if kw["token"]:
-        log.warning("--token is visible in the process list; prefer AJUG_TOKEN or --token-file")
-    check_listen(host, port, token)  # before anything is opened; check_bound after binding
-    rt = read_token(None, kw["read_token_file"], "AJUG_READ_TOKEN") or None
-    forget_tokens()
-    return Settings(
-        jugfile=str(path),
-        store_url=store_url or default_store_url(path),
-        host=host,
-        port=port,
-        token=token,
-        read_token=rt,
-        lease_ttl_s=kw["lease_ttl"],
-        max_attempts=kw["max_attempts"],
-        retries=kw["retries"],
-        fail_fast=not kw["keep_going"],
-        ssl=tls_context(True, kw["tls_cert"], kw["tls_key"], kw["tls_ca"]),
-    )
+from .local import worker_command
+from .protocol.client import new_loop_runner, query_status
+from .runreport import RunContext, end_of_run, install_stop, look_for_stale
+from .servesetup import coordinator_settings, start_dashboard, start_launcher
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -208,7 +83,7 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
         if click.get_current_context().get_parameter_source("host") == click.core.ParameterSource.DEFAULT:
             host = launch.listen_host(lo)
         launch.prepare(lo, jugfile, kw)
-    settings = _settings(jugfile, store_url, host, port, **kw)
+    settings = coordinator_settings(jugfile, store_url, host, port, **kw)
     settings.stay = stay
     if handshake_timeout is not None:
         if not handshake_timeout > 0:
@@ -226,12 +101,12 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
             await coord.close()
             raise
         await coord.load()
-        await _start_dashboard(coord, dashboard, dashboard_host)
+        await start_dashboard(coord, dashboard, dashboard_host)
         every = "" if settings.host else f"every interface ({', '.join(bound_addresses(coord.sockets))}), "
         print(f"ajug: serving {Path(settings.jugfile).name} on {settings.host or '*'}:{coord.port} "
               f"({every}store {coord.store.url if coord.store else settings.store_url})", flush=True)
         stop = install_stop(coord)
-        launcher = await _start_launcher(coord, lo)
+        launcher = await start_launcher(coord, lo)
         from .progress import RunProgress
 
         stale = look_for_stale(coord, ctx)
@@ -248,25 +123,10 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
         finally:
             if launcher is not None:
                 await launcher.close(finished=coord.state == "finished")
-        return await end_of_run(coord, ctx, prog, stop, stale, code)
+        code, _ = await end_of_run(coord, ctx, prog, stop, stale, code)
+        return code
 
-    return _new_loop_runner()(main())
-
-
-async def _start_launcher(coord: Any, lo: Any) -> Any:
-    """The launcher of --workers (None without); the coordinator closes if it cannot start."""
-    if lo is None:
-        return None
-    from .launch.options import start_launcher
-
-    try:
-        launcher = await start_launcher(coord, lo)
-    except BaseException:
-        await coord.close()
-        raise
-    print(f"ajug: workers: {lo.label} jobs named {launcher.name} (at most {lo.max_jobs}, "
-          f"{lo.cpus} CPU(s) each), scripts and logs in {launcher.job_dir}", flush=True)
-    return launcher
+    return new_loop_runner()(main())
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -360,17 +220,7 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
     return rc
 
 
-def ajug_args(args: list[str]) -> list[str]:
-    """A command's arguments with this process's -v flags."""
-    flags = ["-" + "v" * verbosity()] if verbosity() else []
-    return [*flags, *args]
-
-
-def worker_command(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "ajug", *ajug_args(args)]
-
-
-def _forked_main(argv: list[str], token: bytes) -> None:
+def forked_main(argv: list[str], token: bytes) -> None:
     """What a worker forked by ``ajug run`` runs: ``ajug work ...``, as a spawned one would,
     with the token from the run's memory (``--token-fd``), as a spawned one gets it."""
     main([*argv, "--token-fd", str(token_fd(token))])
@@ -389,10 +239,8 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
         store_url: str | None, dashboard: int | None, dashboard_host: str, **kw: Any) -> int:
     """Run a jugfile: a coordinator and JOBS worker processes over loopback (or, with
     --workers slurm, ..., worker jobs on a cluster)."""
-    from .coordinator import Coordinator
     from .launch import options as launch
-    from .local import fork_workers
-    from .progress import RunProgress
+    from .localrun import LocalRun, run_local
 
     lo = launch.pop_launch_options(kw, "run")
     host = "127.0.0.1"
@@ -405,117 +253,15 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
     made = None
     if not (kw["token"] or kw["token_file"] or os.environ.get("AJUG_TOKEN", "").strip()):
         made = secrets.token_hex(16).encode()  # fresh per run, kept in memory
-    settings = _settings(jugfile, store_url, host, port, made_token=made, **kw)
-    settings.finish_grace_s = 5.0
-    n = 0 if lo is not None else jobs or os.cpu_count() or 1
-    ctx = RunContext(jugfile, store_url, settings.store_url)
-    # forked now, before any thread or socket exists; they get the port once there is work
-    forks = None
-    if n:
-        forks = fork_workers(n, _forked_main, settings.token, settings.store_url)
-    if forks is not None:
-        log.info("started %d local workers by fork", n)
-
-    async def main() -> int:
-        coord = Coordinator(settings)
-        # (spawning the workers while the jugfile loads was tried: on 2 cores their start-up
-        # competes with the loading for CPU and the whole run got slower. Forked workers have
-        # no start-up: they wait on a pipe, using no CPU, until the port is written to them.)
-        await coord.open()
-        if settings.ssl is not None:
-            raise UsageError("ajug run uses loopback only; TLS options are for serve/work")
-        procs: list[Any] = []  # subprocess.Popen or ForkedProcess
-        crew: list[Workers] = []  # the Workers keeping procs going, once started
-        stopping = [False]
-
-        def stop_workers() -> None:
-            """Stopped by a signal: the workers go first, so that none of them sees the
-            coordinator close and logs that it lost it."""
-            stopping[0] = True
-            for w in crew:
-                w.replace = False
-            for p in (crew[0].alive() if crew else procs):
-                p.send_signal(signal.SIGTERM)
-
-        stop = install_stop(coord, before=stop_workers)
-        await _start_dashboard(coord, dashboard, dashboard_host)
-        launcher = await _start_launcher(coord, lo)
-        args = ["work", f"127.0.0.1:{coord.port}", "-j", "1", "--connect-timeout", "30",
-                "--announce", "none"]
-        if prefetch is not None:
-            args += ["--prefetch", str(prefetch)]
-        arg_lists = [[*args, "--name", f"local{i}"] for i in range(n)]
-        st0 = coord.status()
-        nothing = not (st0["tasks"] > st0["totals"]["done"] or st0["barrier"])
-        if not nothing:
-            if forks is not None:
-                procs[:] = forks.start([ajug_args(a) for a in arg_lists])
-            else:
-                procs[:] = [spawn_with_token(worker_command(a), settings.token) for a in arg_lists]
-        else:
-            if forks is not None:
-                forks.cancel()
-            click.echo(nothing_to_do(ctx, st0), err=True)
-        stale = look_for_stale(coord, ctx)
-        prog = RunProgress(enabled=not no_progress and not nothing)
-        here = socket.gethostname()
-        # spawned when replaced, even if the first ones were forked: this process has threads now
-        workers = Workers(procs,
-                          lambda i: spawn_with_token(worker_command(arg_lists[i]), settings.token),
-                          lambda d: coord.worker_exited(here, d.pid, d.cause, d.detail))
-        crew.append(workers)
-        watch = RunWatch(n)
-
-        def tick(c: Any) -> None:
-            prog.update(c.status())
-            if launcher is not None:
-                launcher.tick(c)
-            if c.state == "finished" or not procs or stopping[0]:
-                return
-            deaths = workers.poll()
-            sched = c.sched
-            watch.reason = watch.why_stop(workers, deaths, (sched.completed, sched.reclaimed,
-                                                            len(sched.failures)))
-            if watch.reason:
-                c.stop()
-
-        try:
-            code = await coord.run(on_tick=tick)
-        finally:
-            if launcher is not None:
-                await launcher.close(finished=coord.state == "finished")
-            await _end_workers(workers, finished=coord.state == "finished")
-        code = await end_of_run(coord, ctx, prog, stop, stale, code, nothing)
-        if watch.reason:
-            click.echo(f"ajug: error: {watch.reason}", err=True)
-            return 1
-        return code
-
-    try:
-        return _new_loop_runner()(main())
-    finally:
-        if forks is not None:
-            forks.close()  # those never handed a port exit at EOF; none is left a zombie
-
-
-async def _end_workers(workers: Workers, finished: bool) -> None:
-    """After the coordinator stopped: a finished run's workers have heard so and leave; a
-    replacement started just before the end (still connecting) or the workers of a stopped
-    run would keep trying to reach a coordinator that is gone: they get SIGTERM."""
-    loop = asyncio.get_running_loop()
-    workers.replace = False
-    procs = workers.alive()
-    deadline = time.monotonic() + (2.0 if finished else 0.0)
-    while finished and any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            await loop.run_in_executor(None, p.wait, 10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    settings = coordinator_settings(jugfile, store_url, host, port, made_token=made, **kw)
+    summary = run_local(LocalRun(
+        settings, RunContext(jugfile, store_url, settings.store_url),
+        jobs=0 if lo is not None else jobs or os.cpu_count() or 1, prefetch=prefetch,
+        progress=not no_progress, dashboard=dashboard, dashboard_host=dashboard_host, launch=lo,
+        fork_main=forked_main))
+    if summary.reason:
+        click.echo(f"ajug: error: {summary.reason}", err=True)
+    return summary.code
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -557,7 +303,7 @@ def status(target: str, store_url: str | None, as_json: bool, watch: bool, inter
         ctx = tls_context(False, tls_cert, tls_key, tls_ca)
 
         def fetch() -> dict[str, Any]:
-            return _new_loop_runner()(query_status(host, port, tok, ctx, detail=failed,
+            return new_loop_runner()(query_status(host, port, tok, ctx, detail=failed,
                                                    access=access))
 
     if not watch:
@@ -571,30 +317,7 @@ def status(target: str, store_url: str | None, as_json: bool, watch: bool, inter
 
     if offline:
         return watch_offline(fetch, interval, as_json)
-    return watch_live(host, port, tok, ctx, access, failed, interval, as_json, _new_loop_runner())
-
-
-async def query_status(host: str, port: int, token: bytes, ctx: ssl.SSLContext | None,
-                       detail: bool = False, timeout_s: float = 10.0,
-                       access: str = "full") -> dict[str, Any]:
-    from .protocol import connection as conn_mod
-    from .protocol import messages as m
-
-    conn = await conn_mod.open_connection(host, port, token=token, role="client", access=access,
-                                          ssl=ctx, name="status")
-    try:
-        conn.send(m.status(1, detail))
-        await conn.drain()
-        try:
-            rep = await asyncio.wait_for(conn.recv(), timeout_s)
-        except asyncio.TimeoutError:
-            raise AjugError(f"the coordinator at {host}:{port} did not answer a status request "
-                            f"within {timeout_s:g}s") from None
-        if rep["op"] == "error":
-            raise AjugError(f"the coordinator refused: {rep['msg']}")
-        return rep["status"]
-    finally:
-        conn.close()
+    return watch_live(host, port, tok, ctx, access, failed, interval, as_json, new_loop_runner())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -607,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from .config import default_map_for
 
-        rv = cli.main(args=argv, standalone_mode=False, default_map=default_map_for(argv))
+        rv = cli.main(args=argv, standalone_mode=False, default_map=default_map_for(cli, argv))
     except click.exceptions.Abort:
         click.echo("ajug: interrupted", err=True)
         sys.exit(130)

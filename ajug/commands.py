@@ -16,13 +16,23 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
-from .cliparams import CONTEXT_SETTINGS, POSITIVE_SECONDS, SECONDS, verbosity_options
-from .errors import AjugError, ConnectError, StoreLocked, UsageError
+from .access import read_token
+from .cliparams import (
+    CONTEXT_SETTINGS,
+    POSITIVE_SECONDS,
+    SECONDS,
+    client_options,
+    parse_address,
+    tls_context,
+    verbosity_options,
+)
+from .errors import ConnectError, StoreLocked, UsageError
 from .failures import clear_records
+from .graphexport import graph_dot, graph_json
 from .offline import (
     Offline,
     count_by_function,
@@ -34,13 +44,12 @@ from .offline import (
     select,
     stale_tasks,
 )
+from .protocol.client import Remote
 
 log = logging.getLogger("ajug")
 
 #: ``sleep-until``: seconds between two looks at the store or the coordinator.
 SLEEP_INTERVAL_S = 2.0
-#: Keys per ``invalidate`` message to a coordinator (about 45 bytes each on the wire).
-INVALIDATE_BATCH = 100_000
 #: ``check --verify`` asks the store about this many results at a time.
 VERIFY_BATCH = 1000
 
@@ -64,69 +73,15 @@ def store_option(f: Any) -> Any:
     )(f)
 
 
-def client_options(f: Any) -> Any:
-    """How to reach a coordinator: the same token and TLS options as `ajug status`."""
-    opts = [
-        click.option("--token-file", type=click.Path(dir_okay=False), default=None,
-                     help="File holding the shared token (or set AJUG_TOKEN)."),
-        click.option("--token", default=None, hidden=True),
-        click.option("--tls-ca", default=None, help="CA bundle to verify the coordinator (enables TLS)."),
-        click.option("--tls-cert", default=None, help="Client certificate, if the coordinator requires one."),
-        click.option("--tls-key", default=None, help="Private key for --tls-cert."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-class Remote:
-    """A coordinator at HOST:PORT, asked one question per call over a fresh connection."""
-
-    def __init__(self, address: str, kw: dict[str, Any], access: str = "read") -> None:
-        from .access import read_token
-        from .cli import parse_address, tls_context
-
-        self.host, self.port = parse_address(address)
-        tok = read_token(kw.get("token"), kw.get("token_file"))
-        read_tok = read_token(None, None, "AJUG_READ_TOKEN")
-        self.access = "full" if access == "full" or not read_tok or tok else "read"
-        self.token = tok if self.access == "full" else read_tok
-        self.ctx = tls_context(False, kw.get("tls_cert"), kw.get("tls_key"), kw.get("tls_ca"))
-
-    def status(self) -> dict[str, Any]:
-        from .cli import _new_loop_runner, query_status
-
-        return _new_loop_runner()(query_status(self.host, self.port, self.token, self.ctx,
-                                               access=self.access))
-
-    def invalidate(self, keys: list[str]) -> None:
-        from .cli import _new_loop_runner
-
-        _new_loop_runner()(self._invalidate(keys))
-
-    async def _invalidate(self, keys: list[str], timeout_s: float = 30.0) -> None:
-        import asyncio
-
-        from .protocol import connection as conn_mod
-
-        conn = await conn_mod.open_connection(self.host, self.port, token=self.token,
-                                              role="client", access="full", ssl=self.ctx,
-                                              name="invalidate")
-        try:
-            for n, b in enumerate(range(0, max(len(keys), 1), INVALIDATE_BATCH), start=1):
-                conn.send({"op": "invalidate", "id": n, "keys": keys[b : b + INVALIDATE_BATCH]})
-                await conn.drain()
-                try:
-                    rep = await asyncio.wait_for(conn.recv(), timeout_s)
-                except asyncio.TimeoutError:
-                    raise ConnectError(f"the coordinator at {self.host}:{self.port} did not answer "
-                                       f"within {timeout_s:g} s; the results are removed, so a "
-                                       "restarted coordinator runs them again") from None
-                if rep["op"] == "error":
-                    raise AjugError(f"the coordinator at {self.host}:{self.port} refused: "
-                                    f"{rep['msg']}")
-        finally:
-            conn.close()
+def _remote(address: str, kw: dict[str, Any], access: str = "read") -> Remote:
+    """The coordinator at ADDRESS, reached with the command's token and TLS options: read-only
+    with ``AJUG_READ_TOKEN`` unless full access is asked for or a full token is given."""
+    host, port = parse_address(address)
+    tok = read_token(kw.get("token"), kw.get("token_file"))
+    read_tok = read_token(None, None, "AJUG_READ_TOKEN")
+    full = access == "full" or not read_tok or bool(tok)
+    ctx = tls_context(False, kw.get("tls_cert"), kw.get("tls_key"), kw.get("tls_ca"))
+    return Remote(host, port, tok if full else read_tok, "full" if full else "read", ctx)
 
 
 def _counts_table(counts: dict[str, int]) -> None:
@@ -192,7 +147,7 @@ def invalidate(jugfile: str, store_url: str | None, targets: tuple[str, ...], st
         clear_records(off.store, [g.keys[i] for i in hit])  # their failures are history too
         click.echo(f"ajug: removed {n} result(s) ({len(hit)} task(s) affected)")
         if coordinator is not None:
-            Remote(coordinator, kw, access="full").invalidate([g.keys[i] for i in hit])
+            _remote(coordinator, kw, access="full").invalidate([g.keys[i] for i in hit])
             click.echo(f"ajug: the coordinator at {coordinator} runs them again")
         return 0
     finally:
@@ -259,7 +214,7 @@ def check(target: str, store_url: str | None, verify: bool, **kw: Any) -> int:
                              "URL), not a coordinator's address")
         return _verify(target, store_url)
     if not _is_jugfile(target):
-        st = Remote(target, kw).status()
+        st = _remote(target, kw).status()
         ok = _remote_all_done(st)
         click.echo(f"ajug: {st['totals'].get('done', 0)}/{st['tasks']} tasks done"
                    f"{' (more follow a barrier)' if st.get('barrier') else ''}")
@@ -312,7 +267,7 @@ def sleep_until(target: str, store_url: str | None, interval: float, timeout: fl
         return deadline is not None and time.monotonic() >= deadline
 
     if not _is_jugfile(target):
-        return _sleep_remote(Remote(target, kw), interval, expired)
+        return _sleep_remote(_remote(target, kw), interval, expired)
     off = open_offline(target, store_url)
     try:
         while True:
@@ -380,81 +335,6 @@ def shell(jugfile: str, store_url: str | None, plain: bool) -> int:
 
 
 # -- graph --------------------------------------------------------------------------------------
-def _dot_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def graph_json(off: Offline, by_function: bool) -> dict[str, Any]:
-    g = off.graph
-    funcs = [{"name": f.name, "src": f.src, "tasks": 0, "done": 0} for f in g.functions]
-    for i, f in enumerate(g.fn):
-        funcs[f]["tasks"] += 1
-        funcs[f]["done"] += bool(off.done[i])
-    edges: dict[tuple[int, int], int] = {}
-    for i in range(len(g)):
-        for j in g.deps(i):
-            e = (g.fn[j], g.fn[i])
-            edges[e] = edges.get(e, 0) + 1
-    out: dict[str, Any] = {
-        "jugfile": str(off.loaded.path),
-        "store": off.store.url,
-        "partial": off.partial,
-        "functions": funcs,
-        "edges": [{"from": g.functions[a].name, "to": g.functions[b].name, "count": n}
-                  for (a, b), n in edges.items()],
-    }
-    if g.opt_of is not None:  # options (resources, timeout, retries, priority): per function
-        seen: list[set[int]] = [set() for _ in g.functions]  # when all its tasks share them
-        for i, f in enumerate(g.fn):
-            seen[f].add(g.opt_of[i])
-        for f, ids in zip(funcs, seen):
-            if len(ids) == 1 and (o := g.options[next(iter(ids))].to_json()):
-                f["options"] = o
-    if not by_function:
-        out["tasks"] = [{"key": k, "function": g.functions[g.fn[i]].name, "done": off.done[i],
-                         "deps": [g.keys[j] for j in g.deps(i)]} for i, k in enumerate(g.keys)]
-        if g.opt_of is not None:
-            for i, t in enumerate(out["tasks"]):
-                if o := g.opts(i).to_json():
-                    t["options"] = o
-    return out
-
-
-def graph_dot(off: Offline, by_function: bool) -> str:
-    """Graphviz: one cluster per function (``by_function``: one node per function)."""
-    g = off.graph
-    data = graph_json(off, by_function=True)
-    lines = ["digraph ajug {", "  rankdir=TB;",
-             '  node [shape=box, style="rounded,filled", fontname="monospace", fontsize=10];']
-    if by_function:
-        for f in data["functions"]:
-            color = "#c8e6c9" if f["done"] == f["tasks"] else "#ffffff"
-            label = f"{f['name']}\\n{f['done']}/{f['tasks']} done"
-            lines.append(f"  {_dot_str(f['name'])} [label=\"{label}\", fillcolor=\"{color}\"];")
-        for e in data["edges"]:
-            lines.append(f"  {_dot_str(e['from'])} -> {_dot_str(e['to'])} [label=\"{e['count']}\"];")
-        lines.append("}")
-        return "\n".join(lines) + "\n"
-    members: dict[int, list[int]] = {}
-    for i, f in enumerate(g.fn):
-        members.setdefault(f, []).append(i)
-    for fid, idxs in members.items():
-        f = g.functions[fid]
-        lines.append(f"  subgraph cluster_{fid} {{")
-        lines.append(f"    label={_dot_str(f'{f.name} ({len(idxs)})')};")
-        short = f.name.rpartition(".")[2]
-        for i in idxs:
-            color = "#c8e6c9" if off.done[i] else "#ffffff"
-            lines.append(f"    {_dot_str(g.keys[i])} [label=\"{short}\\n{g.keys[i][:10]}\", "
-                         f"fillcolor=\"{color}\"];")
-        lines.append("  }")
-    for i in range(len(g)):
-        for j in g.deps(i):
-            lines.append(f"  {_dot_str(g.keys[j])} -> {_dot_str(g.keys[i])};")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
 @click.command()
 @click.argument("jugfile")
 @store_option
@@ -486,9 +366,9 @@ def graph(jugfile: str, store_url: str | None, fmt: str, by_function: bool, outp
 def config_cmd(as_json: bool, args: tuple[str, ...]) -> int:
     """Print the settings a command would use and where each comes from: ajug config [JUGFILE]
     [COMMAND [FLAGS...]]. Precedence: flags, AJUG_* variables, ajug.toml or [tool.ajug], defaults."""
-    from .cli import cli
     from .config import config_file_for, effective
 
+    cli = cast(click.Group, click.get_current_context().find_root().command)
     rest = list(args)
     jugfile = rest.pop(0) if rest and _is_jugfile(rest[0]) else None
     directory = Path(jugfile).resolve().parent if jugfile else Path.cwd()

@@ -258,10 +258,9 @@ def jugfile_dir(cli: click.Group, argv: list[str]) -> tuple[str | None, Path]:
     return cname, Path.cwd()
 
 
-def default_map_for(argv: list[str], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def default_map_for(cli: click.Group, argv: list[str],
+                    environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The click ``default_map`` for this command line (``cli.main(default_map=...)``)."""
-    from .cli import cli
-
     cname, directory = jugfile_dir(cli, argv)
     merged = layered(cli, directory, environ, cname or "")
     return {c: {p: v for p, (v, _src) in values.items()} for c, values in merged.items()}

@@ -22,10 +22,22 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
+from .cliparams import verbosity
 from .errors import UsageError
 
 #: ``spawn``: start the workers as fresh interpreters, as on systems without fork.
 START_ENV = "AJUG_WORKER_START"
+
+
+def ajug_args(args: list[str]) -> list[str]:
+    """A command's arguments with this process's -v flags."""
+    flags = ["-" + "v" * verbosity()] if verbosity() else []
+    return [*flags, *args]
+
+
+def worker_command(args: list[str]) -> list[str]:
+    """The command line of a spawned local worker: ``ajug ARGS`` in this interpreter."""
+    return [sys.executable, "-m", "ajug", *ajug_args(args)]
 
 
 def fork_workers(n: int, command: Callable[[list[str], bytes], object], token: bytes,

@@ -154,9 +154,10 @@ def look_for_stale(coord: Any, ctx: RunContext) -> asyncio.Future[Any] | None:
 
 
 async def end_of_run(coord: Any, ctx: RunContext, prog: Any, stop: dict[str, int],
-                     stale: asyncio.Future[Any] | None, code: int, nothing: bool = False) -> int:
-    """The end of a run or serve: its report, and its exit status (130/143 when stopped by a
-    signal: 1 would say that a task failed)."""
+                     stale: asyncio.Future[Any] | None, code: int,
+                     nothing: bool = False) -> tuple[int, dict[str, Any]]:
+    """The end of a run or serve: its report; its exit status (130/143 when stopped by a
+    signal: 1 would say that a task failed) and the coordinator's final status."""
     if stale is not None:
         try:
             await asyncio.wait_for(asyncio.shield(stale), 30)
@@ -177,4 +178,4 @@ async def end_of_run(coord: Any, ctx: RunContext, prog: Any, stop: dict[str, int
         echo(results_line(ctx))
     else:
         end_report(ctx, st, echo, said)
-    return 128 + int(sig) if sig is not None else code
+    return (128 + int(sig) if sig is not None else code), st

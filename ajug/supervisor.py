@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ConnectError
 from .watchdog import EXIT_REPLACE
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,67 @@ class RunWatch:
         return None
 
 
+class LocalCrew:
+    """The local workers of ``ajug run`` while the run lasts: kept going (``Workers``),
+    watched for a run that no worker will finish (``RunWatch``), stopped before the
+    coordinator on a signal, and ended with the run (``end_workers``)."""
+
+    def __init__(self, jobs: int) -> None:
+        self.procs: list[Any] = []  # subprocess.Popen or ForkedProcess, once started
+        self.workers: Workers | None = None
+        self.watch = RunWatch(jobs)
+        self.stopping = False
+
+    def start(self, procs: list[Any], spawn: Callable[[int], Any],
+              report: Callable[[Death], None]) -> None:
+        """Keep ``procs`` going (none: nothing to do); ``spawn(i)`` replaces slot ``i``."""
+        self.procs = procs
+        self.workers = Workers(procs, spawn, report)
+
+    def stop(self) -> None:
+        """Stopped by a signal: the workers go first, so that none of them sees the
+        coordinator close and logs that it lost it."""
+        self.stopping = True
+        if self.workers is not None:
+            self.workers.replace = False
+        for p in (self.workers.alive() if self.workers is not None else self.procs):
+            p.send_signal(signal.SIGTERM)
+
+    def tick(self, progress: tuple[int, ...]) -> str | None:
+        """The restart tick of a run that is not over: replace the dead, report them, and
+        say why the run must stop (None: it goes on). ``progress`` moves when a task is done,
+        failed or lost its worker."""
+        if not self.procs or self.stopping or self.workers is None:
+            return None
+        deaths = self.workers.poll()
+        self.watch.reason = self.watch.why_stop(self.workers, deaths, progress)
+        return self.watch.reason
+
+    async def end(self, finished: bool) -> None:
+        if self.workers is not None:
+            await end_workers(self.workers, finished)
+
+
+async def end_workers(workers: Workers, finished: bool) -> None:
+    """After the coordinator stopped: a finished run's workers have heard so and leave; a
+    replacement started just before the end (still connecting) or the workers of a stopped
+    run would keep trying to reach a coordinator that is gone: they get SIGTERM."""
+    loop = asyncio.get_running_loop()
+    workers.replace = False
+    procs = workers.alive()
+    deadline = time.monotonic() + (2.0 if finished else 0.0)
+    while finished and any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            await loop.run_in_executor(None, p.wait, 10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def supervise(arg_lists: list[list[str]], start: Callable[[list[str]], Any],
               report: Callable[[Death], None] | None = None, poll_s: float = 0.2,
               finish_grace_s: float | None = FINISH_GRACE_S) -> int:
@@ -316,18 +378,17 @@ def report_death(host: str, port: int, token: bytes, ssl: Any, death: Death,
     message over a client connection of its own)."""
     from .protocol import connection as conn_mod
     from .protocol import messages as m
+    from .protocol.client import ask
 
     async def send() -> None:
         conn = await asyncio.wait_for(conn_mod.open_connection(
             host, port, token=token, role="client", access="full", ssl=ssl, name="supervisor"),
             timeout_s)
         try:
-            conn.send(m.exited(1, socket.gethostname(), death.pid, death.status, death.cause,
-                               death.detail))
-            await conn.drain()
-            await asyncio.wait_for(conn.recv(), timeout_s)
+            await ask(conn, m.exited(1, socket.gethostname(), death.pid, death.status,
+                                     death.cause, death.detail), timeout_s,
+                      ConnectError(f"the coordinator at {host}:{port} did not answer"))
         finally:
             conn.close()
 
     asyncio.run(send())
-

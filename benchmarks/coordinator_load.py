@@ -196,7 +196,7 @@ def _profile(b: Any, n: int, conns: int) -> dict[str, Any]:
 
 
 def _status(host: str, port: int, token: bytes) -> dict[str, Any]:
-    from ajug.cli import query_status
+    from ajug.protocol.client import query_status
 
     return asyncio.run(query_status(host, port, token, None))
 

@@ -516,7 +516,7 @@ def _serve(b: Bench, wl: str, kind: str, n: int, tag: str, stay: bool = False,
 
 
 async def _status_samples(host: str, port: int, token: bytes, k: int) -> tuple[list[float], list[dict[str, Any]]]:
-    from ajug.cli import query_status
+    from ajug.protocol.client import query_status
 
     lat, sts = [], []
     for _ in range(k):
@@ -595,7 +595,7 @@ def run_scale(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dic
 async def _simulate(host: str, port: int, token: bytes, conns: int, rounds: int) -> dict[str, Any]:
     """``conns`` light workers at once: handshake, then ``rounds`` lease requests each, each
     reporting the previous lease done (nothing is computed or stored)."""
-    from ajug.cli import query_status
+    from ajug.protocol.client import query_status
     from ajug.protocol.connection import open_connection
 
     errors: list[str] = []

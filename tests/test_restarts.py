@@ -257,13 +257,13 @@ def test_outside_kills_are_not_blamed_on_the_task_but_its_own_deaths_are(
 async def test_a_finished_run_does_not_wait_for_a_worker_still_connecting() -> None:
     """A replacement started just before the run finished keeps trying to reach a coordinator
     that is gone: `ajug run` stops it at once rather than waiting 10 s for it."""
-    from ajug.cli import _end_workers
+    from ajug.supervisor import end_workers
 
     slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     quick = subprocess.Popen([sys.executable, "-c", "pass"])
     workers = Workers([slow, quick], lambda i: None, lambda d: None)
     t0 = time.monotonic()
-    await _end_workers(workers, finished=True)
+    await end_workers(workers, finished=True)
     assert slow.returncode == -signal.SIGTERM and quick.returncode == 0
     assert time.monotonic() - t0 < 8
 

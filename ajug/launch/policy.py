@@ -229,7 +229,43 @@ class JobPolicy:
 
     def decide(self, now: float, ready: int, workers: list[WorkerView],
                finished: bool = False) -> Decision:
+        """What to submit and cancel now, given ``ready`` tasks and the connected ``workers``;
+        ``reason`` says why in one line."""
         d = Decision()
+        free = self._count_workers(workers)
+        if self._stale:
+            d.cancel, self._stale = self._stale, []
+        live = self._live()
+        if finished:
+            self._finish(d, live)
+            return d
+        if not self.known:
+            self.reason = "looking for jobs of this run already in the queue"
+            return d
+        coming_jobs = self.submitting + sum(1 for j in live if not j.had_worker)
+        unmet = ready - free - coming_jobs * self.slots
+        want = max(0, math.ceil(unmet / self.slots)) if unmet > 0 else 0
+        supply = f"{free} idle worker(s)" + (f", {coming_jobs} job(s) starting" if coming_jobs else "")
+        said = f"{ready} task(s) ready, {supply}"
+        if self._grow(d, now, want, live, said):
+            return d
+        # supply exceeds demand: pending jobs not needed for idle_exit_s go
+        if self._trim(d, now, (-unmet) // self.slots if unmet < 0 else 0, live, said):
+            return d
+        self.surplus_since = None
+        busy = len(workers) - free
+        if ready:
+            self.reason = f"{said}: enough"
+        elif busy:
+            self.reason = (f"no task ready, {busy} worker(s) busy: idle workers exit after "
+                           f"{self.idle_exit_s:g}s")
+        else:
+            self.reason = "no task ready"
+        return d
+
+    def _count_workers(self, workers: list[WorkerView]) -> int:
+        """Each job's connected workers (a job with its first one is no longer starting);
+        returns how many workers are idle."""
         for j in self.jobs.values():
             j.workers = 0
         free = 0
@@ -242,35 +278,28 @@ class JobPolicy:
                     self.early_ends = 0
             if not w.busy:
                 free += 1
-        if self._stale:
-            d.cancel, self._stale = self._stale, []
-        live = self._live()
-        if finished:
-            self.finished = True
-            pending = [j for j in live if j.state == PENDING and not j.had_worker]
-            for j in pending:
-                j.cancelled = True
-            d.cancel += [j.id for j in pending]
-            left = len(live) - len(pending)
-            self.reason = ("the run is finished" + (f": {left} job(s) ending" if left else ""))
-            return d
-        if not self.known:
-            self.reason = "looking for jobs of this run already in the queue"
-            return d
-        coming_jobs = self.submitting + sum(1 for j in live if not j.had_worker)
-        coming = coming_jobs * self.slots
-        unmet = ready - free - coming
+        return free
+
+    def _finish(self, d: Decision, live: list[Job]) -> None:
+        """The run is over: jobs still pending that never had a worker are cancelled."""
+        self.finished = True
+        pending = [j for j in live if j.state == PENDING and not j.had_worker]
+        for j in pending:
+            j.cancelled = True
+        d.cancel += [j.id for j in pending]
+        left = len(live) - len(pending)
+        self.reason = ("the run is finished" + (f": {left} job(s) ending" if left else ""))
+
+    def _grow(self, d: Decision, now: float, want: int, live: list[Job], said: str) -> bool:
+        """Submit the jobs wanted (``want`` for the tasks, more for --min-jobs) within the
+        maximum, unless backing off. True: decided (submitted, at the maximum, or waiting)."""
         active = len(live) + self.submitting
         room = self.max_jobs - active
         bases = sum(j.base for j in live) + self.submitting_base
         want_base = max(0, self.min_jobs - bases)
-        want = max(0, math.ceil(unmet / self.slots)) if unmet > 0 else 0
-        supply = f"{free} idle worker(s)" + (f", {coming_jobs} job(s) starting" if coming_jobs else "")
-        demand = f"{ready} task(s) ready"
         if (want or want_base) and now < self.retry_at:
-            self.reason = (f"{demand}, {supply}: {self.error}; next try in "
-                           f"{self.retry_at - now:.0f}s")
-            return d
+            self.reason = f"{said}: {self.error}; next try in {self.retry_at - now:.0f}s"
+            return True
         d.submit_base = min(want_base, room)
         room -= d.submit_base
         d.submit = min(max(0, want - d.submit_base), room)
@@ -279,48 +308,43 @@ class JobPolicy:
         self.submitting_base += d.submit_base
         if n:
             self.surplus_since = None
-            why = f"{demand}, {supply}: submitting {n} job(s)"
+            why = f"{said}: submitting {n} job(s)"
             if d.submit_base:
                 why += f" ({d.submit_base} to keep --min-jobs {self.min_jobs})"
             if want > d.submit + d.submit_base:
                 why += f", then at the maximum ({self.max_option} {self.max_jobs})"
             self.reason = why
-            return d
+            return True
         if want:
-            self.reason = (f"{demand}, {supply}: at the maximum ({self.max_option} "
-                           f"{self.max_jobs}, {active} job(s))")
+            self.reason = (f"{said}: at the maximum ({self.max_option} {self.max_jobs}, "
+                           f"{active} job(s))")
             self.surplus_since = None
-            return d
-        # supply exceeds demand: pending jobs not needed for idle_exit_s go
-        spare = (-unmet) // self.slots if unmet < 0 else 0
+            return True
+        return False
+
+    def _trim(self, d: Decision, now: float, spare: int, live: list[Job], said: str) -> bool:
+        """The newest pending jobs, up to ``spare`` jobs' worth of capacity beyond the demand,
+        are not needed: cancelled once they have stayed so for ``idle_exit_s``. True: some
+        are."""
         pending = sorted((j for j in live if j.state == PENDING and not j.had_worker
                           and not j.base), key=lambda j: j.since, reverse=True)
         surplus = pending[:spare]
-        if surplus:
-            if self.surplus_since is None:
-                self.surplus_since = now
-            waited = now - self.surplus_since
-            if waited >= self.idle_exit_s:
-                for j in surplus:
-                    j.cancelled = True
-                d.cancel += [j.id for j in surplus]
-                self.reason = (f"{demand}, {supply}: {len(surplus)} pending job(s) not needed "
-                               f"for {self.idle_exit_s:g}s: cancelling")
-                self.surplus_since = None
-            else:
-                self.reason = (f"{demand}, {supply}: {len(surplus)} pending job(s) not needed; "
-                               f"cancelled if still so in {self.idle_exit_s - waited:.0f}s")
-            return d
-        self.surplus_since = None
-        busy = len(workers) - free
-        if ready:
-            self.reason = f"{demand}, {supply}: enough"
-        elif busy:
-            self.reason = (f"no task ready, {busy} worker(s) busy: idle workers exit after "
-                           f"{self.idle_exit_s:g}s")
+        if not surplus:
+            return False
+        if self.surplus_since is None:
+            self.surplus_since = now
+        waited = now - self.surplus_since
+        if waited >= self.idle_exit_s:
+            for j in surplus:
+                j.cancelled = True
+            d.cancel += [j.id for j in surplus]
+            self.reason = (f"{said}: {len(surplus)} pending job(s) not needed "
+                           f"for {self.idle_exit_s:g}s: cancelling")
+            self.surplus_since = None
         else:
-            self.reason = "no task ready"
-        return d
+            self.reason = (f"{said}: {len(surplus)} pending job(s) not needed; "
+                           f"cancelled if still so in {self.idle_exit_s - waited:.0f}s")
+        return True
 
     # -- for status -------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -31,7 +31,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -49,7 +49,9 @@ from .base import HOST, OwnerLock, Store, check_key
 from .redisconn import RedisBoundary
 from .redisfailures import RedisFailureRecords
 from .redislock import RedisOwnerLock
+from .redisqueries import RedisQueries
 from .redisscripts import (
+    BATCH_KEYS,
     EXISTS_BATCH_LUA,
     INTACT_BATCH_LUA,
     MANIFEST_MAGIC,
@@ -106,13 +108,11 @@ MAX_CHUNK_BYTES = 512 << 20  # redis refuses larger values
 CHUNK_TTL_MS = 24 * 3600 * 1000
 #: The upload-in-progress marker lives this long after the last chunk written.
 UPLOAD_MARK_TTL_MS = 120 * 1000
-#: exists/metadata/remove send this many keys per round trip.
-BATCH_KEYS = 1000
 class _ChunksLost(Exception):
     """Chunks of an upload vanished before commit (redis restarted or evicted): upload again."""
 
 
-class RedisStore(RedisBoundary, RedisFailureRecords, RedisUpkeep, Store):
+class RedisStore(RedisBoundary, RedisFailureRecords, RedisQueries, RedisUpkeep, Store):
     """Results in redis under ``namespace``; values over ``chunk_bytes`` stored in chunks.
 
     ``retry_s`` bounds how long each operation keeps retrying an unreachable redis.
@@ -399,57 +399,6 @@ class RedisStore(RedisBoundary, RedisFailureRecords, RedisUpkeep, Store):
             return part
 
         return decode(decoding.ChunkReader(count, fetch), total)
-
-    def intact(self, keys: Sequence[str], sizes: Sequence[int] | None = None) -> list[bool]:
-        """Present, with the length their metadata states (a script per thousand keys). Values
-        are written whole, so this finds results cut short by another program; a chunk that
-        went missing is found by ``load`` (and ``verify``)."""
-        return [n is not None for n in self.intact_sizes(keys)]
-
-    def intact_sizes(self, keys: Sequence[str]) -> list[int | None]:
-        out: list[int | None] = []
-        for i in range(0, len(keys), BATCH_KEYS):
-            batch: list[str] = []
-            for k in keys[i : i + BATCH_KEYS]:
-                batch += [self.keys.result(check_key(k)), self.keys.meta(k)]
-            got = self._call(partial(self._intact_batch, keys=batch))
-            out.extend(int(x) if x >= 0 else None for x in got)
-        return out
-
-    def exists(self, keys: Sequence[str]) -> list[bool]:
-        out: list[bool] = []
-        for i in range(0, len(keys), BATCH_KEYS):
-            batch = [self.keys.result(check_key(k)) for k in keys[i : i + BATCH_KEYS]]
-
-            # one script call per batch: packing a thousand EXISTS commands in Python cost more
-            # than asking redis
-            got = self._call(partial(self._exists_batch, keys=batch))
-            out.extend(bool(x) for x in got)
-        return out
-
-    def metadata(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
-        out: list[dict[str, Any] | None] = []
-        for i in range(0, len(keys), BATCH_KEYS):
-            batch = [self.keys.meta(check_key(k)) for k in keys[i : i + BATCH_KEYS]]
-            for raw in self._call(partial(self.r.mget, batch)):
-                try:
-                    meta = (
-                        None
-                        if raw is None
-                        else msgpack.unpackb(raw, raw=False, strict_map_key=False)
-                    )
-                except (ValueError, msgpack.UnpackException):
-                    meta = None
-                out.append(meta if isinstance(meta, dict) else None)
-        return out
-
-    def list(self) -> Iterator[str]:
-        prefix = len(self.keys.result(""))
-        pattern = self.keys.pattern("r")
-        found = self._call(
-            lambda: [k[prefix:].decode() for k in self.r.scan_iter(match=pattern, count=1000)]
-        )
-        return iter(sorted(set(found)))
 
     def owner_lock(self, ttl_s: float = 30.0) -> OwnerLock:
         return RedisOwnerLock(self, ttl_s)

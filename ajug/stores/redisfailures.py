@@ -9,10 +9,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .base import check_key
+from .redisscripts import BATCH_KEYS
 
 T = TypeVar("T")
-#: keys per round trip
-BATCH_KEYS = 1000
 
 
 class RedisFailureRecords:

@@ -7,6 +7,8 @@ from typing import Any
 
 import msgpack
 
+#: exists/intact/metadata/remove and the failure records send this many keys per round trip.
+BATCH_KEYS = 1000
 MANIFEST_MAGIC = b"AJCM"
 #: Bytes of ``{ns}r:{key}`` read to recognise and parse a manifest (they are ~50 bytes).
 MANIFEST_PEEK_BYTES = 256
