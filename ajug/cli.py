@@ -49,6 +49,7 @@ from .local import worker_command
 from .protocol.client import new_loop_runner, query_status
 from .runreport import RunContext, end_of_run, install_stop, look_for_stale
 from .servesetup import coordinator_settings, start_dashboard, start_launcher
+from .workoffer import child_args, host_offer, reexec
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -150,19 +151,29 @@ def serve(jugfile: str, host: str, port: int, stay: bool, handshake_timeout: flo
 @click.option("--announce", type=click.Choice(["all", "connect", "none"]), default="all",
               hidden=True, help="What this worker says: all (connecting, a task count on a "
               "terminal, how it ended), connect, or none (the workers of ajug run).")
+@click.option("--resources", default=None, metavar="NAME=AMOUNT,...",
+              help="What this host offers to all its -j processes together, e.g. "
+              "gpus=2,memory=64GiB,licence=1 (default: its CPUs and memory).")
+@click.option("--group", default=None, hidden=True,
+              help="The host group whose offer this process shares (set by its supervisor).")
+@click.option("--supervised", is_flag=True, hidden=True,
+              help="A supervisor replaces this process when it ends (ajug work -j N, ajug run).")
 @verbosity_options
 def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, store_url: str | None,
          name: str, max_tasks: int | None, idle_exit: float | None, token_file: str | None,
          token: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
-         token_fd: int | None, announce: str) -> int:
+         token_fd: int | None, announce: str, resources: str | None, group: str | None,
+         supervised: bool) -> int:
     """Run tasks for the coordinator at ADDRESS (HOST:PORT) until it says all is done."""
     host, port = parse_address(address)
     if idle_exit is not None and not idle_exit > 0:
         raise UsageError(f"--idle-exit {idle_exit:g}: must be a positive number of seconds")
     tok = read_token_fd(token_fd) if token_fd is not None else read_token(token, token_file)
     forget_tokens()  # task code, and what it starts, must not find it in the environment
+    offer = host_offer(resources, group)  # checked before any process starts
     if jobs > 1:
-        args = ["work", address, "-j", "1", "--connect-timeout", str(connect_timeout)]
+        args = ["work", address, "-j", "1", "--connect-timeout", str(connect_timeout),
+                *child_args(resources, offer["group"])]
         for flag, v in (("--prefetch", prefetch), ("--store", store_url), ("--max-tasks", max_tasks),
                         ("--idle-exit", idle_exit),
                         ("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
@@ -198,6 +209,10 @@ def work(address: str, jobs: int, prefetch: int | None, connect_timeout: float, 
         max_tasks=max_tasks,
         say=(lambda msg: click.echo(f"ajug: {msg}", err=True)) if announce != "none" else None,
         idle_exit_s=idle_exit,
+        offer=offer,
+        # a task past its timeout ends this process: its supervisor starts another, or it
+        # replaces itself
+        replace=None if supervised else (lambda: reexec(tok)),
     )
     worker = Worker(opts)
     if announce != "all":
@@ -232,11 +247,15 @@ def forked_main(argv: list[str], token: bytes) -> None:
 @click.option("--prefetch", type=AT_LEAST_ZERO, default=None, help="Tasks leased ahead per worker (0: none; default: adapts to how long tasks take).")
 @click.option("--port", type=PORT, default=0, help="Loopback port for the workers (default: a free one).")
 @click.option("--no-progress", is_flag=True, help="No progress display.")
+@click.option("--resources", default=None, metavar="NAME=AMOUNT,...",
+              help="What this machine offers its local workers together, e.g. gpus=1 "
+              "(default: its CPUs and memory).")
 @dashboard_options
 @coordinator_options
 @launch_options
 def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_progress: bool,
-        store_url: str | None, dashboard: int | None, dashboard_host: str, **kw: Any) -> int:
+        resources: str | None, store_url: str | None, dashboard: int | None,
+        dashboard_host: str, **kw: Any) -> int:
     """Run a jugfile: a coordinator and JOBS worker processes over loopback (or, with
     --workers slurm, ..., worker jobs on a cluster)."""
     from .launch import options as launch
@@ -253,12 +272,13 @@ def run(jugfile: str, jobs: int | None, prefetch: int | None, port: int, no_prog
     made = None
     if not (kw["token"] or kw["token_file"] or os.environ.get("AJUG_TOKEN", "").strip()):
         made = secrets.token_hex(16).encode()  # fresh per run, kept in memory
+    host_offer(resources, None)  # checked before anything starts
     settings = coordinator_settings(jugfile, store_url, host, port, made_token=made, **kw)
     summary = run_local(LocalRun(
         settings, RunContext(jugfile, store_url, settings.store_url),
         jobs=0 if lo is not None else jobs or os.cpu_count() or 1, prefetch=prefetch,
         progress=not no_progress, dashboard=dashboard, dashboard_host=dashboard_host, launch=lo,
-        fork_main=forked_main))
+        fork_main=forked_main, resources=resources))
     if summary.reason:
         click.echo(f"ajug: error: {summary.reason}", err=True)
     return summary.code

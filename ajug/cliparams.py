@@ -198,7 +198,8 @@ def coordinator_options(f: Any) -> Any:
     return _apply(f, [
         click.option("--store", "store_url", default=None, help="Store URL: a directory (default: <jugfile stem>.ajugdata beside the jugfile) or redis://host:port/db."),
         click.option("--lease-ttl", type=POSITIVE_SECONDS, default=30.0, show_default=True, help="Seconds a lease lives without renewal."),
-        click.option("--retries", type=AT_LEAST_ZERO, default=0, show_default=True, help="Times a task that raised is retried."),
+        click.option("--retries", type=AT_LEAST_ZERO, default=0, show_default=True, help="Times a task that raised (or timed out) is retried, for tasks without retries of their own."),
+        click.option("--task-timeout", type=POSITIVE_SECONDS, default=None, help="Seconds a task may run before its worker stops it, for tasks without a timeout of their own (default: none)."),
         click.option("--max-attempts", type=AT_LEAST_ONE, default=3, show_default=True, help="Worker losses before a task is marked failed as suspected of killing workers."),
         click.option("--keep-going/--fail-fast", default=True, show_default=True, help="After a task fails, run the rest of the graph (default) or stop."),
         click.option("--token-file", type=click.Path(dir_okay=False), default=None, help="File holding the shared token (or set AJUG_TOKEN)."),

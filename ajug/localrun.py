@@ -24,6 +24,7 @@ from .progress import RunProgress
 from .runreport import RunContext, end_of_run, install_stop, look_for_stale, nothing_to_do
 from .servesetup import start_dashboard, start_launcher
 from .supervisor import LocalCrew
+from .workoffer import child_args, default_group
 
 log = logging.getLogger("ajug")
 
@@ -52,6 +53,8 @@ class LocalRun:
     #: what a forked worker runs with its ``work ...`` arguments and the token (``ajug.cli``
     #: passes its ``forked_main``); None: the workers are spawned, never forked
     fork_main: Callable[[list[str], bytes], object] | None = None
+    #: what this machine offers its workers together (``--resources``); None: CPUs and memory
+    resources: str | None = None
 
 
 @dataclass
@@ -107,7 +110,7 @@ async def _run(run: LocalRun, forks: Any) -> RunSummary:
     await start_dashboard(coord, run.dashboard, run.dashboard_host)
     launcher = await start_launcher(coord, run.launch)
     args = ["work", f"127.0.0.1:{coord.port}", "-j", "1", "--connect-timeout", "30",
-            "--announce", "none"]
+            "--announce", "none", *child_args(run.resources, default_group())]
     if run.prefetch is not None:
         args += ["--prefetch", str(run.prefetch)]
     arg_lists = [[*args, "--name", f"local{i}"] for i in range(n)]

@@ -44,6 +44,7 @@ def coordinator_settings(jugfile: str, store_url: str | None, host: str, port: i
         lease_ttl_s=kw["lease_ttl"],
         max_attempts=kw["max_attempts"],
         retries=kw["retries"],
+        task_timeout_s=kw.get("task_timeout"),
         fail_fast=not kw["keep_going"],
         ssl=tls_context(True, kw["tls_cert"], kw["tls_key"], kw["tls_ca"]),
     )

@@ -29,6 +29,7 @@ from .errors import AjugError, ProtocolError
 from .graph import decode_args
 from .inbox import Inbox
 from .protocol import messages as m
+from .protocol.client import new_loop_runner
 from .stores import encoding, open_store
 from .task import Task, value
 from .tracebacks import worker_file
@@ -282,13 +283,7 @@ class Worker:
     # -- network thread ---------------------------------------------------------------------
     def _net_thread(self) -> None:
         try:
-            try:
-                import uvloop
-
-                runner: Callable[..., Any] = uvloop.run
-            except ImportError:  # pragma: no cover - not on Windows
-                runner = asyncio.run
-            runner(self._net_main())
+            new_loop_runner()(self._net_main())
         except BaseException as e:  # noqa: BLE001 - hand anything to the main thread
             if self.fatal is None:
                 self.fatal = e

@@ -153,3 +153,50 @@ def test_a_task_past_its_timeout_is_stopped_retried_and_failed_with_its_stack(
     line = TIMEOUT_JUGFILE.splitlines().index('    time.sleep(10 ** 6)') + 1
     assert f'hangs.py", line {line}, in hang' in out.stderr and "time.sleep(10 ** 6)" in out.stderr
     assert "worker.py" not in out.stderr.split("failed (timeout")[1].split("ajug: [")[0]
+
+
+@pytest.mark.timeout(120)
+def test_ajug_run_resources_and_task_timeout_from_the_command_line(tmp_path: Path) -> None:
+    jugfile = tmp_path / "gpus.py"
+    jugfile.write_text(RESOURCES_JUGFILE.replace("h = huge()\n", "")
+                       + "@TaskGenerator\ndef stuck():\n    time.sleep(10 ** 6)\n\ns = stuck()\n")
+    out = subprocess.run(ajug_cmd("run", str(jugfile), "-j", "3", "--no-progress", "--prefetch",
+                                  "0", "--resources", "gpus=1", "--task-timeout", "1.5"),
+                         capture_output=True, text=True, timeout=100, cwd=tmp_path, env=env(),
+                         start_new_session=True)
+    assert out.returncode == 1, out.stderr
+    runs = records(tmp_path / "runs.log")
+    gpu = [r for r in runs if r["task"].startswith("train")]
+    assert len(gpu) == 4 and overlaps(gpu) == 0, gpu
+    st = offline_status(jugfile)
+    assert st["totals"]["done"] == 16
+    assert [f["kind"] for f in st["failures"]] == ["timeout"]  # --task-timeout, no retries
+
+
+@pytest.mark.parametrize("bad", ["gpus", "gpus=lots", "9x=1"])
+def test_bad_resources_are_one_line_and_exit_2(tmp_path: Path, bad: str) -> None:
+    jugfile = tmp_path / "jf.py"
+    jugfile.write_text("from ajug import TaskGenerator\n")
+    for args in (["run", str(jugfile)], ["work", "127.0.0.1:1"]):
+        out = subprocess.run(ajug_cmd(*args, "--resources", bad), capture_output=True,
+                             text=True, timeout=60, cwd=tmp_path, env=env())
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.count("\n") == 1 and "--resources" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_lone_ajug_work_replaces_itself_after_a_timeout(tmp_path: Path, procs: Any) -> None:
+    jugfile = tmp_path / "hangs.py"
+    jugfile.write_text(TIMEOUT_JUGFILE)
+    serve, port = procs.serve(jugfile)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    work = procs.work(port, "--connect-timeout", "10", cwd=other)  # no -j: no supervisor
+    assert serve.wait(90) == 1
+    assert work.wait(30) == 0
+    hangs = [r for r in records(tmp_path / "runs.log") if r["task"] == "hang"]
+    assert len(hangs) == 2
+    assert hangs[0]["pid"] == hangs[1]["pid"] == work.pid  # the same process, executed afresh
+    assert "replacing this worker process" in Path(work.logfile).read_text()
+    assert values(jugfile, ["squares"])["squares"] == [i * i for i in range(8)]
