@@ -27,6 +27,8 @@ from .task import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "connect",
+    "run",
     "AjugError",
     "BarrierError",
     "CachedFunction",
@@ -61,3 +63,13 @@ def init(jugfile: str = "jugfile.py", store: Any = None) -> tuple[Any, dict[str,
         store = open_store(store or default_store_url(jugfile))
     loaded = load_jugfile(jugfile, store)
     return store, loaded.module.__dict__
+
+
+def __getattr__(name: str) -> Any:
+    """``ajug.run`` and ``ajug.connect`` (ajug/api.py), imported when first used: a jugfile's
+    ``from ajug import TaskGenerator`` does not load the engine."""
+    if name in ("run", "connect", "RunResult", "Client"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'ajug' has no attribute {name!r}")

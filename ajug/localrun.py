@@ -55,6 +55,9 @@ class LocalRun:
     fork_main: Callable[[list[str], bytes], object] | None = None
     #: what this machine offers its workers together (``--resources``); None: CPUs and memory
     resources: str | None = None
+    #: called with the coordinator once it is open, in its loop (``ajug.run`` from a thread:
+    #: to stop it from the caller's)
+    on_start: Callable[[Coordinator], None] | None = None
 
 
 @dataclass
@@ -103,6 +106,8 @@ async def _run(run: LocalRun, forks: Any) -> RunSummary:
     # competes with the loading for CPU and the whole run got slower. Forked workers have
     # no start-up: they wait on a pipe, using no CPU, until the port is written to them.)
     await coord.open()
+    if run.on_start is not None:
+        run.on_start(coord)
     if settings.ssl is not None:
         raise UsageError("ajug run uses loopback only; TLS options are for serve/work")
     crew = LocalCrew(n)

@@ -124,7 +124,7 @@ def install_stop(coord: Any, before: Any = None) -> dict[str, int]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, handler, sig)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
             pass
     return got
 

@@ -67,10 +67,12 @@ async def connect(o: Any, first: bool) -> Any:
                 ) from None
             unreachable = isinstance(e, OSError) or str(e).startswith("cannot reach")
             if first and not told and unreachable:
-                # nothing listens there (yet): say so now, not after a minute of silence.
-                # (One that answers and then fails the handshake is said once, at the end.)
+                # nothing listens there (yet): said to the user now, not after a minute of
+                # silence (one that answers and then fails the handshake is said once, at the
+                # end). A worker that announces nothing (ajug run's; all but the first of ajug
+                # work -j N) logs it quietly: its run has ended, or another worker said it.
                 say(o, f"waiting for the coordinator at {where} ({why}); retrying "
-                    f"for {o.connect_timeout_s:g} s", logging.WARNING)
+                    f"for {o.connect_timeout_s:g} s", logging.INFO)
                 told = True
             log.debug("coordinator not reachable (%s); retrying in %.2fs", why, delay)
             await asyncio.sleep(delay * (0.5 + random.random()))

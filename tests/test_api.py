@@ -1,0 +1,172 @@
+"""The Python API (ajug/api.py) used the way docs/python-api.md shows: its ``python`` blocks run
+as scripts in a copy of examples/, and every ``print(...)  # OUTPUT`` line must print OUTPUT.
+Scripts, not calls in this process: a user's script starts from a fresh interpreter."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from procs import ROOT, Procs, env
+
+DOC = ROOT / "docs" / "python-api.md"
+FENCE = re.compile(r"^```python\n(.*?)^```$", re.M | re.S)
+
+
+def doc_blocks() -> list[str]:
+    return FENCE.findall(DOC.read_text())
+
+
+def expected_lines(block: str) -> list[str]:
+    return [m.group(1).strip() for m in re.finditer(r"^print\(.*\)\s+# (.*)$", block, re.M)]
+
+
+def run_script(code: str, cwd: Path, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
+    script = cwd / "script.py"
+    script.write_text(code)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=cwd, env=env(**extra), timeout=timeout, start_new_session=True)
+
+
+@pytest.fixture
+def examples(tmp_path: Path) -> Path:
+    d = tmp_path / "examples"
+    shutil.copytree(ROOT / "examples", d, ignore=shutil.ignore_patterns("*.ajugdata"))
+    return d
+
+
+@pytest.mark.timeout(180)
+def test_the_docs_run_examples_print_what_they_say(examples: Path) -> None:
+    blocks = doc_blocks()
+    runs = [b for b in blocks if "ajug.run(" in b]
+    assert len(runs) == 2, "docs/python-api.md: the two ajug.run examples"
+    first, again = runs
+    out = run_script(first, examples)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == expected_lines(first)
+    # the second block goes on from the first (the same store): nothing to compute
+    out = run_script(first + again, examples)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == expected_lines(first) + expected_lines(again)
+    assert "nothing to do" in out.stderr
+
+
+@pytest.mark.timeout(180)
+def test_the_docs_connect_example_against_a_served_run(examples: Path, procs: Procs) -> None:
+    (block,) = [b for b in doc_blocks() if "ajug.connect(" in b]
+    token = "api-test-token-0123456789"
+    (examples / "token").write_text(token + "\n")
+    serve, port = procs.serve(examples / "primes.py", "--token-file", "token", cwd=examples)
+    (examples / "script.py").write_text(block.replace("127.0.0.1:5555", f"127.0.0.1:{port}"))
+    # the client waits from before the workers start until the coordinator has finished
+    client = procs.start_cmd([sys.executable, "script.py"], "client", cwd=examples,
+                             env=env(AJUG_TOKEN=""), stdout=subprocess.PIPE)
+    procs.work(port, "-j", "2", "--token-file", str(examples / "token"), cwd=examples)
+    out, _ = client.communicate(timeout=120)
+    assert client.returncode == 0, out
+    assert out.splitlines() == expected_lines(block)
+    assert serve.wait(30) == 0
+
+
+@pytest.mark.timeout(180)
+def test_client_status_failed_invalidate_and_read_only(tmp_path: Path, procs: Procs) -> None:
+    jugfile = tmp_path / "jf.py"
+    jugfile.write_text(textwrap.dedent("""\
+        from ajug import TaskGenerator
+
+        @TaskGenerator
+        def double(x):
+            with open("runs.log", "a") as f:
+                f.write("double\\n")
+            return 2 * x
+
+        @TaskGenerator
+        def boom(x):
+            raise ValueError(f"no {x}")
+
+        d = double(21)
+        b = boom(1)
+        """))
+    (tmp_path / "token").write_text("full-token-0123456789")
+    (tmp_path / "read").write_text("read-token-0123456789")
+    serve, port = procs.serve(jugfile, "--token-file", "token", "--read-token-file", "read",
+                              "--stay")
+    procs.work(port, "--token-file", str(tmp_path / "token"))
+    code = textwrap.dedent(f"""\
+        import json, ajug
+        from ajug.errors import UsageError
+        c = ajug.connect("127.0.0.1:{port}", token_file="token")
+        st = c.wait(timeout=60, interval=0.1)
+        failed = c.failed()
+        key = [f for f in st["functions"] if f["name"] == "jf.double"]
+        ns = ajug.init("jf.py")[1]
+        c.invalidate([ns["d"]])
+        after = c.wait(timeout=60, interval=0.1)
+        ro = ajug.connect("127.0.0.1:{port}", read_only=True)
+        ro_status = ro.status()["totals"]
+        try:
+            ro.invalidate([ns["d"].hash()])  # jug's hash(): bytes
+            refused = False
+        except UsageError:
+            refused = True
+        print(json.dumps({{"state": st["state"], "totals": st["totals"],
+                          "failed": [(f["func"], f["type"], "ValueError: no 1" in f["tb"])
+                                     for f in failed],
+                          "after": after["totals"], "ro": ro_status, "refused": refused}}))
+        """)
+    out = run_script(code, tmp_path, AJUG_TOKEN="", AJUG_READ_TOKEN="read-token-0123456789")
+    assert out.returncode == 0, out.stderr
+    got: dict[str, Any] = __import__("json").loads(out.stdout.splitlines()[-1])
+    assert got["state"] == "finished"
+    assert got["totals"]["done"] == 1 and got["totals"]["failed"] == 1
+    assert got["failed"] == [["jf.boom", "ValueError", True]]
+    assert got["after"]["done"] == 1  # d ran again
+    assert (tmp_path / "runs.log").read_text().split() == ["double", "double"]
+    assert got["ro"]["failed"] == 1 and got["refused"] is True
+
+
+def test_bad_arguments_raise_a_usage_error(tmp_path: Path) -> None:
+    code = textwrap.dedent("""\
+        import ajug
+        from ajug.errors import AjugError
+        for kw in ({"jugfile": "missing.py"}, {"jugfile": "jf.py", "jobs": 0},
+                   {"jugfile": "jf.py", "task_timeout": -1},
+                   {"jugfile": "jf.py", "resources": "gpus"}):
+            try:
+                ajug.run(**kw)
+            except AjugError as e:
+                print(type(e).__name__, str(e).splitlines()[0][:60])
+        try:
+            ajug.connect("nowhere")
+        except AjugError as e:
+            print(type(e).__name__)
+        """)
+    (tmp_path / "jf.py").write_text("from ajug import TaskGenerator\n")
+    out = run_script(code, tmp_path, AJUG_TOKEN="")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["JugfileError"] + ["UsageError"] * 4, lines
+    assert "missing.py" in lines[0] and "jobs=0" in lines[1] and "--resources" in lines[3]
+
+
+@pytest.mark.timeout(180)
+def test_run_inside_a_running_event_loop_as_in_jupyter(examples: Path) -> None:
+    code = textwrap.dedent("""\
+        import asyncio, ajug
+
+        async def cell():
+            # a notebook cell: an event loop runs in this thread
+            return ajug.run("primes.py", jobs=2, progress=False)
+
+        r = asyncio.run(cell())
+        print(r.ok, r.value("totals")["count"])
+        """)
+    out = run_script(code, examples)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["True 2262"]
