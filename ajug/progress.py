@@ -94,13 +94,24 @@ def _executing(f: dict[str, Any]) -> int:
     return int(f.get("executing", f.get("running", 0)))
 
 
+def _jupyter_widgets(console: Console) -> bool:
+    """In a Jupyter kernel with ipywidgets, rich draws live bars in the cell's output."""
+    if not console.is_jupyter:
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class RunProgress:
     """Fed a status dict about once a second; ``close`` once at the end."""
 
     def __init__(self, console: Console | None = None, interval_s: float = 10.0,
                  enabled: bool = True) -> None:
         self.console = console or Console(stderr=True)
-        self.tty = self.console.is_terminal and enabled
+        self.tty = enabled and (self.console.is_terminal or _jupyter_widgets(self.console))
         self.enabled = enabled
         self.interval_s = interval_s
         self._last_line = 0.0

@@ -4,6 +4,7 @@ Scripts, not calls in this process: a user's script starts from a fresh interpre
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -170,3 +171,32 @@ def test_run_inside_a_running_event_loop_as_in_jupyter(examples: Path) -> None:
     out = run_script(code, examples)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["True 2262"]
+
+
+@pytest.mark.timeout(240)
+def test_run_in_a_jupyter_notebook_with_live_bars(examples: Path) -> None:
+    """A real kernel (nbclient + ipykernel): the cell's outputs hold the live progress widget
+    and the result. Without those packages (the ``notebook`` extra) it skips, and fails with
+    AJUG_REQUIRE_JUPYTER=1 (CI)."""
+    try:
+        import ipykernel  # noqa: F401
+        import ipywidgets  # noqa: F401
+        import nbformat
+        from nbclient import NotebookClient
+    except ImportError as e:
+        reason = f"Jupyter is not installed (pip install -e '.[notebook]'): {e}"
+        if os.environ.get("AJUG_REQUIRE_JUPYTER") == "1":
+            pytest.fail(f"{reason} (AJUG_REQUIRE_JUPYTER=1)")
+        pytest.skip(reason)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        'import ajug\nr = ajug.run("primes.py", jobs=2)\nprint(r.ok, r.value("totals")["count"])')]
+    NotebookClient(nb, timeout=180, kernel_name="python3",
+                   resources={"metadata": {"path": str(examples)}}).execute()
+    outputs = nb.cells[0].outputs
+    stdout = "".join(o.get("text", "") for o in outputs if o.get("name") == "stdout")
+    assert stdout.splitlines() == ["True 2262"], outputs
+    widgets = [o for o in outputs if o["output_type"] == "display_data"
+               and "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widgets, f"no live progress widget in the cell's outputs: {outputs}"
+    assert (examples / "primes.ajugdata").is_dir()
