@@ -592,11 +592,15 @@ def run_scale(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) -> dic
     return out
 
 
-async def _simulate(host: str, port: int, token: bytes, conns: int, rounds: int) -> dict[str, Any]:
+async def _simulate(host: str, port: int, token: bytes, conns: int, rounds: int,
+                    store_url: str) -> dict[str, Any]:
     """``conns`` light workers at once: handshake, then ``rounds`` lease requests each, each
-    reporting the previous lease done (nothing is computed or stored)."""
+    reporting the previous lease done (nothing is computed; a tiny result is saved, since the
+    coordinator confirms a run's results are in the store before it calls the run finished)."""
+    from ajug.protocol import messages as m
     from ajug.protocol.client import query_status
     from ajug.protocol.connection import open_connection
+    from ajug.stores import open_store
 
     errors: list[str] = []
     t0 = time.perf_counter()
@@ -608,20 +612,25 @@ async def _simulate(host: str, port: int, token: bytes, conns: int, rounds: int)
     t1 = time.perf_counter()
     seen = len((await query_status(host, port, token, None))["workers"])
 
+    store = open_store(store_url)
+    loop = asyncio.get_running_loop()
+
     async def work(conn: Any) -> int:
         prev: list[list[Any]] = []
         got = 0
         for r in range(rounds + 1):
             want = 1 if r < rounds else 0
-            conn.send({"op": "lease", "id": r + 1, "want": want, "wait_ms": 1000 * want,
-                       "done": prev, "failed": []})
+            conn.send(m.lease(r + 1, want=want, wait_ms=1000 * want, done=prev))
             await conn.drain()
             rep = await asyncio.wait_for(conn.recv(), 60)
             if rep["op"] != "leases":
                 raise RuntimeError(f"answer {rep['op']}: {rep.get('msg')}")
-            prev = [[x["key"], x["tok"], {"rt": 0.0, "size": 0}] for x in rep["leases"]]
+            keys = [(x["key"], x["tok"]) for x in rep["leases"]]
+            sizes = await loop.run_in_executor(
+                None, store.save_many, [(k, None, {"rt": 0.0}) for k, _ in keys])
+            prev = [m.done_item(k, tok, rt=0.0, size=sz) for (k, tok), sz in zip(keys, sizes)]
             got += len(rep["leases"])
-        conn.send({"op": "bye"})
+        conn.send(m.bye())
         await conn.drain()
         return got
 
@@ -630,6 +639,7 @@ async def _simulate(host: str, port: int, token: bytes, conns: int, rounds: int)
     errors += [f"{type(e).__name__}: {e}" for e in results if isinstance(e, BaseException)]
     for c in live:
         await c.aclose()
+    store.close()
     st = await query_status(host, port, token, None)
     return {"connect_s": t1 - t0, "lease_s": t2 - t1, "wall_s": t2 - t0, "errors": len(errors),
             "error_sample": errors[:3], "workers_seen": seen,
@@ -641,7 +651,7 @@ def run_connections(b: Bench, wl: str, kind: str, n: int, rep: int, last: bool) 
     tasks = n * b.o.rounds
     coord, host, port, token, store, _ = _serve(b, wl, kind, tasks, tag, stay=True)
     try:
-        out = asyncio.run(_simulate(host, port, token, n, b.o.rounds))
+        out = asyncio.run(_simulate(host, port, token, n, b.o.rounds, store))
         out["main_rss_mib"] = _proc_mem(coord.pid)["VmHWM"] / 2**20
         if coord.poll() is not None:
             out["error"] = f"the coordinator exited ({coord.returncode}): {b.log_tail(tag)}"
