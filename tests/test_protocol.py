@@ -579,3 +579,21 @@ def test_decode_body_matches_vectors() -> None:
     assert decode_body(data[4:])["op"] == "auth"
     data = (VECTORS / "bye.bin").read_bytes()  # sealed: the body, then 32 bytes of MAC
     assert decode_body(data[4:-32]) == {"op": "bye"}
+
+
+def test_lease_offer_and_lease_timeout_are_checked() -> None:
+    """SPEC 11.6: a lease request's ``offer`` and a lease item's ``timeout`` (both optional)."""
+    key = "a" * 40
+    ok = m.lease(1, want=1, offer={"group": "node1:42", "resources": {"gpus": 1, "memory": 6.4e10}})
+    assert m.validate(ok, "client") is ok
+    item = m.lease_item(key, 1, 0, b"", timeout=2.5)
+    assert m.validate(m.leases(1, state="run", leases=[item]), "server")["leases"][0]["timeout"] == 2.5
+    assert "timeout" not in m.lease_item(key, 1, 0, b"")  # absent: no limit
+    for bad in ({"group": 1, "resources": {}}, {"group": "g", "resources": {"gpus": -1}},
+                {"group": "g", "resources": {"gpus": "1"}}, {"group": "g"},
+                {"group": "g", "resources": {f"r{i}": 1 for i in range(65)}}):
+        with pytest.raises(m.BadField):
+            m.validate({**m.lease(1, want=1), "offer": bad}, "client")
+    for bad_timeout in (0, -1, "2", True):
+        with pytest.raises(m.BadField):
+            m.validate(m.leases(1, state="run", leases=[{**item, "timeout": bad_timeout}]), "server")
