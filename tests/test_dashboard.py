@@ -284,3 +284,27 @@ async def test_status_says_how_long_each_running_task_has_run(tmp_path: Path) ->
     now[0] += 3
     assert coord.status()["workers"][0]["running_s"] == [3.0]
     await coord.close()
+
+
+@pytest.mark.timeout(120)
+def test_dashboard_says_which_tasks_no_worker_can_hold(procs: Procs, tmp_path: Path,
+                                                      free_tcp_port: int) -> None:
+    jug = tmp_path / "needs.py"
+    jug.write_text("from ajug import TaskGenerator\n\n"
+                   "@TaskGenerator(resources={'gpus': 2})\ndef train(i):\n    return i\n\n"
+                   "@TaskGenerator\ndef prep(i):\n    return i\n\n"
+                   "trained = [train(i) for i in range(3)]\nprepped = [prep(i) for i in range(3)]\n")
+    dash = free_tcp_port
+    coord, port = procs.serve(jug, "--stay", "--dashboard", str(dash))
+    wait_for(lambda: f"dashboard on http://127.0.0.1:{dash}/" in read_log(coord), 10,
+             what="the dashboard line")
+    procs.work(port)  # offers its CPUs and memory, no GPU
+    st = wait_for(lambda: (s := fetch_json(dash, "/api/status"))["totals"]["done"] == 3 and s,
+                  30, what="the tasks a worker can hold to be done")
+    assert st["totals"]["ready"] == 3
+    assert st["unplaceable"] == [{"needs": "gpus>=2", "tasks": 3}]
+    t = page_text(chromium(), f"http://127.0.0.1:{dash}/", tmp_path)
+    assert t["loaded"] == "yes"
+    assert "3 task(s) waiting for a worker with gpus>=2" in t["unplaceable"], t["unplaceable"]
+    out = status(port)
+    assert out["unplaceable"] == st["unplaceable"]
