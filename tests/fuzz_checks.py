@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
