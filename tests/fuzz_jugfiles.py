@@ -163,6 +163,11 @@ def total(xs):
 
 
 @TaskGenerator
+def set_size(s, fs):
+    return done("set_size", len(s) + 10 * len(fs), len(s), len(fs))
+
+
+@TaskGenerator
 def make_list(n, base=0):
     return done("make_list", [(base + k) % 97 for k in range(n)], n, base)
 
@@ -343,11 +348,16 @@ class _Gen:
 
     def b_containers(self) -> None:
         a, b, c = self.some_int(), self.some_int(), self.some_int()
+        k = self.rng.randrange(9)
+        # neither jug nor ajug replaces a Task inside a set by its value: sets of values here,
+        # and sets of tasks only where the function does not look at the elements
         shapes = [f"[{a}, {b}, 4]", f"({a}, [{b}, ({c}, 1)])", f'{{"x": {a}, "y": [{b}, {c}]}}',
-                  f"{{{a}, {b}, {c}}}", f'[{{"p": ({a},), "q": {{{b}}}}}, [[{c}]]]',
-                  f"frozenset([{a}, 7])"]
-        v = self.name()
-        self.emit("tasks inside containers", f"{v} = total({self.rng.choice(shapes)})", v)
+                  f'[{{"p": ({a},), "q": {{{k}, 2}}}}, [[{c}]]]', f"({a}, frozenset([{k}, 7]))"]
+        v, w = self.name(), self.name()
+        self.emit("tasks inside containers", f"""
+            {v} = total({self.rng.choice(shapes)})
+            {w} = set_size({{{a}, {b}, {c}, {k}}}, frozenset([{a}, 7]))
+            """, v, w)
 
     def b_tasklets(self) -> None:
         n = self.rng.randrange(2, 6)
