@@ -553,13 +553,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", type=variants_arg, default=list(VARIANTS))
     ap.add_argument("--no-jug", action="store_true", help="leave jug out")
     ap.add_argument("--dir", type=Path, default=None, help="where the projects go")
+    ap.add_argument("--minutes", type=float, default=0,
+                    help="start no new seed after this long (0: no limit)")
     ap.add_argument("--keep", action="store_true", help="keep passing seeds' projects too")
     args = ap.parse_args(argv)
     base = args.dir or Path(tempfile.mkdtemp(prefix="ajug-fuzz-"))
     failed = []
     faults_hit = 0
     t0 = time.monotonic()
+    ran = 0
     for seed in range(args.start, args.start + args.seeds):
+        if args.minutes and time.monotonic() - t0 > 60 * args.minutes:
+            break
+        ran += 1
         root = base / f"seed{seed}"
         problems, notes = check_seed(seed, root, args.variants, not args.no_jug)
         faults_hit += sum(1 for n in notes if "ended before" not in n)
@@ -573,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed}: ok ({time.monotonic() - t0:.0f}s) {'; '.join(notes)}", flush=True)
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
-    print(f"{args.seeds} seeds, {len(failed)} failed {failed}, variants {args.variants}, "
+    print(f"{ran} seeds, {len(failed)} failed {failed}, variants {args.variants}, "
           f"jug {'no' if args.no_jug else 'yes'}, {faults_hit} faults landed mid-run, "
           f"{time.monotonic() - t0:.0f}s")
     return 1 if failed else 0
