@@ -163,6 +163,14 @@ def total(xs):
 
 
 @TaskGenerator
+def describe(*args, **kwargs):
+    # what the task received, exactly: types, signs, dtypes, byte order, shapes
+    from fz_log import canon
+
+    return done("describe", repr(canon((args, kwargs))), *args, **kwargs)
+
+
+@TaskGenerator
 def set_size(s, fs):
     return done("set_size", len(s) + 10 * len(fs), len(s), len(fs))
 
@@ -462,6 +470,26 @@ class _Gen:
             {m} = mutate({lst})
             {r} = read_list({lst})
             """, m)
+
+    def b_edge_arguments(self) -> None:
+        """Arguments whose exact type and bits a task must receive as given."""
+        pool = ["b'x\\x00'", "None", "1+2j", "-0.0", "2**70", "-(2**65)", "float('inf')",
+                "('a', ('b', ['c']))", "[[]]", "()", "''", "True",
+                "np.arange(6).reshape(2, 3).T", "np.arange(10)[::3]",
+                "np.array([1, 2], dtype='>i4')", "np.zeros((0, 3))", "np.array(3.5)",
+                "np.array([True, False])", "np.array(['a', 'bc'])", "np.float16(1.5)",
+                "np.bool_(True)", "np.complex128(1-2j)", "np.uint8(250)",
+                "{1: 'int', '1': 'str', (1, 2): 'tuple'}"]
+        lst = self.name()
+        args = self.rng.sample(pool, 3)
+        taskish = [f"{lst}[1:3]", f"{lst}[-1]", f"Tasklet({lst}, len)", f"{lst}[::2]",
+                   f"{{'t': {lst}[0], 'u': ({self.some_int()}, None)}}"]
+        v = self.name()
+        self.emit("edge arguments: bytes, None, complex, -0.0, big ints, numpy views and "
+                  "dtypes, slices", f"""
+            {lst} = make_list({self.rng.randrange(3, 6)}, {self.some_int()})
+            {v} = describe({", ".join(args)}, {self.rng.choice(taskish)}, kw={self.rng.choice(pool)})
+            """)
 
     def b_barrier(self) -> None:
         reads = []
