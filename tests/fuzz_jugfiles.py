@@ -404,7 +404,8 @@ class _Gen:
         ms, rs = self.rng.randrange(1, 5), self.rng.randrange(2, 5)
         v, w = self.name(), self.name()
         if kind == "map":
-            code = f"{v} = mapreduce.map(sq, {seq}, map_step={ms})\n{w} = total({v})"
+            part = self.rng.choice(["", "[1:]", "[::2]"])  # a block view, sliced
+            code = f"{v} = mapreduce.map(sq, {seq}, map_step={ms})\n{w} = total({v}{part})"
         elif kind == "reduce":
             seq = seq if seq != "[]" else "[1]"
             code = f"{w} = mapreduce.reduce(add2, {seq}, reduce_step={rs})"
@@ -483,7 +484,8 @@ class _Gen:
         lst = self.name()
         args = self.rng.sample(pool, 3)
         taskish = [f"{lst}[1:3]", f"{lst}[-1]", f"Tasklet({lst}, len)", f"{lst}[::2]",
-                   f"{{'t': {lst}[0], 'u': ({self.some_int()}, None)}}"]
+                   f"{{'t': {lst}[0], 'u': ({self.some_int()}, None)}}",
+                   f"Tasklet({lst}, lambda xs: xs[0] * 3)", f"Tasklet({lst}[1:], sorted)"]
         v = self.name()
         self.emit("edge arguments: bytes, None, complex, -0.0, big ints, numpy views and "
                   "dtypes, slices", f"""
@@ -502,7 +504,9 @@ class _Gen:
 
     def b_bvalue(self) -> None:
         src = self.some_int()
-        if not src.startswith("v"):
+        if self.rng.random() < 0.3:
+            src = f"make_list(3, {src})[{self.rng.randrange(3)}]"  # bvalue of a Tasklet
+        elif not src.startswith("v"):
             src = f"make({src})"
         b, out = self.name(), self.name()
         self.emit("bvalue() in a loop", f"""
