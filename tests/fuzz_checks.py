@@ -31,7 +31,7 @@ from procs import ajug_cmd, children, env, free_port  # noqa: E402
 RUN_TIMEOUT_S = 120
 SLEEP_S = "0.03"  # per task, in the fault variants, so that a fault lands mid-run
 
-VARIANTS = ["j1", "j2", "j3", "spawn", "serve", "kill-worker", "restart"]
+VARIANTS = ["j1", "j2", "j3", "spawn", "serve", "kill-worker", "restart", "rerun"]
 
 AJUG_VALUES = """\
 import json, sys
@@ -139,6 +139,15 @@ class Checker:
             ajug_cmd("run", "jf.py", "-j", str(jobs), "--no-progress"), d, **extra))
         return self.outcome(d)
 
+    def rerun(self) -> Outcome:
+        """``ajug run -j 2`` twice on one store: the second computes nothing (and runs no
+        CachedFunction again), whatever barriers and compound tasks the jugfile has."""
+        d = self.project("rerun")
+        for i in range(2):
+            self.ok(f"ajug run -j 2 (run {i + 1} of 2)", self.run(
+                ajug_cmd("run", "jf.py", "-j", "2", "--no-progress"), d))
+        return self.outcome(d)
+
     def serve_work(self, name: str, restart: bool = False) -> Outcome:
         """``ajug serve`` in the project, ``ajug work -j 2`` from another directory; with
         ``restart``, the coordinator is SIGKILLed once at a random moment and started again."""
@@ -236,6 +245,8 @@ class Checker:
             return self.serve_work(name, restart=True)
         if name == "kill-worker":
             return self.kill_worker()
+        if name == "rerun":
+            return self.rerun()
         raise ValueError(f"unknown variant {name!r}")
 
 

@@ -9,11 +9,12 @@ between the variants to stay within CI's budget; ``-m slow`` runs 100 more seeds
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import fuzz_jugfiles as F
 import pytest
-from fuzz_checks import VARIANTS
+from fuzz_checks import VARIANTS, Outcome, compare, compare_jug
 
 
 def _check(seed: int, root: Path, variants: list[str]) -> None:
@@ -41,11 +42,28 @@ def test_the_generator_is_reproducible_and_covers_every_construct() -> None:
         assert construct in a.constructs, construct
 
 
+def test_the_comparison_sees_wrong_values_missing_tasks_and_double_runs() -> None:
+    ref = Outcome({"k1": ["jf.f", "1"], "k2": ["jf.g", "2"]}, Counter({"f a": 1, "g b": 1}))
+    assert compare("same", ref, Outcome(dict(ref.values), Counter(ref.runs))) == []
+    wrong = Outcome({"k1": ["jf.f", "1"], "k2": ["jf.g", "3"]}, Counter(ref.runs))
+    assert "!= reference" in compare("v", ref, wrong)[0]
+    missing = Outcome({"k1": ["jf.f", "1"]}, Counter(ref.runs))
+    assert "task sets differ" in compare("v", ref, missing)[0]
+    twice = Outcome(dict(ref.values), Counter({"f a": 2, "g b": 1}))
+    assert "computed again" in compare("v", ref, twice)[0]
+    assert compare("v", ref, twice, extra_runs_allowed=1) == []
+    assert "executions missing" in compare("v", ref, Outcome(dict(ref.values), Counter()))[0]
+    jug = Outcome({"k1": ["jf.f", "1"], "k2": ["jf.g", "9"]}, Counter())
+    assert "jug 9" in compare_jug(ref, jug, mutates=False)[0]
+    assert compare_jug(ref, jug, mutates=True) == []
+    assert "identities differ" in compare_jug(ref, missing, mutates=True)[0]
+
+
 # seed 0 mutates its inputs (jug: identities only); seed 4 does not (jug: values too)
 @pytest.mark.timeout(110)
 @pytest.mark.parametrize(("seed", "variants"), [
     (0, ["j2", "spawn", "serve", "restart"]),
-    (4, ["j1", "j3", "kill-worker"]),
+    (4, ["j1", "j3", "kill-worker", "rerun"]),
 ])
 def test_fixed_seeds(seed: int, variants: list[str], tmp_path: Path) -> None:
     _check(seed, tmp_path, variants)
@@ -56,5 +74,5 @@ def test_fixed_seeds(seed: int, variants: list[str], tmp_path: Path) -> None:
 @pytest.mark.parametrize("seed", range(100, 200))
 def test_more_seeds(seed: int, tmp_path: Path) -> None:
     """Each seed: one plain variant (in turn) and one fault, with jug."""
-    plain = [v for v in VARIANTS if v not in ("kill-worker", "restart")]
+    plain = [v for v in VARIANTS if v not in ("kill-worker", "restart")]  # rerun included
     _check(seed, tmp_path, [plain[seed % len(plain)], ("kill-worker", "restart")[seed % 2]])
