@@ -166,7 +166,7 @@ class Checker:
         try:
             if restart:
                 self.first_task_done(d, serve)
-                time.sleep(self.rng.uniform(0.0, 1.0))
+                time.sleep(self.rng.uniform(0.0, 0.4))
                 if serve.poll() is None:
                     _kill_group(serve.pid)
                     serve.wait(10)
@@ -198,7 +198,7 @@ class Checker:
         note = "the run ended before a worker could be killed"
         try:
             self.first_task_done(d, p)
-            time.sleep(self.rng.uniform(0.0, 1.0))
+            time.sleep(self.rng.uniform(0.0, 0.4))
             kids = children(p.pid)
             if p.poll() is None and kids:
                 victim = self.rng.choice(sorted(kids))
