@@ -69,6 +69,8 @@ class Outcome:
     values: dict[str, list[str]]
     runs: collections.Counter[str]
     note: str = ""
+    killed: int = 0  # the pid of the worker a fault killed
+    runners: dict[str, set[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,7 +116,8 @@ class Checker:
         store = store or str(d / "jf.ajugdata")
         out = self.run([sys.executable, "-c", AJUG_VALUES, str(d / "jf.py"), store], cwd=d)
         self.ok("loading the values", out)
-        return Outcome(json.loads(out.stdout.strip().splitlines()[-1]), runs(d))
+        return Outcome(json.loads(out.stdout.strip().splitlines()[-1]), runs(d),
+                       runners=runners(d))
 
     # -- variants -------------------------------------------------------------------------------
     def executor(self) -> Outcome:
@@ -196,6 +199,7 @@ class Checker:
         p = self.start(ajug_cmd("-v", "run", "jf.py", "-j", "2", "--no-progress"), d,
                        "kill-worker-run", FUZZ_SLEEP_S=SLEEP_S)
         note = "the run ended before a worker could be killed"
+        killed = 0
         try:
             self.first_task_done(d, p)
             time.sleep(self.rng.uniform(0.0, 0.4))
@@ -205,6 +209,7 @@ class Checker:
                 try:
                     os.kill(victim, signal.SIGKILL)
                     note = f"worker {victim} killed"
+                    killed = victim
                 except ProcessLookupError:
                     pass
             rc = _wait(p)
@@ -213,7 +218,7 @@ class Checker:
         if rc != 0:
             raise Failed(f"kill-worker ({note}): exit {rc}\n" + self.tail("kill-worker-run"))
         got = self.outcome(d)
-        got.note = note
+        got.note, got.killed = note, killed
         return got
 
     def first_task_done(self, d: Path, p: subprocess.Popen[str]) -> None:
@@ -251,9 +256,22 @@ class Checker:
 
 
 def runs(d: Path) -> collections.Counter[str]:
+    """How many times each (function, arguments) ran."""
+    return collections.Counter(" ".join(line.split()[:2]) for line in _runlog(d))
+
+
+def runners(d: Path) -> dict[str, set[int]]:
+    """The pids that ran each (function, arguments)."""
+    out: dict[str, set[int]] = collections.defaultdict(set)
+    for line in _runlog(d):
+        name, digest, pid = line.split()
+        out[f"{name} {digest}"].add(int(pid))
+    return dict(out)
+
+
+def _runlog(d: Path) -> list[str]:
     log = d / "runlog.txt"
-    lines = log.read_text().splitlines() if log.exists() else []
-    return collections.Counter(line for line in lines if line.strip())
+    return [ln for ln in log.read_text().splitlines() if ln.strip()] if log.exists() else []
 
 
 def compare(name: str, ref: Outcome, got: Outcome, extra_runs_allowed: int = 0) -> list[str]:
@@ -274,6 +292,12 @@ def compare(name: str, ref: Outcome, got: Outcome, extra_runs_allowed: int = 0) 
         problems.append(f"{name}: executions missing: {dict(missing)}")
     if sum(extra.values()) > extra_runs_allowed or any(n > 1 for n in extra.values()):
         problems.append(f"{name}: tasks computed again ({got.note}): {dict(extra)}")
+    # a task run again is allowed only if the killed worker ran it (its result was lost with
+    # it, before it reached the store): never a result another worker had stored
+    again = [k for k in extra if got.killed not in got.runners.get(k, set())]
+    if again:
+        problems.append(f"{name}: tasks computed again, not by the killed worker "
+                        f"({got.note}): {again}")
     return problems
 
 

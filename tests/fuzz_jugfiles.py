@@ -53,7 +53,7 @@ def done(name, out, *args, **kwargs):
         time.sleep(sleep_s)
     digest = hashlib.sha1(repr((canon(args), canon(kwargs))).encode()).hexdigest()[:16]
     with open(os.path.join(HERE, "runlog.txt"), "a") as f:
-        f.write(f"{name} {digest}\\n")
+        f.write(f"{name} {digest} {os.getpid()}\\n")
     return out
 
 

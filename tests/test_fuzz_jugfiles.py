@@ -51,6 +51,8 @@ def test_the_comparison_sees_wrong_values_missing_tasks_and_double_runs() -> Non
     assert "task sets differ" in compare("v", ref, missing)[0]
     twice = Outcome(dict(ref.values), Counter({"f a": 2, "g b": 1}))
     assert "computed again" in compare("v", ref, twice)[0]
+    assert "not by the killed worker" in compare("v", ref, twice, extra_runs_allowed=1)[0]
+    twice.killed, twice.runners = 7, {"f a": {7, 8}}
     assert compare("v", ref, twice, extra_runs_allowed=1) == []
     assert "executions missing" in compare("v", ref, Outcome(dict(ref.values), Counter()))[0]
     jug = Outcome({"k1": ["jf.f", "1"], "k2": ["jf.g", "9"]}, Counter())
