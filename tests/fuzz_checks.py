@@ -26,12 +26,12 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from procs import ajug_cmd, children, env, free_port  # noqa: E402
+from procs import ajug_cmd, children, env, free_port, stamps  # noqa: E402
 
 RUN_TIMEOUT_S = 120
 SLEEP_S = "0.03"  # per task, in the fault variants, so that a fault lands mid-run
 
-VARIANTS = ["j1", "j2", "j3", "spawn", "serve", "kill-worker", "restart", "rerun"]
+VARIANTS = ["j1", "j2", "j3", "spawn", "serve", "kill-worker", "restart", "rerun", "crash"]
 
 AJUG_VALUES = """\
 import json, sys
@@ -151,6 +151,32 @@ class Checker:
                 ajug_cmd("run", "jf.py", "-j", "2", "--no-progress"), d))
         return self.outcome(d)
 
+    def crash(self) -> Outcome:
+        """``ajug run -j 2`` SIGKILLed whole (coordinator and workers, as a machine that
+        crashes) at a random moment, then run again: what reached the store is not rewritten."""
+        d = self.project("crash")
+        p = self.start(ajug_cmd("-v", "run", "jf.py", "-j", "2", "--no-progress"), d,
+                       "crash-run", FUZZ_SLEEP_S=SLEEP_S)
+        try:
+            self.first_task_done(d, p)
+            time.sleep(self.rng.uniform(0.0, 0.4))
+            crashed = p.poll() is None
+        finally:
+            _kill_group(p.pid)
+            p.wait(10)
+        store = str(d / "jf.ajugdata")
+        before = stamps(store) if (d / "jf.ajugdata").exists() else {}
+        self.ok("ajug run -j 2 after the crash", self.run(
+            ajug_cmd("run", "jf.py", "-j", "2", "--no-progress"), d))
+        after = stamps(store)
+        got = self.outcome(d)
+        got.note = (f"crashed with {len(before)} results stored" if crashed
+                    else "the run ended before it could be crashed")
+        rewritten = sorted(k[:12] for k, ts in before.items() if after.get(k) != ts)
+        if rewritten:
+            raise Failed(f"crash: {len(rewritten)} stored results computed again: {rewritten}")
+        return got
+
     def serve_work(self, name: str, restart: bool = False) -> Outcome:
         """``ajug serve`` in the project, ``ajug work -j 2`` from another directory; with
         ``restart``, the coordinator is SIGKILLed once at a random moment and started again."""
@@ -252,6 +278,8 @@ class Checker:
             return self.kill_worker()
         if name == "rerun":
             return self.rerun()
+        if name == "crash":
+            return self.crash()
         raise ValueError(f"unknown variant {name!r}")
 
 
@@ -339,6 +367,8 @@ def check(root: Path, write: Callable[[Path, str], None], mutates: bool, seed: i
             continue
         if got.note:
             c.notes.append(f"{v}: {got.note}")
+        if v == "crash":  # runs lost in the crash run again (the stamps above: nothing stored)
+            got.runs = collections.Counter({k: min(n, ref.runs[k]) for k, n in got.runs.items()})
         problems += compare(v, ref, got, extra_runs_allowed=1 if v == "kill-worker" else 0)
     return problems, c.notes
 

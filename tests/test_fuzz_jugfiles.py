@@ -76,5 +76,6 @@ def test_fixed_seeds(seed: int, variants: list[str], tmp_path: Path) -> None:
 @pytest.mark.parametrize("seed", range(100, 200))
 def test_more_seeds(seed: int, tmp_path: Path) -> None:
     """Each seed: one plain variant (in turn) and one fault, with jug."""
-    plain = [v for v in VARIANTS if v not in ("kill-worker", "restart")]  # rerun included
-    _check(seed, tmp_path, [plain[seed % len(plain)], ("kill-worker", "restart")[seed % 2]])
+    faults = ("kill-worker", "restart", "crash")
+    plain = [v for v in VARIANTS if v not in faults]  # rerun included
+    _check(seed, tmp_path, [plain[seed % len(plain)], faults[seed % len(faults)]])
