@@ -13,6 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from .resultmeta import source_hash
 from .task import Task, alltasks
 
 __all__ = ["CompoundTask", "CompoundTaskGenerator", "compound_task_execute"]
@@ -25,6 +26,35 @@ def compound_task_execute(x: Any, h: Any) -> Any:
 
 # jug's name, so that status shows what jug shows (the identity is the compound's own anyway)
 compound_task_execute.__jug_name__ = "jug.compound.compound_task_execute"  # type: ignore[attr-defined]
+
+
+class _Collector:
+    """``compound_task_execute`` for the compound of one function: it records that function's
+    source hash, so that the result it saves reads as made by the function's code (the next
+    load finds it as ``Task(f, ...)``, and a stale check compares it with ``f``'s source)."""
+
+    __jug_name__ = compound_task_execute.__jug_name__  # type: ignore[attr-defined]
+
+    def __init__(self, src: str) -> None:
+        self.__ajug_src__ = src
+
+    def __call__(self, x: Any, h: Any) -> Any:
+        return x
+
+    def __repr__(self) -> str:
+        return f"<compound_task_execute for source {self.__ajug_src__}>"
+
+
+_COLLECTORS: dict[str, _Collector] = {}
+
+
+def _collector(f: Callable[..., Any]) -> _Collector:
+    """One collector per source (tasks of one function share their function entry)."""
+    src = source_hash(f)
+    got = _COLLECTORS.get(src)
+    if got is None:
+        got = _COLLECTORS[src] = _Collector(src)
+    return got
 
 
 def _forget(task: Task) -> None:
@@ -51,7 +81,7 @@ def CompoundTask(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Task:
     h = task.key
     del task
     inner = f(*args, **kwargs)
-    compound = Task(compound_task_execute, inner, h)
+    compound = Task(_collector(f), inner, h)
     compound._key = h  # stands for Task(f, *args, **kwargs): dependents hash it as such
     return compound
 

@@ -15,6 +15,9 @@ _SRC_HASHES: dict[int, tuple[Any, str]] = {}
 
 def source_hash(f: Any) -> str:
     """A short hash of ``f``'s source (its bytecode when the source is gone), for stale checks."""
+    given = getattr(f, "__ajug_src__", None)  # a stand-in for another function (compound)
+    if type(given) is str:
+        return given
     hit = _SRC_HASHES.get(id(f))
     if hit is not None and hit[0] is f:
         return hit[1]

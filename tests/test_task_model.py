@@ -385,6 +385,26 @@ def test_compound_task_generator(store: Any) -> None:
     assert value(dependent) == [6, 8, 6, 8]
 
 
+def test_a_computed_compound_is_not_stale_code(store: Any) -> None:
+    """The compound's result records the source of its function, not of the collector that
+    saved it: loaded again (as the function's own task), it is not "from changed code"."""
+    from ajug.resultmeta import source_hash
+
+    x = CompoundTask(mapreduce_tree, 6)
+    assert execute(store=store).ok
+    ajug.task.reset()
+    y = CompoundTask(mapreduce_tree, 6)
+    assert ajug.task.alltasks == [y] and y.key == x.key
+    assert store.metadata([y.key])[0]["src"] == source_hash(y.f) == source_hash(mapreduce_tree)
+    assert pickle.loads(pickle.dumps(x.f))(5, x.key) == 5  # the collector goes to workers
+
+
+def mapreduce_tree(n: int) -> Any:
+    from ajug import mapreduce
+
+    return mapreduce.mapreduce(F.add, F.square, list(range(n)), map_step=2, reduce_step=2)
+
+
 # -- write_task_out -----------------------------------------------------------------------------
 def test_write_task_out(store: Any, tmp_path: Path) -> None:
     arr = Task(np.arange, 5)
