@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 import socket
 import time
@@ -30,7 +31,7 @@ from .protocol.refusals import RefusalLog
 from .scheduler import BLOCKED, DONE, FAILED, READY, RUNNING, WAITING, Scheduler
 from .serving import DEFAULT_PORT, DURATION_BUCKETS_S, Settings, bind_error
 from .session import MAX_LEASES_PER_REQUEST, MAX_WAIT_MS, ConnSession, Waiter
-from .statusdata import executing, live_status
+from .statusdata import live_status, worker_name
 from .stores import open_store
 from .stores.base import Store
 
@@ -57,6 +58,7 @@ class Coordinator:
         #: started on a store whose coordinator died mid-run (its expired lock taken over)
         self.took_over = False
         self._reloading = False
+        self._reload_task: asyncio.Future[None] | None = None
         self.loads = 0
         self.DURATION_BUCKETS_S = DURATION_BUCKETS_S
         #: tasks done per duration bucket (one more for longer ones), and their total time
@@ -216,20 +218,29 @@ class Coordinator:
             return
         t = sched.totals()
         if self.loaded.hit_barrier and t[FAILED] == 0 and t[BLOCKED] == 0:
+            # in a task of the coordinator's own: the handler that found the barrier's inputs
+            # done is cancelled when its connection closes, which must not stop the load
             self._reloading = True
             self.state = "loading"
-            try:
-                await self._load()
-            except AjugError as e:
-                log.error("%s", e)
-                self.state = "finished"
-                self._load_error = str(e)
-            finally:
-                self._reloading = False
-            self._notify()
+            self._reload_task = asyncio.ensure_future(self._load_past_barrier())
             return
         self.state = "finished"
         self._changed.set()
+        self._notify()
+
+    async def _load_past_barrier(self) -> None:
+        try:
+            await self._load()
+        except AjugError as e:
+            log.error("%s", e)
+            self.state = "finished"
+            self._load_error = str(e)
+        except BaseException:
+            if self.state == "loading":  # cancelled (closing): not left half-way
+                self.state = "running"
+            raise
+        finally:
+            self._reloading = False
         self._notify()
 
     async def _confirm_results(self) -> bool:
@@ -281,9 +292,13 @@ class Coordinator:
     def record_failures(self) -> None:
         """Log each task newly marked failed and have it recorded in the store (``failures``)."""
         if self.sched is not None and self.graph is not None:
-            record_new_failures(self.sched, self.graph, self.records, self._worker_name)
+            record_new_failures(self.sched, self.graph, self.records,
+                                functools.partial(worker_name, self))
 
     async def close(self) -> None:
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_task.cancel()
+            await asyncio.gather(self._reload_task, return_exceptions=True)
         self.record_failures()
         if self.records is not None:
             if self.keeper is not None and self.keeper.lost is not None:
@@ -424,19 +439,6 @@ class Coordinator:
             conn.close()
 
     # -- status ----------------------------------------------------------------------------
-    def _worker_name(self, wid: str) -> str:
-        """A worker's name as it gave it (``local0``, ``--name``), or host:pid."""
-        w = self.sched.workers.get(wid) if self.sched is not None else None
-        if w is not None and w.name:
-            self._names[wid] = w.name
-        host, _, rest = wid.partition(":")
-        return self._names.get(wid) or f"{host}:{rest.partition(':')[0]}"
-
-    def _executing(self) -> list[int]:
-        sched, graph = self.sched, self.graph
-        assert sched is not None and graph is not None
-        return executing(sched, graph)
-
     def status(self, detail: bool = False) -> dict[str, Any]:
         """The live status (``ajug status``, the dashboard's ``/api/status``): ``statusdata``."""
         return live_status(self, detail)

@@ -78,7 +78,9 @@ def _ipython(ns: dict[str, Any]) -> bool:
     def one_line(shell: Any, etype: Any, evalue: Any, tb: Any, tb_offset: Any = None) -> None:
         print(f"ajug: {evalue}", file=sys.stderr)
 
-    app.shell.set_custom_exc((AjugError,), one_line)
+    shell = app.shell
+    if shell is not None:
+        shell.set_custom_exc((AjugError,), one_line)
     app.start()
     return True
 

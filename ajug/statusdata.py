@@ -95,13 +95,23 @@ def done_rate(history: list[tuple[float, int]]) -> float:
     return (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
 
 
+def worker_name(coord: Coordinator, wid: str) -> str:
+    """A worker's name as it gave it (``local0``, ``--name``), or host:pid; remembered after
+    it leaves, for the failures it is named in."""
+    w = coord.sched.workers.get(wid) if coord.sched is not None else None
+    if w is not None and w.name:
+        coord._names[wid] = w.name
+    host, _, rest = wid.partition(":")
+    return coord._names.get(wid) or f"{host}:{rest.partition(':')[0]}"
+
+
 def live_status(coord: Coordinator, detail: bool = False) -> dict[str, Any]:
     """The coordinator's status now, on its clock (leases' ages) and the wall clock (uptime)."""
     sched, graph = coord.sched, coord.graph
     assert sched is not None and graph is not None
     now = coord.clock()
     running = executing(sched, graph)
-    failures = [failure_entry(graph, f, detail, coord._worker_name(f.worker))
+    failures = [failure_entry(graph, f, detail, worker_name(coord, f.worker))
                 for f in list(sched.failures.values())[:MAX_STATUS_FAILURES]]
     return {
         "jugfile": str(coord.s.jugfile),

@@ -105,3 +105,47 @@ async def test_resume_grace_holds_leases_on_the_coordinators_clock(
     reply = await ask(w, m.lease(2, want=3))
     assert len(reply["leases"]) == (3 if took_over else 0)
     w.close()
+
+
+BARRIER_SLOW_RELOAD = """
+import time
+from ajug import TaskGenerator, barrier, bvalue
+
+@TaskGenerator
+def double(x):
+    return 2 * x
+
+first = double(1)
+barrier()
+time.sleep(0.5)  # the load past the barrier takes a while
+second = double(bvalue(first))
+"""
+
+
+async def test_a_worker_gone_while_the_barrier_reload_runs_does_not_stop_it(
+        make_coordinator: MakeCoordinator) -> None:
+    """The request that completes the last task before a barrier starts the load past it; its
+    connection closing meanwhile (the worker was killed) must not leave the run 'loading'
+    for ever (found by the jugfile fuzzer, seed 1058)."""
+    coord = await make_coordinator(BARRIER_SLOW_RELOAD)
+    assert coord.store is not None and len(coord.graph or []) == 1
+    w = await connect(coord)
+    (item,) = (await ask(w, m.lease(1, want=1)))["leases"]
+    coord.store.save(item["key"], 2)
+    w.send(m.lease(2, want=1, done=[(item["key"], item["tok"], {"rt": 0.1, "size": 1})]))
+    await w.drain()
+    for _ in range(500):  # its handler is now in the reload: the worker dies
+        if coord.state == "loading":
+            break
+        await asyncio.sleep(0.01)
+    assert coord.state == "loading"
+    w.close()
+    for _ in range(500):
+        if coord.state != "loading":
+            break
+        await asyncio.sleep(0.01)
+    assert coord.state == "running" and len(coord.graph or []) == 2
+    w2 = await connect(coord)
+    (item2,) = (await ask(w2, m.lease(1, want=1)))["leases"]  # the task past the barrier
+    assert item2["key"] != item["key"]
+    w2.close()
