@@ -18,8 +18,9 @@ import pytest
 from procs import Procs, env, read_log, status, values, wait_for
 
 from ajug.errors import UsageError
+from ajug.launch.drivers import BatchDriver, ExecDriver
 from ajug.launch.policy import ENDED, ENDING, PENDING, RUNNING
-from ajug.launch.shapes import shape_for
+from ajug.launch.shapes import demands, shape_for
 from ajug.launch.systems import SYSTEMS, JobSpec, LaunchParseError, parse_mem, parse_time
 from ajug.taskopts import parse_resources
 
@@ -180,6 +181,31 @@ def test_shapes_round_up_keep_the_run_job_when_larger_and_count_tasks_per_job() 
     assert lic.key == "cpus2-licence1" and lic.what == "cpus>=1.5, licence>=1"
     text = SYSTEMS["slurm"]().script(lic.spec(spec(directives=[])))
     assert "licence" not in text.split("exec ")[0] and "--resources cpus=2,licence=1" in text
+
+
+def test_batch_jobs_offer_what_they_were_given_and_sized_scripts_are_written_once(
+        tmp_path: Path) -> None:
+    driver = BatchDriver(SYSTEMS["slurm"](), spec(directives=[]), tmp_path, "u")
+    (plain,) = driver.prepare(False)
+    # a plain job's worker offers the job's CPUs and memory, not the node's
+    assert plain.name == "ajug-demo-abc123.slurm.sh"
+    assert "--resources cpus=4,memory=8192MiB --name" in plain.read_text()
+    shape = shape_for({"gpus": 1}, 4, 8192)
+    path = driver.script_for(shape)
+    assert path.name == "ajug-demo-abc123-cpus4-mem8192M-gpus1.slurm.sh"
+    assert driver.script_for(shape) == path and driver.shape_scripts == {shape.key: path}
+    text = path.read_text()
+    assert "#SBATCH --gres=gpu:1" in text and "--resources cpus=4,memory=8192MiB,gpus=1" in text
+    assert "--resources" not in ExecDriver("{command}", spec(), tmp_path, []).spec.worker_command(
+        "exec", "1")  # an exec job is a host: it offers what the host has
+
+
+def test_needs_that_round_to_one_shape_are_one_demand() -> None:
+    waiting = [({"cpus": 1.5}, 3, 1), ({"cpus": 2.0}, 2, 0), ({"gpus": 1.0}, 1, 0)]
+    sds, shapes = demands(waiting, cpus=1, mem_mib=None)
+    assert [(d.key, d.ready, d.startable, d.per_job) for d in sds] == [
+        ("cpus2", 5, 1, 1), ("cpus1-gpus1", 1, 0, 1)]
+    assert sds[0].what == "cpus>=1.5; cpus>=2" and set(shapes) == {"cpus2", "cpus1-gpus1"}
 
 
 def test_no_script_holds_the_token() -> None:

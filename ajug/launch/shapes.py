@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..hostpool import describe
+from .policy import ShapeDemand
 from .systems import JobSpec
 
 MIB = 1024 ** 2
@@ -96,3 +97,24 @@ def shape_for(needs: Mapping[str, float], cpus: int = 1, mem_mib: int | None = N
         other=tuple(sorted((k, float(v)) for k, v in needs.items()
                            if k not in REQUESTED and v > 0)),
     )
+
+
+def demands(waiting: list[tuple[dict[str, float], int, int]], cpus: int,
+            mem_mib: int | None) -> tuple[list[ShapeDemand], dict[str, Shape]]:
+    """The policy's view of ``Placement.waiting_shapes()``, one ``ShapeDemand`` per job shape
+    (needs that round to one shape count together), and the shapes by key."""
+    shapes: dict[str, Shape] = {}
+    out: dict[str, ShapeDemand] = {}
+    for needs, ready, startable in waiting:
+        shape = shape_for(needs, cpus, mem_mib)
+        sd = out.get(shape.key)
+        if sd is None:
+            shapes[shape.key] = shape
+            out[shape.key] = ShapeDemand(shape.key, ready, startable, shape.per_job(),
+                                         shape.what)
+        else:
+            sd.ready += ready
+            sd.startable += startable
+            sd.per_job = min(sd.per_job, shape.per_job())
+            sd.what += f"; {shape.what}"
+    return list(out.values()), shapes
