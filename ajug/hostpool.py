@@ -60,6 +60,14 @@ class HostPools:
         held = self.held.get(group, {})
         return all(offer.get(k, 0.0) - held.get(k, 0.0) >= v - 1e-9 for k, v in needs.items())
 
+    def room(self, group: str, needs: Mapping[str, float]) -> int:
+        """How many tasks needing this the host could start now, beside what it holds."""
+        offer = self.offers.get(group, {})
+        held = self.held.get(group, {})
+        n = min((int((offer.get(k, 0.0) - held.get(k, 0.0) + 1e-9) // v)
+                 for k, v in needs.items() if v > 0), default=0)
+        return max(0, n)
+
     def take(self, group: str, needs: Mapping[str, float]) -> None:
         held = self.held.setdefault(group, {})
         for k, v in needs.items():

@@ -121,5 +121,26 @@ class Placement:
                 out.append(self._needs[k])
         return out
 
+    def waiting_shapes(self) -> list[tuple[dict[str, float], int, int]]:
+        """Ready tasks that need resources, by what they need: ``(needs, ready, startable)``,
+        where ``startable`` is how many of them the connected hosts could start now (their idle
+        worker processes and free resources). For a cluster launcher, which sizes jobs for the
+        rest."""
+        if not self._any_needs:
+            return []
+        counts: dict[tuple[tuple[str, float], ...], int] = {}
+        for k in self.ready.waiting_buckets():
+            if self._needs[k]:
+                key = tuple(sorted(self._needs[k].items()))
+                counts[key] = counts.get(key, 0) + len(self.ready.buckets[k])
+        idle: dict[str, int] = {}
+        for w in self.workers.values():
+            if not w.leases:
+                g = w.group or w.wid
+                idle[g] = idle.get(g, 0) + 1
+        return [(dict(key), n, sum(min(c, self.pools.room(g, dict(key)))
+                                   for g, c in idle.items()))
+                for key, n in counts.items()]
+
 
 __all__ = ["Placement"]

@@ -16,7 +16,9 @@ from ajug.launch.policy import (
     UNSEEN_GRACE_S,
     JobPolicy,
     Listed,
+    ShapeDemand,
     WorkerView,
+    share,
 )
 
 
@@ -310,3 +312,88 @@ def test_run_names_are_stable_per_run_and_differ_between_runs(tmp_path) -> None:
     assert a != run_name(lo, str(tmp_path / "analysis.py"), "redis://db:6379/0")
     assert a != run_name(lo, str(tmp_path / "other" / "analysis.py"),
                          str(tmp_path / "analysis.ajugdata"))
+
+
+# -- jobs sized for tasks that need resources ------------------------------------------------
+def gpu(ready: int, startable: int = 0, per_job: int = 1) -> list[ShapeDemand]:
+    return [ShapeDemand("gpus1", ready, startable, per_job, "gpus>=1")]
+
+
+def test_tasks_that_need_resources_get_jobs_of_their_shape_and_no_plain_ones() -> None:
+    p = policy()
+    d = p.decide(0.0, ready=0, workers=idle(3), shapes=gpu(2))
+    # three idle plain workers, none of which can hold a GPU task: two GPU jobs, no plain one
+    assert (d.submit, d.submit_base, d.shaped) == (0, 0, {"gpus1": 2})
+    assert "2 need gpus>=1, 0 startable" in p.reason and "2 sized for gpus1" in p.reason
+    p.submitted("1", False, 0.0, shape="gpus1")
+    p.submitted("2", False, 0.0, shape="gpus1")
+    assert p.jobs["1"].shape == "gpus1" and p.submitting == 0 and p.submitting_shape == {"gpus1": 0}
+    # pending: counted for their shape, so nothing is submitted again for the same tasks ...
+    p.listed([Listed(i, PENDING, "PENDING") for i in ("1", "2")], 1.0, 1.0)
+    for t in (2.0, 100.0):
+        d = p.decide(t, ready=0, workers=idle(3), shapes=gpu(2))
+        assert (d.submit, d.shaped, d.cancel) == (0, {}, [])
+        assert "2 job(s) for them starting" in p.reason and "enough" in p.reason
+    # ... and plain demand is not met by them
+    assert p.decide(101.0, ready=5, workers=idle(3), shapes=gpu(2)).submit == 2
+
+
+def test_a_shaped_job_holds_per_job_tasks_and_connected_hosts_count_first() -> None:
+    p = policy()
+    # one job holds 4 such tasks at once: 9 ready need 3 jobs; with 5 startable now, 1
+    assert p.decide(0.0, ready=0, workers=[], shapes=gpu(9, per_job=4)).shaped == {"gpus1": 3}
+    p = policy()
+    assert p.decide(0.0, ready=0, workers=[], shapes=gpu(9, 5, per_job=4)).shaped == {"gpus1": 1}
+    # a job whose worker connected and is busy is no longer on its way: more tasks, more jobs
+    p.submitted("1", False, 0.0, shape="gpus1")
+    assert p.decide(1.0, ready=0, workers=[], shapes=gpu(9, 5, per_job=4)).shaped == {}
+    d = p.decide(2.0, ready=0, workers=busy(4, job="1"), shapes=gpu(9, 5, per_job=4))
+    assert d.shaped == {"gpus1": 1}
+
+
+def test_max_jobs_counts_plain_shaped_and_base_jobs_together() -> None:
+    p = policy(max_jobs=4, min_jobs=1)
+    shapes = gpu(10) + [ShapeDemand("mem64", 10, 0, 1, "memory>=64 GiB")]
+    d = p.decide(0.0, ready=10, workers=[], shapes=shapes)
+    # one base job (a plain one), then one job at a time to each kind that wants one
+    assert d.submit_base == 1 and d.submit == 1 and d.shaped == {"gpus1": 1, "mem64": 1}
+    assert "then at the maximum (--max-jobs 4)" in p.reason
+    for i, (base, shape) in enumerate([(True, None), (False, None), (False, "gpus1"),
+                                       (False, "mem64")]):
+        p.submitted(str(i), base, 0.0, shape=shape)
+    d = p.decide(1.0, ready=10, workers=[], shapes=shapes)
+    assert (d.submit, d.submit_base, d.shaped) == (0, 0, {})
+    assert "at the maximum (--max-jobs 4, 4 job(s))" in p.reason
+    assert share(5, 1, {"a": 3, "b": 1}) == (1, {"a": 3, "b": 1})
+    assert share(3, 4, {"a": 3}) == (2, {"a": 1})
+    assert share(0, 4, {"a": 3}) == (0, {})
+
+
+def test_a_pending_shaped_job_no_longer_needed_is_cancelled_but_a_needed_one_is_not() -> None:
+    clock = Clock()
+    p = policy(idle_exit_s=30.0)
+    shapes = gpu(1) + [ShapeDemand("mem64", 1, 0, 1, "memory>=64 GiB")]
+    assert p.decide(clock(), ready=0, workers=[], shapes=shapes).shaped == {"gpus1": 1,
+                                                                            "mem64": 1}
+    p.submitted("1", False, clock(), shape="gpus1")
+    p.submitted("2", False, clock(), shape="mem64")
+    p.listed([Listed(i, PENDING, "PENDING") for i in ("1", "2")], clock(), clock())
+    # the memory task was taken by a worker started by hand; the GPU task still waits
+    clock.t += 1
+    assert p.decide(clock(), ready=0, workers=busy(1), shapes=gpu(1)).cancel == []
+    assert "1 pending job(s) not needed" in p.reason
+    clock.t += 30
+    assert p.decide(clock(), ready=0, workers=busy(1), shapes=gpu(1)).cancel == ["2"]
+    clock.t += 60
+    assert p.decide(clock(), ready=0, workers=busy(1), shapes=gpu(1)).cancel == []
+
+
+def test_a_failed_shaped_submission_backs_off_and_is_not_counted_as_on_its_way() -> None:
+    p = policy()
+    assert p.decide(0.0, ready=0, workers=[], shapes=gpu(1)).shaped == {"gpus1": 1}
+    p.submit_failed("sbatch refused the job: Invalid generic resource (gres) specification",
+                    False, 0.0, shape="gpus1")
+    assert p.submitting == 0 and p.submitting_shape == {"gpus1": 0}
+    d = p.decide(1.0, ready=0, workers=[], shapes=gpu(1))
+    assert d.shaped == {} and "Invalid generic resource" in p.reason and "next try" in p.reason
+    assert p.decide(1.0 + BACKOFF_S, ready=0, workers=[], shapes=gpu(1)).shaped == {"gpus1": 1}

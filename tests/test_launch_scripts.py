@@ -18,8 +18,11 @@ import pytest
 from procs import Procs, env, read_log, status, values, wait_for
 
 from ajug.errors import UsageError
+from ajug.launch.drivers import BatchDriver, ExecDriver
 from ajug.launch.policy import ENDED, ENDING, PENDING, RUNNING
+from ajug.launch.shapes import demands, shape_for
 from ajug.launch.systems import SYSTEMS, JobSpec, LaunchParseError, parse_mem, parse_time
+from ajug.taskopts import parse_resources
 
 JUGFILE = '''
 from ajug import TaskGenerator
@@ -30,6 +33,8 @@ def sq(i):
 
 total = [sq(i) for i in range(6)]
 '''
+
+GiB = 1024 ** 3
 
 
 def spec(**kw: object) -> JobSpec:
@@ -130,6 +135,77 @@ def test_lsf_script() -> None:
         "#BSUB -P proj42",
     ]
     assert s.splitlines()[-1] == WORKER + '"lsf:${LSB_JOBID}/"'
+
+
+def test_a_job_sized_for_tasks_that_need_gpus_memory_and_cpus() -> None:
+    """The run's job (4 CPUs, 8 GiB) grown for a task needing 2 GPUs, 64 GiB and 6 CPUs; its
+    worker offers exactly what the job was given."""
+    shape = shape_for({"gpus": 2, "memory": 64 * GiB, "cpus": 6}, cpus=4, mem_mib=8192)
+    assert shape.key == "cpus6-mem65536M-gpus2" and shape.per_job() == 1
+    s = SYSTEMS["slurm"]().script(shape.spec(spec(directives=[])))
+    lines = s.splitlines()
+    assert lines[4] == "#SBATCH --cpus-per-task=6"
+    assert "#SBATCH --mem=65536M" in lines and "#SBATCH --gres=gpu:2" in lines
+    assert lines[0:2] == ["#!/bin/bash", "#SBATCH --job-name=ajug-demo-abc123"]  # the run's name
+    assert lines[-1] == (
+        "exec /home/u/venv/bin/python -m ajug work login1:5555 -j 6 --token-file "
+        "/home/u/proj/demo.ajugjobs/token --connect-timeout 300 --idle-exit 60 --resources "
+        'cpus=6,memory=65536MiB,gpus=2 --name "slurm:${SLURM_JOB_ID}/"')
+    assert parse_resources(shape.offer_text()) == shape.offer() == {
+        "cpus": 6.0, "memory": 64.0 * GiB, "gpus": 2.0}
+    # LSF asks for GPUs its own way; PBS and SGE leave them to --job-directive
+    assert '#BSUB -gpu "num=2"' in SYSTEMS["lsf"]().script(shape.spec(spec()))
+    for kind in ("pbs", "sge"):
+        text = SYSTEMS[kind]().script(shape.spec(spec(directives=[])))
+        assert "gpu" not in text.split("exec ")[0] and "--resources cpus=6," in text
+    # a plain job is unchanged: no --gres, no --resources
+    plain = SYSTEMS["slurm"]().script(spec(directives=[]))
+    assert "--gres" not in plain and "--resources" not in plain
+
+
+def test_shapes_round_up_keep_the_run_job_when_larger_and_count_tasks_per_job() -> None:
+    # 500 MB is 476.8 MiB: asked as 477M, offered as 477 MiB, which holds the task
+    small = shape_for({"memory": 500e6}, cpus=1)
+    assert (small.cpus, small.mem_mib, small.gpus) == (1, 477, 0)
+    assert small.offer()["memory"] >= 500e6 and small.key == "cpus1-mem477M"
+    # the run's 8 CPUs and 16 GiB hold four tasks of 2 CPUs and 1 GiB at once
+    four = shape_for({"cpus": 2, "memory": GiB}, cpus=8, mem_mib=16384)
+    assert (four.cpus, four.mem_mib) == (8, 16384) and four.per_job() == 4
+    # half a GPU: one GPU asked, two tasks per job (but no more than the worker's processes)
+    half = shape_for({"gpus": 0.5}, cpus=4)
+    assert half.gpus == 1 and half.per_job() == 2
+    assert shape_for({"gpus": 0.5}, cpus=1).per_job() == 1
+    # other names: no directive, offered as needed
+    lic = shape_for({"licence": 1, "cpus": 1.5}, cpus=1)
+    assert lic.cpus == 2 and lic.offer_text() == "cpus=2,licence=1"
+    assert lic.key == "cpus2-licence1" and lic.what == "cpus>=1.5, licence>=1"
+    text = SYSTEMS["slurm"]().script(lic.spec(spec(directives=[])))
+    assert "licence" not in text.split("exec ")[0] and "--resources cpus=2,licence=1" in text
+
+
+def test_batch_jobs_offer_what_they_were_given_and_sized_scripts_are_written_once(
+        tmp_path: Path) -> None:
+    driver = BatchDriver(SYSTEMS["slurm"](), spec(directives=[]), tmp_path, "u")
+    (plain,) = driver.prepare(False)
+    # a plain job's worker offers the job's CPUs and memory, not the node's
+    assert plain.name == "ajug-demo-abc123.slurm.sh"
+    assert "--resources cpus=4,memory=8192MiB --name" in plain.read_text()
+    shape = shape_for({"gpus": 1}, 4, 8192)
+    path = driver.script_for(shape)
+    assert path.name == "ajug-demo-abc123-cpus4-mem8192M-gpus1.slurm.sh"
+    assert driver.script_for(shape) == path and driver.shape_scripts == {shape.key: path}
+    text = path.read_text()
+    assert "#SBATCH --gres=gpu:1" in text and "--resources cpus=4,memory=8192MiB,gpus=1" in text
+    assert "--resources" not in ExecDriver("{command}", spec(), tmp_path, []).spec.worker_command(
+        "exec", "1")  # an exec job is a host: it offers what the host has
+
+
+def test_needs_that_round_to_one_shape_are_one_demand() -> None:
+    waiting = [({"cpus": 1.5}, 3, 1), ({"cpus": 2.0}, 2, 0), ({"gpus": 1.0}, 1, 0)]
+    sds, shapes = demands(waiting, cpus=1, mem_mib=None)
+    assert [(d.key, d.ready, d.startable, d.per_job) for d in sds] == [
+        ("cpus2", 5, 1, 1), ("cpus1-gpus1", 1, 0, 1)]
+    assert sds[0].what == "cpus>=1.5; cpus>=2" and set(shapes) == {"cpus2", "cpus1-gpus1"}
 
 
 def test_no_script_holds_the_token() -> None:

@@ -202,3 +202,25 @@ def test_timeouts_per_task_over_the_run_default() -> None:
     s = sched([{"timeout": 2}, {}], task_timeout_s=60.0)
     assert s.timeout_of(0) == 2 and s.timeout_of(1) == 60.0
     assert sched([{}]).timeout_of(0) is None
+
+
+def test_waiting_shapes_count_ready_tasks_per_need_and_what_connected_hosts_can_start() -> None:
+    gpu, two = {"resources": {"gpus": 1}}, {"resources": {"cpus": 2}}
+    s = sched([gpu, gpu, {"resources": {"gpus": 1}, "priority": 3}, two, two, two, {}])
+    assert sorted(s.waiting_shapes(), key=str) == [({"cpus": 2.0}, 3, 0), ({"gpus": 1.0}, 3, 0)]
+    # a host of three processes offering 4 CPUs: two cpus=2 tasks at once, no GPU task
+    for w in ("a", "b", "c"):
+        s.add_worker(w)
+        s.set_offer(w, "host", {"cpus": 4})
+    assert dict((tuple(n), (r, f)) for n, r, f in s.waiting_shapes()) == {
+        ("cpus",): (3, 2), ("gpus",): (3, 0)}
+    assert keys(s, s.lease("a", 1)) == [3]  # holds 2 CPUs, and a is no longer idle
+    assert dict((tuple(n), (r, f)) for n, r, f in s.waiting_shapes()) == {
+        ("cpus",): (2, 1), ("gpus",): (3, 0)}
+    # three idle processes but one GPU: one GPU task startable
+    s.add_worker("g1")
+    s.add_worker("g2")
+    s.set_offer("g1", "gpuhost", {"gpus": 1})
+    s.set_offer("g2", "gpuhost", {"gpus": 1})
+    assert dict((tuple(n), (r, f)) for n, r, f in s.waiting_shapes())[("gpus",)] == (3, 1)
+    assert sched([{}, {}]).waiting_shapes() == []

@@ -6,6 +6,7 @@ Failures become ``LaunchError`` with one line a user can act on."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from ..errors import LaunchError
 from .policy import ENDED, RUNNING, Listed
+from .shapes import Shape, shape_for
 from .systems import BatchSystem, JobSpec, LaunchParseError
 
 log = logging.getLogger(__name__)
@@ -65,30 +67,49 @@ def error_line(cmd: str, rc: int, err: str) -> str:
 
 
 class BatchDriver:
-    """A batch system (SLURM, PBS, SGE, LSF) driven through its commands."""
+    """A batch system (SLURM, PBS, SGE, LSF) driven through its commands. Every job's worker
+    offers what its job was given (``--resources cpus=N``, and ``memory`` with ``--job-mem``),
+    not the whole node's CPUs and memory. Jobs may be sized for tasks that need resources
+    (``shapes``): one script per shape, written when first needed, with the run's job name."""
+
+    sizes_jobs = True
 
     def __init__(self, system: BatchSystem, spec: JobSpec, job_dir: Path, user: str) -> None:
         self.system = system
         self.kind = system.kind
         self.submit_name = system.submit_name
-        self.spec = spec
+        self.spec = spec if spec.resources else dataclasses.replace(
+            spec, resources=shape_for({}, spec.cpus, spec.mem_mib).offer_text())
         self.job_dir = job_dir
         self.user = user
         self.scripts: dict[bool, Path] = {}
+        self.shape_scripts: dict[str, Path] = {}
 
     def prepare(self, with_base: bool) -> list[Path]:
         """Write the job scripts (one for jobs whose workers exit when idle, one for base jobs
         if --min-jobs asks for any); they hold no secret."""
         for base in (False, True) if with_base else (False,):
-            path = self.job_dir / (f"{self.spec.name}{'-base' if base else ''}.{self.kind}.sh")
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(self.system.script(self.spec, base=base))
-            tmp.replace(path)
-            self.scripts[base] = path
+            self.scripts[base] = self._write(f"{'-base' if base else ''}", self.spec, base)
         return list(self.scripts.values())
 
-    async def submit(self, base: bool) -> str:
-        argv, stdin = self.system.submit_argv(str(self.scripts[base]))
+    def _write(self, suffix: str, spec: JobSpec, base: bool = False) -> Path:
+        path = self.job_dir / f"{self.spec.name}{suffix}.{self.kind}.sh"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.system.script(spec, base=base))
+        tmp.replace(path)
+        return path
+
+    def script_for(self, shape: Shape) -> Path:
+        """The script of jobs sized for ``shape`` (``<name>-<shape key>.<kind>.sh``)."""
+        path = self.shape_scripts.get(shape.key)
+        if path is None:
+            path = self._write(f"-{shape.key}", shape.spec(self.spec))
+            self.shape_scripts[shape.key] = path
+        return path
+
+    async def submit(self, base: bool, shape: Shape | None = None) -> str:
+        script = self.scripts[base] if shape is None else self.script_for(shape)
+        argv, stdin = self.system.submit_argv(str(script))
         rc, out, err = await run_command(argv, stdin)
         if rc != 0:
             raise LaunchError(f"{self.submit_name} refused the job: "
@@ -127,6 +148,8 @@ class ExecDriver:
 
     kind = "exec"
     submit_name = "the exec command"
+    #: its jobs run where COMMAND puts them, with what that host has: never sized
+    sizes_jobs = False
 
     def __init__(self, template: str, spec: JobSpec, job_dir: Path, hosts: list[str]) -> None:
         self.template = template
@@ -166,7 +189,7 @@ class ExecDriver:
             cmd = cmd.replace("{" + k + "}", v)
         return cmd, script
 
-    async def submit(self, base: bool) -> str:
+    async def submit(self, base: bool, shape: Shape | None = None) -> str:
         job_id = f"{os.getpid()}.{next(self._ids)}"
         cmd, _script = self.render(job_id, base)
         logf = open(self.job_dir / f"{self.spec.name}-{job_id}.out", "ab")

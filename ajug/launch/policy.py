@@ -11,6 +11,11 @@ The rules (docs/cluster.md says them to users):
   of jobs submitted but whose workers have not connected yet (pending, or just started). Jobs
   are submitted for the unmet demand, ``slots_per_job`` slots each, up to ``max_jobs`` jobs; none
   while idle workers and jobs on their way can take everything ready.
+- *Shaped demand* (``ShapeDemand``): ready tasks that need resources are counted apart, per set
+  of needs (a *shape*), never as a reason for plain jobs. Their supply is what the connected
+  hosts could start now plus the jobs of that shape on their way, ``per_job`` tasks each; the
+  unmet rest gets jobs of that shape. Plain, shaped and ``min_jobs`` jobs share ``max_jobs``:
+  base jobs first, then one job at a time to each kind that wants one.
 - Running jobs are never cancelled while the run goes on: their workers leave by themselves
   after ``idle_exit_s`` without a task (``ajug work --idle-exit``), which frees the node even
   when the remaining work is one long task behind a barrier or a reduce. Pending jobs that
@@ -71,6 +76,7 @@ class Job:
     id: str
     base: bool
     since: float  # submitted (or adopted) at
+    shape: str | None = None  # the ShapeDemand key it was sized for; None: a plain job
     state: str = PENDING
     raw: str = "SUBMITTED"
     node: str = ""
@@ -84,10 +90,24 @@ class Job:
 
 
 @dataclass
+class ShapeDemand:
+    """Ready tasks that need one set of resources: how many, how many the connected hosts
+    could start now, and how many one job sized for them (``key``) holds at once."""
+
+    key: str
+    ready: int
+    startable: int = 0
+    per_job: int = 1
+    what: str = ""  # what they need, for the reason line: "gpus>=1"
+
+
+@dataclass
 class Decision:
     submit: int = 0
     submit_base: int = 0
     cancel: list[str] = field(default_factory=list)
+    #: jobs to submit sized for a shape, by its key
+    shaped: dict[str, int] = field(default_factory=dict)
 
 
 class JobPolicy:
@@ -107,6 +127,7 @@ class JobPolicy:
         self.adoptable = True
         self.submitting = 0
         self.submitting_base = 0
+        self.submitting_shape: dict[str, int] = {}
         self.submitted_total = 0
         self.adopted_total = 0
         self.ended_total = 0
@@ -179,8 +200,9 @@ class JobPolicy:
             self._failed(msg, now)
         return [line]
 
-    def submitted(self, job_id: str, base: bool, now: float) -> list[str]:
-        self._settle(base)
+    def submitted(self, job_id: str, base: bool, now: float,
+                  shape: str | None = None) -> list[str]:
+        self._settle(base, shape)
         self.submitted_total += 1
         events = []
         if self.error is not None:
@@ -188,19 +210,22 @@ class JobPolicy:
         self.error, self.failures = None, 0
         j = self.jobs.get(job_id)
         if j is None:
-            self.jobs[job_id] = Job(job_id, base, now)
+            self.jobs[job_id] = Job(job_id, base, now, shape)
         else:  # a listing got there first and adopted it
-            j.base = j.base or base
+            j.base, j.shape = j.base or base, j.shape or shape
         return events
 
-    def submit_failed(self, message: str, base: bool, now: float) -> list[str]:
-        self._settle(base)
+    def submit_failed(self, message: str, base: bool, now: float,
+                      shape: str | None = None) -> list[str]:
+        self._settle(base, shape)
         return self._failed(message, now)
 
-    def _settle(self, base: bool) -> None:
+    def _settle(self, base: bool, shape: str | None = None) -> None:
         self.submitting = max(0, self.submitting - 1)
         if base:
             self.submitting_base = max(0, self.submitting_base - 1)
+        if shape is not None and self.submitting_shape.get(shape, 0) > 0:
+            self.submitting_shape[shape] -= 1
 
     def _failed(self, message: str, now: float) -> list[str]:
         """Back off; a message is worth a log line (returned, and kept in ``alerts``) only
@@ -228,9 +253,10 @@ class JobPolicy:
         return [j for j in self.jobs.values() if not j.cancelled and j.state != ENDED]
 
     def decide(self, now: float, ready: int, workers: list[WorkerView],
-               finished: bool = False) -> Decision:
-        """What to submit and cancel now, given ``ready`` tasks and the connected ``workers``;
-        ``reason`` says why in one line."""
+               finished: bool = False, shapes: list[ShapeDemand] | None = None) -> Decision:
+        """What to submit and cancel now, given ``ready`` tasks that need nothing, the ready
+        tasks that need resources (``shapes``) and the connected ``workers``; ``reason`` says
+        why in one line."""
         d = Decision()
         free = self._count_workers(workers)
         if self._stale:
@@ -242,19 +268,22 @@ class JobPolicy:
         if not self.known:
             self.reason = "looking for jobs of this run already in the queue"
             return d
-        coming_jobs = self.submitting + sum(1 for j in live if not j.had_worker)
+        coming_jobs = self._coming(live, None)
         unmet = ready - free - coming_jobs * self.slots
         want = max(0, math.ceil(unmet / self.slots)) if unmet > 0 else 0
         supply = f"{free} idle worker(s)" + (f", {coming_jobs} job(s) starting" if coming_jobs else "")
         said = f"{ready} task(s) ready, {supply}"
-        if self._grow(d, now, want, live, said):
+        shaped, spare, told = self._shaped(shapes or [], live)
+        said += told
+        if self._grow(d, now, want, shaped, live, said):
             return d
         # supply exceeds demand: pending jobs not needed for idle_exit_s go
-        if self._trim(d, now, (-unmet) // self.slots if unmet < 0 else 0, live, said):
+        spare[None] = (-unmet) // self.slots if unmet < 0 else 0
+        if self._trim(d, now, spare, live, said):
             return d
         self.surplus_since = None
         busy = len(workers) - free
-        if ready:
+        if ready or shapes:
             self.reason = f"{said}: enough"
         elif busy:
             self.reason = (f"no task ready, {busy} worker(s) busy: idle workers exit after "
@@ -262,6 +291,31 @@ class JobPolicy:
         else:
             self.reason = "no task ready"
         return d
+
+    def _coming(self, live: list[Job], shape: str | None) -> int:
+        """Jobs of one kind (a shape's key; None: plain) submitted whose workers have not
+        connected yet."""
+        if shape is None:
+            submitting = self.submitting - sum(self.submitting_shape.values())
+        else:
+            submitting = self.submitting_shape.get(shape, 0)
+        return submitting + sum(1 for j in live if j.shape == shape and not j.had_worker)
+
+    def _shaped(self, shapes: list[ShapeDemand], live: list[Job]
+                ) -> tuple[dict[str, int], dict[str | None, int], str]:
+        """Per shape: the jobs wanted for its unmet demand, and how many of its pending jobs
+        are beyond it (every one, for a shape no ready task needs any more); and the words."""
+        want: dict[str, int] = {}
+        spare: dict[str | None, int] = {j.shape: len(live) for j in live if j.shape is not None}
+        told = ""
+        for sd in shapes:
+            coming = self._coming(live, sd.key)
+            unmet = sd.ready - sd.startable - coming * sd.per_job
+            want[sd.key] = max(0, math.ceil(unmet / sd.per_job))
+            spare[sd.key] = (-unmet) // sd.per_job if unmet < 0 else 0
+            told += (f"; {sd.ready} need {sd.what or sd.key}, {sd.startable} startable"
+                     + (f", {coming} job(s) for them starting" if coming else ""))
+        return {k: n for k, n in want.items() if n}, spare, told
 
     def _count_workers(self, workers: list[WorkerView]) -> int:
         """Each job's connected workers (a job with its first one is no longer starting);
@@ -290,45 +344,56 @@ class JobPolicy:
         left = len(live) - len(pending)
         self.reason = ("the run is finished" + (f": {left} job(s) ending" if left else ""))
 
-    def _grow(self, d: Decision, now: float, want: int, live: list[Job], said: str) -> bool:
-        """Submit the jobs wanted (``want`` for the tasks, more for --min-jobs) within the
-        maximum, unless backing off. True: decided (submitted, at the maximum, or waiting)."""
+    def _grow(self, d: Decision, now: float, want: int, shaped: dict[str, int],
+              live: list[Job], said: str) -> bool:
+        """Submit the jobs wanted (``want`` plain and ``shaped`` ones for the tasks, more for
+        --min-jobs) within the maximum, unless backing off. True: decided (submitted, at the
+        maximum, or waiting)."""
         active = len(live) + self.submitting
         room = self.max_jobs - active
         bases = sum(j.base for j in live) + self.submitting_base
         want_base = max(0, self.min_jobs - bases)
-        if (want or want_base) and now < self.retry_at:
+        wanted = want + sum(shaped.values())
+        if (wanted or want_base) and now < self.retry_at:
             self.reason = f"{said}: {self.error}; next try in {self.retry_at - now:.0f}s"
             return True
         d.submit_base = min(want_base, room)
         room -= d.submit_base
-        d.submit = min(max(0, want - d.submit_base), room)
-        n = d.submit + d.submit_base
+        d.submit, d.shaped = share(room, max(0, want - d.submit_base), shaped)
+        n = d.submit + d.submit_base + sum(d.shaped.values())
         self.submitting += n
         self.submitting_base += d.submit_base
+        for k, c in d.shaped.items():
+            self.submitting_shape[k] = self.submitting_shape.get(k, 0) + c
         if n:
             self.surplus_since = None
             why = f"{said}: submitting {n} job(s)"
+            notes = [f"{c} sized for {k}" for k, c in d.shaped.items()]
             if d.submit_base:
-                why += f" ({d.submit_base} to keep --min-jobs {self.min_jobs})"
-            if want > d.submit + d.submit_base:
+                notes.append(f"{d.submit_base} to keep --min-jobs {self.min_jobs}")
+            if notes:
+                why += f" ({', '.join(notes)})"
+            if wanted > n:
                 why += f", then at the maximum ({self.max_option} {self.max_jobs})"
             self.reason = why
             return True
-        if want:
+        if wanted:
             self.reason = (f"{said}: at the maximum ({self.max_option} {self.max_jobs}, "
                            f"{active} job(s))")
             self.surplus_since = None
             return True
         return False
 
-    def _trim(self, d: Decision, now: float, spare: int, live: list[Job], said: str) -> bool:
-        """The newest pending jobs, up to ``spare`` jobs' worth of capacity beyond the demand,
-        are not needed: cancelled once they have stayed so for ``idle_exit_s``. True: some
-        are."""
+    def _trim(self, d: Decision, now: float, spare: dict[str | None, int], live: list[Job],
+              said: str) -> bool:
+        """The newest pending jobs of each kind (plain, or a shape), up to ``spare[kind]``
+        jobs' worth of capacity beyond its demand, are not needed: cancelled once they have
+        stayed so for ``idle_exit_s``. True: some are."""
         pending = sorted((j for j in live if j.state == PENDING and not j.had_worker
                           and not j.base), key=lambda j: j.since, reverse=True)
-        surplus = pending[:spare]
+        surplus = []
+        for kind, n in spare.items():
+            surplus += [j for j in pending if j.shape == kind][:n]
         if not surplus:
             return False
         if self.surplus_since is None:
@@ -355,3 +420,18 @@ class JobPolicy:
             "submitting": self.submitting,
             "cancelling": sum(j.cancelled and j.state != ENDED for j in self.jobs.values()),
         }
+
+
+def share(room: int, plain: int, shaped: dict[str, int]) -> tuple[int, dict[str, int]]:
+    """``room`` jobs shared between the plain want and each shape's, one job at a time to
+    each kind that wants one (plain first), so that no kind waits for all of another's."""
+    wants: dict[str | None, int] = {None: plain}
+    wants.update(shaped)
+    got: dict[str | None, int] = dict.fromkeys(wants, 0)
+    while room > 0 and any(got[k] < n for k, n in wants.items()):
+        for k, n in wants.items():
+            if room > 0 and got[k] < n:
+                got[k] += 1
+                room -= 1
+    plain_got = got.pop(None)
+    return plain_got, {k: n for k, n in got.items() if k is not None and n}

@@ -1,6 +1,8 @@
-"""The launcher in the coordinator's loop: each tick it reads the ready count and the connected
-workers, asks the ``JobPolicy`` what to do, and starts the driver's commands as asyncio tasks
-(never awaited by the tick itself). ``close`` leaves no job of the run in the queue."""
+"""The launcher in the coordinator's loop: each tick it reads the ready tasks (those that need
+nothing, and those that need resources by what they need: ``Placement.waiting_shapes``) and the
+connected workers, asks the ``JobPolicy`` what to do, and starts the driver's commands as
+asyncio tasks (never awaited by the tick itself). ``close`` leaves no job of the run in the
+queue."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from typing import Any
 
 from ..errors import LaunchError
 from ..scheduler import READY
-from .policy import ENDED, PENDING, RUNNING, JobPolicy, WorkerView
+from .policy import ENDED, PENDING, RUNNING, JobPolicy, ShapeDemand, WorkerView
+from .shapes import Shape, demands
 
 log = logging.getLogger("ajug.launch")
 
@@ -50,6 +53,7 @@ class Launcher:
         self._list_error: str | None = None
         self._workers_seen = 0
         self._reason = ""
+        self._shapes: dict[str, Shape] = {}
 
     async def start(self) -> None:
         """Write the job scripts and look for jobs of this run already in the queue (those of
@@ -70,18 +74,33 @@ class Launcher:
         self._workers_seen = len(workers)
         if self._listing is None and now >= self._next_list:
             self._listing = self._spawn(self._list())
-        d = self.policy.decide(now, sched.totals()[READY], workers,
-                               finished=coord.state == "finished")
+        ready, shapes = self._demand(sched)
+        d = self.policy.decide(now, ready, workers, finished=coord.state == "finished",
+                               shapes=shapes)
         for _ in range(d.submit_base):
             self._spawn(self._submit(True))
         for _ in range(d.submit):
             self._spawn(self._submit(False))
+        for key, n in d.shaped.items():
+            for _ in range(n):
+                self._spawn(self._submit(False, self._shapes[key]))
         if d.cancel:
             self._spawn(self._cancel(d.cancel))
         gist = re.sub(r"\d+", "#", self.policy.reason)  # not every second of a countdown
         if gist != self._reason:
             self._reason = gist
             log.debug("jobs: %s", self.policy.reason)
+
+    def _demand(self, sched: Any) -> tuple[int, list[ShapeDemand]]:
+        """Ready tasks that need nothing, and those that need resources by job shape (all of
+        them plain demand for a driver that does not size its jobs)."""
+        ready = sched.totals()[READY]
+        if not getattr(self.driver, "sizes_jobs", False):
+            return ready, []
+        spec = self.driver.spec
+        shapes, by_key = demands(sched.waiting_shapes(), spec.cpus, spec.mem_mib)
+        self._shapes.update(by_key)
+        return max(0, ready - sum(sd.ready for sd in shapes)), shapes
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         t = asyncio.ensure_future(coro)
@@ -100,15 +119,21 @@ class Launcher:
         for line in lines:
             log.log(level, "%s", line)
 
-    async def _submit(self, base: bool) -> None:
+    async def _submit(self, base: bool, shape: Shape | None = None) -> None:
+        key = None if shape is None else shape.key
         try:
-            job_id = await self.driver.submit(base)
+            job_id = await self.driver.submit(base, shape)
         except LaunchError as e:
-            self.policy.submit_failed(str(e), base, self.clock())
+            self.policy.submit_failed(str(e), base, self.clock(), shape=key)
             self._log(self.policy.take_alerts(), logging.ERROR)
             return
-        self._log(self.policy.submitted(job_id, base, self.clock()))
-        log.info("submitted %s job %s%s", self.kind, job_id, " (--min-jobs)" if base else "")
+        self._log(self.policy.submitted(job_id, base, self.clock(), shape=key))
+        note = " (--min-jobs)" if base else ""
+        if shape is not None:
+            note = f" sized for tasks that need {shape.what} (--resources {shape.offer_text()})"
+            self.scripts = [*self.scripts, *(p for p in self.driver.shape_scripts.values()
+                                             if p not in self.scripts)]
+        log.info("submitted %s job %s%s", self.kind, job_id, note)
         self._next_list = min(self._next_list, self.clock() + LIST_SOON_S)
 
     async def _cancel(self, ids: list[str]) -> None:
@@ -179,7 +204,8 @@ class Launcher:
         for j in sorted(p.jobs.values(), key=lambda j: j.since):
             state = "cancelling" if j.cancelled and j.state != ENDED else j.state
             jobs.append({"id": j.id, "state": state, "raw": j.raw, "node": j.node,
-                         "workers": j.workers, "base": j.base, "reason": j.reason,
+                         "workers": j.workers, "base": j.base, "shape": j.shape,
+                         "reason": j.reason,
                          "age_s": round(now - j.since, 1)})
         ended = [{"id": j.id, "raw": j.raw, "node": j.node, "had_worker": j.had_worker}
                  for j in p.ended]

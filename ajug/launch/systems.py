@@ -6,7 +6,10 @@ SLURM is tried against a real cluster in the tests. PBS/Torque, SGE and LSF are 
 their manuals and tested as generated text and parsers only: untried on real clusters.
 
 A job runs one ``ajug work`` with ``-j CPUS`` processes, named ``KIND:JOBID/`` so that the
-coordinator can tell which job each connected worker belongs to.
+coordinator can tell which job each connected worker belongs to. A job sized for tasks that
+need resources (``shapes.py``) asks for them (SLURM ``--gres=gpu:N``, LSF ``-gpu "num=N"``;
+PBS and SGE name GPUs per site: ``--job-directive``) and its worker offers them
+(``--resources``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ class JobSpec:
     name: str
     cpus: int = 1
     mem_mib: int | None = None
+    gpus: int = 0  # a job sized for tasks that need GPUs (``shapes``)
+    #: what the job's worker offers (``ajug work --resources``); empty: the host's defaults
+    resources: str = ""
     time_s: int | None = None
     queue: str | None = None  # SLURM's partition
     account: str | None = None
@@ -61,6 +67,8 @@ class JobSpec:
                  "--connect-timeout", f"{self.connect_timeout_s:g}"]
         if self.idle_exit_s is not None and not base:
             args += ["--idle-exit", f"{self.idle_exit_s:g}"]
+        if self.resources:
+            args += ["--resources", self.resources]
         return " ".join(shlex.quote(a) for a in args) + f' --name "{kind}:{job_id}/"'
 
 
@@ -174,6 +182,8 @@ class Slurm(BatchSystem):
             out.append(f"{d} --comment={shlex.quote(spec.comment)}")
         if spec.mem_mib:
             out.append(f"{d} --mem={spec.mem_mib}M")
+        if spec.gpus:
+            out.append(f"{d} --gres=gpu:{spec.gpus}")
         if spec.time_s:
             days, rest = divmod(spec.time_s, 86400)
             out.append(f"{d} --time={days}-{hms(rest)}")
@@ -363,6 +373,8 @@ class Lsf(BatchSystem):
                f"{d} -o {spec.log_dir}/{spec.name}-%J.out"]
         if spec.mem_mib:
             out.append(f'{d} -M {spec.mem_mib} -R "rusage[mem={-(-spec.mem_mib // spec.cpus)}]"')
+        if spec.gpus:
+            out.append(f'{d} -gpu "num={spec.gpus}"')
         if spec.time_s:
             out.append(f"{d} -W {max(1, -(-spec.time_s // 60))}")
         if spec.queue:
