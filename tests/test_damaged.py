@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from inproc import Engine
 from procs import ajug_cmd, copy_jugfile, env, values
 from store_helpers import hexkey
 
@@ -89,15 +90,26 @@ def test_empty_file_is_damage_in_an_ajug_store_and_none_in_a_jug_store(tmp_path:
     assert jugs.load(key) is None
 
 
-def test_damaged_results_are_computed_again_in_one_run(tmp_path: Path) -> None:
+def run_here(engine: Engine, jugfile: Path) -> None:
+    """One run served in this process with two workers (as ``ajug run -j 2``)."""
+    coord = engine.make_coordinator(jugfile)
+    workers = [engine.run_worker(coord.port) for _ in range(2)]
+    assert coord.wait(120) == 0
+    for w in workers:
+        assert w.wait(30) == 0
+
+
+def test_damaged_results_are_computed_again_in_one_run(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Between two runs, results are cut short (to 0 bytes too), overwritten with random bytes
-    or get a flipped bit: the next run finds every one of them and computes it again."""
+    or get a flipped bit: the next run finds every one of them and computes it again. The runs
+    in this process (tests/inproc.py); status, keys and check by the commands."""
     jugfile = copy_jugfile(tmp_path, "steps.py")
     runlog = tmp_path / "runs.log"
     e = env(AJUG_TEST_STEP_S="0", AJUG_TEST_RUNLOG=str(runlog))
-    first = subprocess.run(ajug_cmd("run", str(jugfile), "-j", "2", "--no-progress"), env=e,
-                           capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stderr
+    monkeypatch.setenv("AJUG_TEST_STEP_S", "0")
+    monkeypatch.setenv("AJUG_TEST_RUNLOG", str(runlog))
+    run_here(engine, jugfile)
     store = tmp_path / "steps.ajugdata"
     assert list((store / "tmp").iterdir()) == []  # no writer's directory left behind
     code = ("import json, ajug\n"
@@ -124,9 +136,7 @@ def test_damaged_results_are_computed_again_in_one_run(tmp_path: Path) -> None:
     assert json.loads(out.stdout)["totals"]["done"] == 41 - 1 - 18
 
     runlog.write_text("")
-    again = subprocess.run(ajug_cmd("run", str(jugfile), "-j", "2", "--no-progress"), env=e,
-                           capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr
+    run_here(engine, jugfile)
     assert values(jugfile, ["total"], AJUG_TEST_STEP_S="0")["total"] == 3 * sum(range(40))
     ran = runlog.read_text().split()
     assert sorted(ran) == sorted(["add_all"] + [f"step:{steps.index(k)}" for k in damaged])

@@ -1,4 +1,5 @@
-"""The engine end to end: `ajug serve` + `ajug work` processes over real TCP on 127.0.0.1."""
+"""The engine end to end over real TCP on 127.0.0.1: in this process (tests/inproc.py), and as
+`ajug run` / `ajug serve` + `ajug work` processes where a process is the subject (signals)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def test_serve_and_two_workers_run_mapreduce_with_barrier(
 
 
 @pytest.mark.timeout(120)
-def test_run_example_status_live_and_offline(procs: Procs, tmp_path: Path) -> None:
+def test_run_example_and_its_status_offline(tmp_path: Path) -> None:
     ex = tmp_path / "primes.py"
     shutil.copy(HERE.parent / "examples" / "primes.py", ex)
     out = subprocess.run(ajug_cmd("run", str(ex), "-j", "2"), env=env(), capture_output=True,
@@ -94,17 +95,24 @@ def test_run_example_status_live_and_offline(procs: Procs, tmp_path: Path) -> No
                           text=True, timeout=60)
     assert "primes.primes_in" in text.stdout and "40" in text.stdout
 
-    # live: a slow jugfile, status over the protocol while it runs
+
+
+@pytest.mark.timeout(90)
+def test_status_live_while_a_task_runs(engine: Engine, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow jugfile served in this process (tests/inproc.py): its status over the protocol
+    while it runs, and what ``ajug status`` (a process) prints of it."""
     slow = copy_jugfile(tmp_path, "slow.py")
-    coord, port = procs.serve(slow, env=env(AJUG_TEST_SLOW_S="3"))
-    w = procs.work(port, env=env(AJUG_TEST_SLOW_S="3"))
-    live = wait_for(lambda: (s := status(port))["totals"]["running"] >= 1 and s, 30,
+    monkeypatch.setenv("AJUG_TEST_SLOW_S", "3")
+    coord = engine.make_coordinator(slow)
+    w = engine.run_worker(coord.port)
+    live = wait_for(lambda: (s := coord.status())["totals"]["running"] >= 1 and s, 30,
                     what="a running task")
     assert live["tasks"] == 4
     assert live["totals"]["running"] == 1 and live["totals"]["ready"] == 2
     assert live["totals"]["waiting"] == 1
-    assert len(live["workers"]) == 1 and live["workers"][0]["pid"] == w.pid
-    human = subprocess.run(ajug_cmd("status", f"127.0.0.1:{port}"), env=env(),
+    assert len(live["workers"]) == 1 and live["workers"][0]["pid"] == os.getpid()
+    human = subprocess.run(ajug_cmd("status", f"127.0.0.1:{coord.port}"), env=env(),
                            capture_output=True, text=True, timeout=30)
     assert "slow.slow_square" in human.stdout and "workers" in human.stdout
     assert coord.wait(60) == 0

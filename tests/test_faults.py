@@ -1,5 +1,6 @@
 """Whatever dies — a worker, the coordinator, redis, the disk — the run completes, correctly,
-and nothing that reached the store is computed again. Real processes throughout."""
+and nothing that reached the store is computed again. Real processes where something is
+killed or frozen; the rest in this process (tests/inproc.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inproc import Engine
 from procs import (
     Procs,
     ajug_cmd,
@@ -30,12 +32,14 @@ HERE = Path(__file__).parent
 
 
 @pytest.mark.timeout(120)
-def test_task_exceptions_retries_and_blocked_dependents(procs: Procs, tmp_path: Path) -> None:
+def test_task_exceptions_retries_and_blocked_dependents(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process (tests/inproc.py); ``ajug status --failed`` (a process) reads it live."""
     jugfile = copy_jugfile(tmp_path, "faulty.py")
-    e = env(AJUG_TEST_MARKS=str(tmp_path))
-    coord, port = procs.serve(jugfile, "--retries", "1", "--stay", env=e)
-    procs.work(port, env=e)
-    st = wait_for(lambda: (s := status(port))["totals"]["ready"] == 0
+    monkeypatch.setenv("AJUG_TEST_MARKS", str(tmp_path))
+    coord = engine.make_coordinator(jugfile, retries=1, stay=True)
+    engine.run_worker(coord.port)
+    st = wait_for(lambda: (s := coord.status())["totals"]["ready"] == 0
                   and s["totals"]["running"] == 0 and s["totals"]["done"] >= 11 and s, 60,
                   what="the graph to settle")
     tot = st["totals"]
@@ -44,12 +48,12 @@ def test_task_exceptions_retries_and_blocked_dependents(procs: Procs, tmp_path: 
     assert fail["func"] == "faulty.raises" and fail["type"] == "ValueError"
     assert fail["kind"] == "exception" and fail["attempts"] == 2  # first try + one retry
     assert (tmp_path / "flaky.attempts").read_text() == "2"  # failed once, retried, passed
-    out = subprocess.run(ajug_cmd("status", f"127.0.0.1:{port}", "--failed"), env=env(),
+    out = subprocess.run(ajug_cmd("status", f"127.0.0.1:{coord.port}", "--failed"), env=env(),
                          capture_output=True, text=True, timeout=30)
     assert "Traceback" in out.stdout and "ValueError: bad input 1" in out.stdout
     fn = {f["name"]: f for f in st["functions"]}
     assert fn["faulty.after"]["blocked"] == 2
-    coord.send_signal(signal.SIGTERM)
+    coord.stop()
     assert coord.wait(30) == 1  # stopped with a failure: non-zero
 
 
@@ -228,16 +232,17 @@ def test_frozen_worker_never_starts_a_lease_it_was_told_is_lost(procs: Procs,
 @pytest.mark.timeout(150)
 @pytest.mark.redis
 @pytest.mark.slow
-def test_redis_restarted_mid_run(procs: Procs, tmp_path: Path, make_redis_server: Any) -> None:
+def test_redis_restarted_mid_run(engine: Engine, tmp_path: Path, make_redis_server: Any) -> None:
+    """In this process (tests/inproc.py): only redis-server is a process, restarted."""
     server = make_redis_server("--appendonly", "yes", "--appendfsync", "always")
     jugfile = copy_jugfile(tmp_path, "steps.py")
-    coord, port = procs.serve(jugfile, "--store", server.url)
-    workers = [procs.work(port) for _ in range(2)]
-    wait_for(lambda: status(port)["totals"]["done"] >= 8, 60, what="8 tasks done")
+    coord = engine.make_coordinator(jugfile, server.url)
+    workers = [engine.run_worker(coord.port) for _ in range(2)]
+    wait_for(lambda: coord.status()["totals"]["done"] >= 8, 60, what="8 tasks done")
     server.restart(down_s=2.0)
-    assert coord.wait(120) == 0, read_log(coord)
+    assert coord.wait(120) == 0
     for w in workers:
-        assert w.wait(30) == 0, read_log(w)
+        assert w.wait(30) == 0
     assert values(jugfile, ["total"], server.url)["total"] == 3 * sum(range(40))
 
 

@@ -1,4 +1,5 @@
-"""Follow-on leases with real processes: a chain runs ahead on one worker, and a step that
+"""Follow-on leases (in this process, and with real processes where a step kills its
+worker): a chain runs ahead on one worker, and a step that
 fails or kills its worker gives the rest of the chain back without losing or counting it."""
 
 from __future__ import annotations
@@ -16,41 +17,62 @@ from ajug.protocol import messages as m
 from ajug.protocol.connection import open_connection
 
 
-def run_chain(tmp_path: Path, *extra: str, **e: str) -> subprocess.CompletedProcess[str]:
+def run_chain(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+              **settings: Any) -> tuple[Path, int, dict[str, Any]]:
+    """The chain served here with two workers (as ``ajug run -j 2``): its jugfile, the
+    coordinator's exit status and its last status."""
     jugfile = copy_jugfile(tmp_path, "longchain.py")
-    out = subprocess.run(ajug_cmd("-v", "run", str(jugfile), "-j", "2", "--no-progress", *extra),
-                         env=env(AJUG_TEST_MARKS=str(tmp_path), **e), capture_output=True,
-                         text=True, timeout=100)
-    out.jugfile = jugfile  # type: ignore[attr-defined]
-    return out
+    monkeypatch.setenv("AJUG_TEST_MARKS", str(tmp_path))
+    coord = engine.make_coordinator(jugfile, **settings)
+    workers = [engine.run_worker(coord.port) for _ in range(2)]
+    rc = coord.wait(100)
+    for w in workers:
+        assert w.wait(30) == 0
+    assert coord.coord is not None
+    return jugfile, rc, coord.coord.status(False)
 
 
 @pytest.mark.timeout(120)
-def test_chain_with_a_step_that_raises_once(tmp_path: Path) -> None:
-    out = run_chain(tmp_path, "--retries", "1", AJUG_TEST_N="400", AJUG_TEST_BAD="150")
-    assert out.returncode == 0, out.stderr
-    assert "401/401 done" in out.stderr
+def test_chain_with_a_step_that_raises_once(engine: Engine, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process (tests/inproc.py): the step is retried on the chain's way."""
+    monkeypatch.setenv("AJUG_TEST_N", "400")
+    monkeypatch.setenv("AJUG_TEST_BAD", "150")
+    jugfile, rc, st = run_chain(engine, tmp_path, monkeypatch, retries=1)
+    assert rc == 0
+    assert st["tasks"] == 401 and st["totals"]["done"] == 401
+    assert st["totals"]["failed"] == 0 and st["failures"] == []
     assert (tmp_path / "bad.attempts").read_text() == "2"
-    got = values(out.jugfile, ["last"], AJUG_TEST_MARKS=str(tmp_path))  # type: ignore[attr-defined]
+    got = values(jugfile, ["last"], AJUG_TEST_MARKS=str(tmp_path))
     assert got["last"][0] == 400
-    assert "failed" not in out.stderr.split("ajug: [finished]")[-1]
 
 
 @pytest.mark.timeout(120)
-def test_chain_with_a_step_that_raises_fails_and_blocks_the_rest(tmp_path: Path) -> None:
-    out = run_chain(tmp_path, AJUG_TEST_N="300", AJUG_TEST_BAD="100")
-    assert out.returncode == 1
-    summary = out.stderr.split("ajug: [finished]")[-1]
-    assert "100/301 done" in summary and "1 failed" in summary and "200 blocked" in summary, summary
+def test_chain_with_a_step_that_raises_fails_and_blocks_the_rest(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process (tests/inproc.py); the summary line ``ajug run`` prints for it is
+    tested in tests/test_failures.py."""
+    monkeypatch.setenv("AJUG_TEST_N", "300")
+    monkeypatch.setenv("AJUG_TEST_BAD", "100")
+    _, rc, st = run_chain(engine, tmp_path, monkeypatch)
+    assert rc == 1
+    assert st["tasks"] == 301
+    tot = st["totals"]
+    assert (tot["done"], tot["failed"], tot["blocked"]) == (100, 1, 200), tot
 
 
 @pytest.mark.timeout(120)
 def test_chain_with_a_step_that_kills_its_worker(tmp_path: Path) -> None:
-    out = run_chain(tmp_path, AJUG_TEST_N="400", AJUG_TEST_BAD="200", AJUG_TEST_HOW="kill")
+    """Processes: the step kills the worker that runs it."""
+    jugfile = copy_jugfile(tmp_path, "longchain.py")
+    out = subprocess.run(ajug_cmd("-v", "run", str(jugfile), "-j", "2", "--no-progress"),
+                         env=env(AJUG_TEST_MARKS=str(tmp_path), AJUG_TEST_N="400",
+                                 AJUG_TEST_BAD="200", AJUG_TEST_HOW="kill"),
+                         capture_output=True, text=True, timeout=100)
     assert out.returncode == 0, out.stderr
     assert "401/401 done" in out.stderr
     assert (tmp_path / "bad.attempts").read_text() == "2"
-    got = values(out.jugfile, ["last"], AJUG_TEST_MARKS=str(tmp_path))  # type: ignore[attr-defined]
+    got = values(jugfile, ["last"], AJUG_TEST_MARKS=str(tmp_path))
     assert got["last"][0] == 400
 
 
