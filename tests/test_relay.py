@@ -215,7 +215,7 @@ def test_a_relay_cannot_get_its_code_run(procs: Procs, tmp_path: Path) -> None:
         # (the worker that speaks for `ajug work -j N` says it: "ajug: lost ..."; the others
         # log the same words)
         assert re.search(
-            r"(^ajug: | W ajug\.worker: )lost the coordinator \(refused a frame from the coordinator at "
+            r"(^ajug: | W ajug\.workconnect: )lost the coordinator \(refused a frame from the coordinator at "
             rf"127\.0\.0\.1:{relay.port}: frame [12] failed authentication \(its MAC does not match"
             r": injected, replayed, reordered, altered on the way, or one before it was "
             r"dropped\); closed the connection\); reconnecting for \d+ s$",
