@@ -229,6 +229,8 @@ async def test_results_lost_before_a_barrier_are_computed_again_not_failed_on(
 
     coord._confirm_results = confirm_then_lose  # type: ignore[method-assign]
     await coord._check_finished()
+    assert coord.state == "loading" and coord._reload_task is not None
+    await coord._reload_task  # the load past the barrier: a task of the coordinator's own
     assert coord.loads == 2 and coord.state == "running"  # reloaded: no StoreError
     sched = coord.sched
     assert sched is not None and sched.vanished == 2
