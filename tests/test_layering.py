@@ -4,6 +4,7 @@ inside functions alike), no module over its size limit, no function over complex
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,12 @@ def test_no_function_over_complexity_15() -> None:
                           "lint.mccabe.max-complexity=15", "--output-format", "concise",
                           str(PKG)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
+
+
+def test_every_module_is_in_the_module_map() -> None:
+    """CONTRIBUTING.md's module map names every module of ajug/, and no module that is gone."""
+    doc = (PKG.parent / "CONTRIBUTING.md").read_text()
+    named = set(re.findall(r"^\| `([^`]+\.py)` \| ", doc, re.M))
+    modules = {str(p.relative_to(PKG)) for p in PKG.rglob("*.py")}
+    assert sorted(modules - named) == [], "add these to CONTRIBUTING.md's module map"
+    assert sorted(named - modules) == [], "these are in the module map but not in ajug/"
