@@ -121,6 +121,11 @@ def render(st: dict[str, Any], console: Console, failed_tracebacks: bool = False
         console.print("more tasks follow a barrier once these are done")
     for u in st.get("unplaceable", []):
         console.print(f"[yellow]{waiting_line(u)}[/yellow]", highlight=False, soft_wrap=True)
+    for f in st["functions"]:
+        if f.get("options"):
+            console.print(f"options: {f['name']}: " + "; ".join(
+                options_text(o) for o in f["options"]), markup=False, highlight=False,
+                soft_wrap=True)
     jugfile = st.get("jugfile") or "JUGFILE"
     for f in st.get("stale", []):
         of = "" if f["exact"] else f" (of {f['checked']} checked)"
@@ -137,6 +142,17 @@ def render(st: dict[str, Any], console: Console, failed_tracebacks: bool = False
             if failed_tracebacks and f.get("tb"):
                 console.print(f["tb"].rstrip("\n"), markup=False, highlight=False,
                               soft_wrap=True)
+
+
+def options_text(o: dict[str, Any]) -> str:
+    """``gpus=1, memory=68719476736, timeout 3600 s, retries 1, priority 5``."""
+    parts = [f"{k}={v:g}" for k, v in sorted(o.get("resources", {}).items())]
+    if "timeout" in o:
+        parts.append(f"timeout {o['timeout']:g} s")
+    for k in ("retries", "priority"):
+        if k in o:
+            parts.append(f"{k} {o[k]}")
+    return ", ".join(parts)
 
 
 def waiting_line(u: dict[str, Any]) -> str:
@@ -205,6 +221,7 @@ def offline_status(jugfile: str, store_url: str, detail: bool = False) -> dict[s
     from .jugfile import load_jugfile
     from .offline import exists_all, stale_functions
     from .scheduler import Scheduler
+    from .statusdata import function_rows
     from .stores import open_store
 
     store = open_store(store_url)
@@ -216,10 +233,7 @@ def offline_status(jugfile: str, store_url: str, detail: bool = False) -> dict[s
         sched.start(done)
         failures = recorded_failures(graph, store, done, sched, detail)
         tot = sched.totals()
-        funcs = [
-            {"name": f.name, **{STATE_NAMES[s]: c[s] for s in range(6)}}
-            for f, c in zip(graph.functions, sched.counts)
-        ]
+        funcs = function_rows(graph, sched.counts)
         return {
             "jugfile": str(jugfile),
             "store": store.url,

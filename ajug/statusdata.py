@@ -26,14 +26,30 @@ def totals_map(totals: list[int]) -> dict[str, int]:
     return {STATE_NAMES[s]: totals[s] for s in range(6)}
 
 
+def function_options(graph: Graph) -> dict[int, list[dict[str, Any]]]:
+    """Per function, the distinct options its tasks have (resources, timeout, retries,
+    priority; ``TaskOptions.to_json``), for functions that have any."""
+    if graph.opt_of is None:
+        return {}
+    seen: dict[int, set[int]] = {}
+    for fid, k in zip(graph.fn, graph.opt_of):
+        if k:
+            seen.setdefault(fid, set()).add(k)
+    return {fid: [graph.options[k].to_json() for k in sorted(ks)] for fid, ks in seen.items()}
+
+
 def function_rows(graph: Graph, counts: list[list[int]],
                   executing: list[int] | None = None) -> list[dict[str, Any]]:
-    """One row per function: its tasks per state (and, live, how many are executing)."""
+    """One row per function: its tasks per state (and, live, how many are executing), and
+    the options its tasks have, if any."""
     rows = []
+    options = function_options(graph)
     for fid, (f, c) in enumerate(zip(graph.functions, counts)):
         row: dict[str, Any] = {"name": f.name, **totals_map(c)}
         if executing is not None:
             row["executing"] = executing[fid]
+        if fid in options:
+            row["options"] = options[fid]
         rows.append(row)
     return rows
 

@@ -4,6 +4,7 @@ graph keeps them, and that they never change a task's identity (jug's stays vali
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,29 @@ def test_quantities_and_resource_lists() -> None:
         "gpus": 2.0, "memory": 64 * 2**30, "licence": 1.0}
     with pytest.raises(ValueError, match="NAME=AMOUNT"):
         parse_resources("gpus")
+
+
+def test_status_shows_each_functions_options(tmp_path: Path) -> None:
+    """Offline status (JSON and text) lists the options each function's tasks have."""
+    import subprocess
+    import sys
+
+    jf = tmp_path / "opts.py"
+    jf.write_text(
+        "from ajug import TaskGenerator\n\n"
+        "@TaskGenerator(resources={'gpus': 1}, timeout=3600, retries=1)\n"
+        "def train(i):\n    return i\n\n"
+        "@TaskGenerator\ndef plain(i):\n    return i\n\n"
+        "ts = [train(i) for i in range(2)] + [train.options(priority=5)(9)]\n"
+        "ps = [plain(i) for i in range(2)]\n")
+    run = [sys.executable, "-m", "ajug", "status", str(jf)]
+    out = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {f["name"]: f for f in __import__("json").loads(out.stdout)["functions"]}
+    assert rows["opts.train"]["options"] == [
+        {"resources": {"gpus": 1.0}, "timeout": 3600, "retries": 1},
+        {"resources": {"gpus": 1.0}, "timeout": 3600, "retries": 1, "priority": 5}]
+    assert "options" not in rows["opts.plain"]
+    text = subprocess.run(run, capture_output=True, text=True, timeout=60).stdout
+    assert ("options: opts.train: gpus=1, timeout 3600 s, retries 1; gpus=1, timeout 3600 s, "
+            "retries 1, priority 5") in text
