@@ -49,7 +49,8 @@ class Placement:
         return self._retries_of[self._opt(i)]
 
     def timeout_of(self, i: int) -> float | None:
-        return self._timeout_of[self._opt(i)]
+        o = self.graph.opt_of
+        return self._timeout_of[0 if o is None else o[i]]
 
     def needs_of(self, i: int) -> dict[str, float]:
         return self._needs[self._opt(i)]

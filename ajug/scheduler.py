@@ -167,11 +167,12 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart, Placement):
         deadline = now + self.lease_ttl_s
         if w.follow:
             self._follow(w, out, n, deadline)
-        ready, st, fits = self.ready, self.state, self.fitter(w)
+        ready, st, pop = self.ready, self.state, self.ready.popper(self.fitter(w))
         later: list[int] = []
         while len(out) < n:
-            i = ready.pop(fits)
-            if i is None:
+            try:
+                i = pop()
+            except IndexError:
                 break
             if st[i] != READY:
                 continue
@@ -194,7 +195,8 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart, Placement):
         self._tok += 1
         self.leases[i] = Lease(i, w.wid, self._tok, deadline, deadline - self.lease_ttl_s)
         w.leases.add(i)
-        self._hold(w, i)
+        if self._any_needs:
+            self._hold(w, i)
         self._set(i, RUNNING)
         out.append((i, self._tok))
         if w.follow and self.rdep_start[i] != self.rdep_start[i + 1]:
@@ -329,7 +331,8 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart, Placement):
 
     def _release(self, lease: Lease) -> None:
         del self.leases[lease.idx]
-        self._unhold(lease.idx)
+        if self._held:
+            self._unhold(lease.idx)
         w = self.workers.get(lease.worker)
         if w is not None:
             w.leases.discard(lease.idx)
