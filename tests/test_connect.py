@@ -1,6 +1,7 @@
 """Unreachable things: said at once, in one line, then one line when connected or given up;
 retries with backoff (in one line too) for what was reachable once. Workers of a stopped
-`ajug serve --stay` exit cleanly, in one line."""
+`ajug serve --stay` exit cleanly, in one line. A worker and its coordinator run in this process
+(tests/inproc.py) unless what the command prints is the subject."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from inproc import Engine
 from procs import Procs, ajug_cmd, copy_jugfile, env, read_log, status, wait_for
 from store_helpers import hexkey
 
@@ -73,22 +75,24 @@ def test_a_worker_says_at_once_that_nothing_listens(tmp_path: Path, free_tcp_por
     assert lines[1].count("cannot reach") == 1 and lines[1].count("refused") == 1, lines
 
 
-def test_a_worker_started_first_says_when_it_connects(procs: Procs, tmp_path: Path,
-                                                      free_tcp_port: int) -> None:
+def test_a_worker_started_first_says_when_it_connects(engine: Engine, tmp_path: Path,
+                                                      free_tcp_port: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process (tests/inproc.py): what the worker says, as ``ajug work`` would print it
+    (the line it ends with, from worker.ran, is checked on processes below)."""
     jug = copy_jugfile(tmp_path, "taskraise.py")
-    w = Lines(["work", f"127.0.0.1:{free_tcp_port}", "--connect-timeout", "60"], tmp_path)
-    try:
-        assert "waiting for the coordinator" in w.next(10)[1]
-        coord, _ = procs.serve(jug, port=free_tcp_port, env=env(AJUG_TEST_FIXED="1"))
-        t, line = w.next(30)
-        assert line.startswith(f"ajug: connected to the coordinator at 127.0.0.1:{free_tcp_port}"
-                               " after "), line
-        lines = w.rest(60)
-    finally:
-        w.kill()
-    assert w.rc == 0, lines
-    assert lines[-1] == "ajug: the coordinator says all is done; this worker ran 5 task(s)", lines
-    assert len(lines) == 3, lines
+    monkeypatch.setenv("AJUG_TEST_FIXED", "1")
+    said: list[str] = []
+    w = engine.run_worker(free_tcp_port, connect_timeout_s=60, say=said.append)
+    wait_for(lambda: said, 10, what="the worker to say it waits")
+    assert said[0].startswith(f"waiting for the coordinator at 127.0.0.1:{free_tcp_port} "), said
+    coord = engine.make_coordinator(jug, port=free_tcp_port)
+    wait_for(lambda: len(said) > 1, 30, what="the worker to say it connected")
+    assert said[1].startswith(f"connected to the coordinator at 127.0.0.1:{free_tcp_port}"
+                              " after "), said
+    assert w.wait(60) == 0, said
+    assert w.worker.ran == 5
+    assert len(said) == 2, said  # nothing else said on the way
     assert coord.wait(30) == 0
 
 
