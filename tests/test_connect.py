@@ -6,7 +6,6 @@ retries with backoff (in one line too) for what was reachable once. Workers of a
 from __future__ import annotations
 
 import queue
-import re
 import signal
 import subprocess
 import threading
@@ -145,25 +144,51 @@ def test_a_redis_outage_is_one_line_each_way(make_redis_server: object,
         store.close()
 
 
-def test_idle_workers_of_a_stopped_serve_stay_exit_cleanly(procs: Procs, tmp_path: Path) -> None:
+BAD = ("Traceback", "Future exception", "never retrieved", "lost the coordinator", "reconnect")
+
+
+def test_idle_workers_of_a_stopped_serve_stay_exit_cleanly(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """In this process (tests/inproc.py): three idle workers of a finished ``--stay``
+    coordinator, stopped as Ctrl-C stops ``ajug serve``, end at once and quietly."""
+    caplog.set_level("DEBUG")
+    jug = copy_jugfile(tmp_path, "taskraise.py")
+    monkeypatch.setenv("AJUG_TEST_FIXED", "1")
+    coord = engine.make_coordinator(jug, stay=True)
+    said: list[str] = []
+    workers = [engine.run_worker(coord.port, say=said.append) for _ in range(3)]
+    wait_for(lambda: (s := coord.status())["state"] == "finished" and len(s["workers"]) == 3,
+             30, what="all done, three idle workers")
+    assert all(w.alive for w in workers)  # --stay: the workers wait for more
+    coord.stop()
+    assert coord.wait(30) == 0  # stopped after the end: the run's own status
+    t0 = time.monotonic()
+    for w in workers:
+        assert w.wait(15) == 0
+    assert time.monotonic() - t0 < 10  # not a minute of trying to reconnect
+    assert sum(w.worker.ran for w in workers) == 5
+    for bad in BAD:
+        assert bad not in caplog.text and not any(bad in line for line in said), \
+            (bad, said, caplog.text)
+
+
+def test_a_stopped_serve_stay_and_its_work_j2_exit_0_in_one_line(procs: Procs,
+                                                                  tmp_path: Path) -> None:
+    """The processes: ``ajug serve --stay`` stopped by SIGINT after the end exits 0, and
+    ``ajug work -j 2`` says in one line that its worker processes ended."""
     jug = copy_jugfile(tmp_path, "taskraise.py")
     coord, port = procs.serve(jug, "--stay", env=env(AJUG_TEST_FIXED="1"))
-    one = procs.work(port)
     many = procs.start(["work", f"127.0.0.1:{port}", "-j", "2"], "work-j2")
-    wait_for(lambda: (s := status(port))["state"] == "finished" and len(s["workers"]) == 3, 30,
-             what="all done, three idle workers")
+    wait_for(lambda: (s := status(port))["state"] == "finished" and len(s["workers"]) == 2, 30,
+             what="all done, two idle workers")
     coord.send_signal(signal.SIGINT)
     assert coord.wait(30) == 0, read_log(coord)  # stopped after the end: the run's own status
     t0 = time.monotonic()
-    assert one.wait(15) == 0, read_log(one)
     assert many.wait(15) == 0, read_log(many)
     assert time.monotonic() - t0 < 10  # not a minute of trying to reconnect
-    for p in (one, many):
-        log = read_log(p)
-        for bad in ("Traceback", "Future exception", "never retrieved", "lost the coordinator",
-                    "reconnect"):
-            assert bad not in log, log
-    assert re.fullmatch(r"ajug: the coordinator says all is done; this worker ran \d task\(s\)",
-                        read_log(one).strip().splitlines()[-1]), read_log(one)
-    assert read_log(many).strip().splitlines()[-1] == \
-        "ajug: the coordinator says all is done; 2 worker processes ended", read_log(many)
+    log = read_log(many)
+    for bad in BAD:
+        assert bad not in log, log
+    assert log.strip().splitlines()[-1] == \
+        "ajug: the coordinator says all is done; 2 worker processes ended", log
