@@ -491,3 +491,24 @@ def test_read_only_token(engine: Engine, tmp_path: Path, monkeypatch: pytest.Mon
     assert w.wait(30) == 0
     assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
     assert TOKEN.decode() not in caplog.text and ro not in caplog.text
+
+
+def test_serve_read_token_file_and_status_on_ajug_read_token(procs: Procs, tmp_path: Path) -> None:
+    """The commands' side of read-only access (the access itself: test_read_only_token):
+    `ajug serve --read-token-file` takes it, `ajug status` uses AJUG_READ_TOKEN alone."""
+    jugfile, _ = steady(tmp_path)
+    full = "full-" + secrets.token_hex(8)
+    ro = "read-" + secrets.token_hex(8)
+    ro_file = tmp_path / "read.token"
+    ro_file.write_text(ro + "\n")
+    coord, port = start_serve(procs, jugfile, "--read-token-file", str(ro_file), env=run_env(full))
+    assert live_status(port, run_env(None, AJUG_READ_TOKEN=ro))["tasks"] == N_STEPS + 1
+    wrong = "read-" + secrets.token_hex(8)
+    line = one_line_error(ajug("status", f"127.0.0.1:{port}",
+                               env=run_env(None, AJUG_READ_TOKEN=wrong)))
+    assert "our read-only token does not match" in line and "AJUG_READ_TOKEN" in line, line
+    assert wrong not in line and ro not in line
+    coord.terminate()
+    coord.wait(30)
+    log = read_log(coord)
+    assert full not in log and ro not in log and wrong not in log
