@@ -1,11 +1,11 @@
 """Unreachable things: said at once, in one line, then one line when connected or given up;
 retries with backoff (in one line too) for what was reachable once. Workers of a stopped
-`ajug serve --stay` exit cleanly, in one line."""
+`ajug serve --stay` exit cleanly, in one line. A worker and its coordinator run in this process
+(tests/inproc.py) unless what the command prints is the subject."""
 
 from __future__ import annotations
 
 import queue
-import re
 import signal
 import subprocess
 import threading
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from inproc import Engine
 from procs import Procs, ajug_cmd, copy_jugfile, env, read_log, status, wait_for
 from store_helpers import hexkey
 
@@ -73,22 +74,24 @@ def test_a_worker_says_at_once_that_nothing_listens(tmp_path: Path, free_tcp_por
     assert lines[1].count("cannot reach") == 1 and lines[1].count("refused") == 1, lines
 
 
-def test_a_worker_started_first_says_when_it_connects(procs: Procs, tmp_path: Path,
-                                                      free_tcp_port: int) -> None:
+def test_a_worker_started_first_says_when_it_connects(engine: Engine, tmp_path: Path,
+                                                      free_tcp_port: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process (tests/inproc.py): what the worker says, as ``ajug work`` would print it
+    (the line it ends with, from worker.ran, is checked on processes below)."""
     jug = copy_jugfile(tmp_path, "taskraise.py")
-    w = Lines(["work", f"127.0.0.1:{free_tcp_port}", "--connect-timeout", "60"], tmp_path)
-    try:
-        assert "waiting for the coordinator" in w.next(10)[1]
-        coord, _ = procs.serve(jug, port=free_tcp_port, env=env(AJUG_TEST_FIXED="1"))
-        t, line = w.next(30)
-        assert line.startswith(f"ajug: connected to the coordinator at 127.0.0.1:{free_tcp_port}"
-                               " after "), line
-        lines = w.rest(60)
-    finally:
-        w.kill()
-    assert w.rc == 0, lines
-    assert lines[-1] == "ajug: the coordinator says all is done; this worker ran 5 task(s)", lines
-    assert len(lines) == 3, lines
+    monkeypatch.setenv("AJUG_TEST_FIXED", "1")
+    said: list[str] = []
+    w = engine.run_worker(free_tcp_port, connect_timeout_s=60, say=said.append)
+    wait_for(lambda: said, 10, what="the worker to say it waits")
+    assert said[0].startswith(f"waiting for the coordinator at 127.0.0.1:{free_tcp_port} "), said
+    coord = engine.make_coordinator(jug, port=free_tcp_port)
+    wait_for(lambda: len(said) > 1, 30, what="the worker to say it connected")
+    assert said[1].startswith(f"connected to the coordinator at 127.0.0.1:{free_tcp_port}"
+                              " after "), said
+    assert w.wait(60) == 0, said
+    assert w.worker.ran == 5
+    assert len(said) == 2, said  # nothing else said on the way
     assert coord.wait(30) == 0
 
 
@@ -141,25 +144,51 @@ def test_a_redis_outage_is_one_line_each_way(make_redis_server: object,
         store.close()
 
 
-def test_idle_workers_of_a_stopped_serve_stay_exit_cleanly(procs: Procs, tmp_path: Path) -> None:
+BAD = ("Traceback", "Future exception", "never retrieved", "lost the coordinator", "reconnect")
+
+
+def test_idle_workers_of_a_stopped_serve_stay_exit_cleanly(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """In this process (tests/inproc.py): three idle workers of a finished ``--stay``
+    coordinator, stopped as Ctrl-C stops ``ajug serve``, end at once and quietly."""
+    caplog.set_level("DEBUG")
+    jug = copy_jugfile(tmp_path, "taskraise.py")
+    monkeypatch.setenv("AJUG_TEST_FIXED", "1")
+    coord = engine.make_coordinator(jug, stay=True)
+    said: list[str] = []
+    workers = [engine.run_worker(coord.port, say=said.append) for _ in range(3)]
+    wait_for(lambda: (s := coord.status())["state"] == "finished" and len(s["workers"]) == 3,
+             30, what="all done, three idle workers")
+    assert all(w.alive for w in workers)  # --stay: the workers wait for more
+    coord.stop()
+    assert coord.wait(30) == 0  # stopped after the end: the run's own status
+    t0 = time.monotonic()
+    for w in workers:
+        assert w.wait(15) == 0
+    assert time.monotonic() - t0 < 10  # not a minute of trying to reconnect
+    assert sum(w.worker.ran for w in workers) == 5
+    for bad in BAD:
+        assert bad not in caplog.text and not any(bad in line for line in said), \
+            (bad, said, caplog.text)
+
+
+def test_a_stopped_serve_stay_and_its_work_j2_exit_0_in_one_line(procs: Procs,
+                                                                  tmp_path: Path) -> None:
+    """The processes: ``ajug serve --stay`` stopped by SIGINT after the end exits 0, and
+    ``ajug work -j 2`` says in one line that its worker processes ended."""
     jug = copy_jugfile(tmp_path, "taskraise.py")
     coord, port = procs.serve(jug, "--stay", env=env(AJUG_TEST_FIXED="1"))
-    one = procs.work(port)
     many = procs.start(["work", f"127.0.0.1:{port}", "-j", "2"], "work-j2")
-    wait_for(lambda: (s := status(port))["state"] == "finished" and len(s["workers"]) == 3, 30,
-             what="all done, three idle workers")
+    wait_for(lambda: (s := status(port))["state"] == "finished" and len(s["workers"]) == 2, 30,
+             what="all done, two idle workers")
     coord.send_signal(signal.SIGINT)
     assert coord.wait(30) == 0, read_log(coord)  # stopped after the end: the run's own status
     t0 = time.monotonic()
-    assert one.wait(15) == 0, read_log(one)
     assert many.wait(15) == 0, read_log(many)
     assert time.monotonic() - t0 < 10  # not a minute of trying to reconnect
-    for p in (one, many):
-        log = read_log(p)
-        for bad in ("Traceback", "Future exception", "never retrieved", "lost the coordinator",
-                    "reconnect"):
-            assert bad not in log, log
-    assert re.fullmatch(r"ajug: the coordinator says all is done; this worker ran \d task\(s\)",
-                        read_log(one).strip().splitlines()[-1]), read_log(one)
-    assert read_log(many).strip().splitlines()[-1] == \
-        "ajug: the coordinator says all is done; 2 worker processes ended", read_log(many)
+    log = read_log(many)
+    for bad in BAD:
+        assert bad not in log, log
+    assert log.strip().splitlines()[-1] == \
+        "ajug: the coordinator says all is done; 2 worker processes ended", log

@@ -1,16 +1,16 @@
-"""The relay attack of issue 12, with real processes: a proxy on 127.0.0.1 that does not hold the
-token forwards the handshake between real ``ajug work`` processes and a real ``ajug serve`` (so
-every proof the workers check is genuine), then answers each worker's first ``lease`` itself
-with code of its own. The workers must refuse that frame without running anything, close the
-connection, say why in their log, reconnect, and finish the run with the real coordinator.
+"""The relay attack of issue 12: a proxy on 127.0.0.1 that does not hold the token forwards the
+handshake between real Workers and a real Coordinator (in this process, tests/inproc.py, over
+real TCP: every proof the workers check is genuine), then answers each worker's first ``lease``
+itself with code of its own. The workers must refuse that frame without running anything, close
+the connection, say why in their log, reconnect, and finish the run with the real coordinator.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
-import secrets
 import socket
 import struct
 import threading
@@ -20,7 +20,8 @@ from typing import Any
 
 import msgpack
 import pytest
-from procs import Procs, env, read_log, values, wait_for
+from inproc import TOKEN, Engine
+from procs import values, wait_for
 
 from ajug.protocol import messages as m
 from ajug.protocol.framing import encode_frame
@@ -176,25 +177,29 @@ class Relay:
         return encode_frame(leases, mac=FrameMac(os.urandom(32), 1))
 
 
-def test_a_relay_cannot_get_its_code_run(procs: Procs, tmp_path: Path) -> None:
+def test_a_relay_cannot_get_its_code_run(engine: Engine, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="ajug")
     jugfile = tmp_path / "squares.py"
     jugfile.write_text(JUGFILE)
     marks = tmp_path / "marks"
     marks.mkdir()
     pwned = tmp_path / "pwned"
-    token = "relay-" + secrets.token_hex(8)
     gate = tmp_path / "gate"
-    e = env(AJUG_TOKEN=token, AJUG_TEST_MARKS=str(marks), AJUG_TEST_GATE=str(gate))
-    coord, port = procs.serve(jugfile, env=e)
-    relay = Relay(port, attack=2, payload=pickle.dumps(Evil(pwned)))
+    monkeypatch.setenv("AJUG_TEST_MARKS", str(marks))
+    monkeypatch.setenv("AJUG_TEST_GATE", str(gate))
+    coord = engine.make_coordinator(jugfile)
+    relay = Relay(coord.port, attack=2, payload=pickle.dumps(Evil(pwned)))
     try:
-        work = procs.start(["-v", "work", f"127.0.0.1:{relay.port}", "-j", "2"], "work", env=e)
+        workers = [engine.run_worker(relay.port) for _ in range(2)]
         # both workers attacked, and both back through the relay (which now only forwards)
         wait_for(lambda: len(relay.connections) >= 4 and len(list(marks.iterdir())) == N, 60,
                  what="both workers to reconnect and the squares to be done")
         gate.touch()
-        assert work.wait(90) == 0, read_log(work)
-        assert coord.wait(30) == 0, read_log(coord)
+        for w in workers:
+            assert w.wait(90) == 0
+        assert coord.wait(30) == 0
     finally:
         relay.close()
     # nothing the relay sent was run, or even unpickled
@@ -208,19 +213,18 @@ def test_a_relay_cannot_get_its_code_run(procs: Procs, tmp_path: Path) -> None:
         # (the number is that of the worker's first reply from the coordinator that the relay
         # made: 1, or 2 if the worker asked for the jugfile's code first)
         assert re.search(r"frame [12] failed authentication", c.after[0]["msg"]), c.after
-    log = read_log(work)
-    lines = re.findall(r"^.*refused a frame.*$", log, re.M)
-    assert len(lines) == 2, log
-    for line in lines:
-        # (the worker that speaks for `ajug work -j N` says it: "ajug: lost ..."; the others
-        # log the same words)
-        assert re.search(
-            r"(^ajug: | W ajug\.workconnect: )lost the coordinator \(refused a frame from the coordinator at "
+    lines = [r for r in caplog.records if "refused a frame" in r.getMessage()]
+    assert len(lines) == 2, caplog.text
+    for r in lines:
+        # one warning per worker, from where a worker says it is connecting, connected or lost
+        assert (r.name, r.levelname) == ("ajug.workconnect", "WARNING"), r
+        assert re.fullmatch(
+            r"lost the coordinator \(refused a frame from the coordinator at "
             rf"127\.0\.0\.1:{relay.port}: frame [12] failed authentication \(its MAC does not match"
             r": injected, replayed, reordered, altered on the way, or one before it was "
-            r"dropped\); closed the connection\); reconnecting for \d+ s$",
-            line,
-        ), line
+            r"dropped\); closed the connection\); reconnecting for \d+ s",
+            r.getMessage(),
+        ), r.getMessage()
     # and reconnected through the relay, which now only forwards: the run is complete, every
     # task ran exactly once, and the values are right
     assert len(relay.connections) >= 4
@@ -230,6 +234,6 @@ def test_a_relay_cannot_get_its_code_run(procs: Procs, tmp_path: Path) -> None:
                   AJUG_TEST_GATE=str(gate))["result"] == sum(
         i * i for i in range(N)
     )
-    assert token not in log + read_log(coord)
+    assert TOKEN.decode() not in caplog.text
     wait_for(lambda: all(c.worker_closed.is_set() for c in relay.connections), 10,
              what="the relay's connections to end")

@@ -1,14 +1,18 @@
 """Security of a run: tokens, mutual authentication, TLS, read-only access (issue 4).
 
-Real `ajug serve` / `ajug work` / `ajug run` / `ajug status` processes on 127.0.0.1 (a
-coordinator may *bind* 0.0.0.0, but nothing here connects anywhere but 127.0.0.1), plus a fake
-coordinator in this process that does not hold the token.
+What the coordinator and workers do together (handshakes, TLS, read-only access) runs in this
+process (tests/inproc.py: a real Coordinator and real Workers in threads, real TCP on 127.0.0.1),
+as does a fake coordinator that does not hold the token. Real `ajug serve` / `ajug work` /
+`ajug status` processes where the process is the subject: what a command prints and its exit
+status, the process list (a coordinator may *bind* 0.0.0.0, but nothing here connects anywhere
+but 127.0.0.1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import pickle
 import re
@@ -20,13 +24,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from inproc import TOKEN, Engine
 from procs import Procs, ajug_cmd, children, env, make_certs, read_log, values, wait_for
 
-from ajug.errors import AuthError, ProtocolError
+from ajug.errors import AuthError, ConnectError, ProtocolError
 from ajug.protocol import messages as m
 from ajug.protocol.auth import ServerHandshake
+from ajug.protocol.client import query_status
 from ajug.protocol.connection import open_connection
 from ajug.protocol.framing import HANDSHAKE_MAX_FRAME_BYTES, FrameDecoder, encode_frame
+from ajug.worker import Worker, WorkerOptions
 
 HERE = Path(__file__).parent
 N_STEPS = 40
@@ -85,6 +92,19 @@ def live_status(port: int, env: dict[str, str], *extra: str) -> dict[str, Any]:
     out = ajug("status", f"127.0.0.1:{port}", "--json", *extra, env=env, timeout=30)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def steady_inproc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """steady.py for the engine in this process: short steps, and the gate."""
+    jugfile, gate = steady(tmp_path)
+    monkeypatch.setenv("AJUG_TEST_STEADY_S", "0.01")
+    monkeypatch.setenv("AJUG_TEST_GATE", str(gate))
+    return jugfile, gate
+
+
+def status_of(port: int, token: bytes = TOKEN, ctx: Any = None, access: str = "full") -> Any:
+    """What ``ajug status 127.0.0.1:PORT --json`` prints, asked over the protocol."""
+    return asyncio.run(query_status("127.0.0.1", port, token, ctx, access=access))
 
 
 def cmdline(pid: int) -> str:
@@ -226,31 +246,23 @@ async def fake_coordinator(scenario: str, tmp_path: Path) -> SimpleNamespace:
 
 @pytest.mark.parametrize("scenario", ["challenge", "challenge-then-code", "welcome-first"])
 async def test_worker_refuses_a_coordinator_without_the_token(
-    tmp_path: Path, scenario: str
+    engine: Engine, tmp_path: Path, scenario: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    token = "real-" + secrets.token_hex(8)
+    caplog.set_level(logging.DEBUG, logger="ajug")
+    monkeypatch.chdir(tmp_path)
     fake = await fake_coordinator(scenario, tmp_path)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *ajug_cmd("work", f"127.0.0.1:{fake.port}", "--connect-timeout", "3"),
-            env=run_env(token),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=tmp_path,
-        )
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        w = engine.run_worker(fake.port, connect_timeout_s=3)
+        with pytest.raises(ConnectError if scenario == "welcome-first" else AuthError) as e:
+            await asyncio.to_thread(w.wait, 60)
     finally:
         fake.server.close()
         await fake.server.wait_closed()
-    text = out.decode()
+    text = str(e.value)
     fake_ops = [msg["op"] for msg in fake.received]
-    assert proc.returncode != 0, text
-    assert "Traceback" not in text and token not in text
+    assert "Traceback" not in caplog.text
+    assert TOKEN.decode() not in text + caplog.text
     assert "auth" not in fake_ops, "the worker proved its token to a coordinator that did not"
     assert not (tmp_path / "pwned").exists(), "the worker unpickled what the fake sent"
     assert not (tmp_path / "fake.ajugdata").exists()
@@ -451,33 +463,52 @@ async def read_only_checks(port: int, full: bytes, ro: bytes) -> dict[str, Any]:
     return reply["status"]
 
 
-def test_read_only_token(procs: Procs, tmp_path: Path) -> None:
-    jugfile, gate = steady(tmp_path)
+def test_read_only_token(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="ajug")
+    jugfile, gate = steady_inproc(tmp_path, monkeypatch)
+    ro = "read-" + secrets.token_hex(8)
+    coord = engine.make_coordinator(jugfile, read_token=ro.encode())
+    port = coord.port
+    w = engine.run_worker(port)
+    wait_for(
+        lambda: status_of(port)["totals"]["done"] == N_STEPS, 60, what="the steps to be done"
+    )
+    # status with only the read-only token, and with the full token
+    assert status_of(port, ro.encode(), access="read")["totals"]["done"] == N_STEPS
+    assert status_of(port)["totals"]["done"] == N_STEPS
+    st = asyncio.run(read_only_checks(port, TOKEN, ro.encode()))
+    assert st["totals"]["done"] == N_STEPS and st["totals"]["running"] == 1  # nothing changed
+    assert coord.rc is None and w.alive
+    # nor can a worker run on the read-only token
+    with pytest.raises(AuthError) as e:
+        Worker(WorkerOptions(host="127.0.0.1", port=port, token=ro.encode(),
+                             connect_timeout_s=3)).run()
+    line = str(e.value)
+    assert "did not prove it has the token" in line and ro not in line, line
+    gate.touch()
+    assert coord.wait(60) == 0
+    assert w.wait(30) == 0
+    assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
+    assert TOKEN.decode() not in caplog.text and ro not in caplog.text
+
+
+def test_serve_read_token_file_and_status_on_ajug_read_token(procs: Procs, tmp_path: Path) -> None:
+    """The commands' side of read-only access (the access itself: test_read_only_token):
+    `ajug serve --read-token-file` takes it, `ajug status` uses AJUG_READ_TOKEN alone."""
+    jugfile, _ = steady(tmp_path)
     full = "full-" + secrets.token_hex(8)
     ro = "read-" + secrets.token_hex(8)
     ro_file = tmp_path / "read.token"
     ro_file.write_text(ro + "\n")
-    e = run_env(full, gate)
-    coord, port = start_serve(procs, jugfile, "--read-token-file", str(ro_file), env=e)
-    w = procs.work(port, env=e)
-    wait_for(
-        lambda: live_status(port, e)["totals"]["done"] == N_STEPS, 60, what="the steps to be done"
-    )
-    # `ajug status` with only the read-only token, and with the full token
-    ro_env = run_env(None, AJUG_READ_TOKEN=ro)
-    assert live_status(port, ro_env)["totals"]["done"] == N_STEPS
-    assert live_status(port, e)["totals"]["done"] == N_STEPS
-    st = asyncio.run(read_only_checks(port, full.encode(), ro.encode()))
-    assert st["totals"]["done"] == N_STEPS and st["totals"]["running"] == 1  # nothing changed
-    assert coord.poll() is None
-    # nor can a worker run on the read-only token
-    line = one_line_error(
-        ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "3", env=run_env(ro))
-    )
-    assert "did not prove it has the token" in line and ro not in line
-    gate.touch()
-    assert coord.wait(60) == 0, read_log(coord)
-    assert w.wait(30) == 0, read_log(w)
-    assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
+    coord, port = start_serve(procs, jugfile, "--read-token-file", str(ro_file), env=run_env(full))
+    assert live_status(port, run_env(None, AJUG_READ_TOKEN=ro))["tasks"] == N_STEPS + 1
+    wrong = "read-" + secrets.token_hex(8)
+    line = one_line_error(ajug("status", f"127.0.0.1:{port}",
+                               env=run_env(None, AJUG_READ_TOKEN=wrong)))
+    assert "our read-only token does not match" in line and "AJUG_READ_TOKEN" in line, line
+    assert wrong not in line and ro not in line
+    coord.terminate()
+    coord.wait(30)
     log = read_log(coord)
-    assert full not in log and ro not in log
+    assert full not in log and ro not in log and wrong not in log
