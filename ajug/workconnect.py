@@ -86,6 +86,20 @@ async def connect(o: Any, first: bool) -> Any:
         return conn
 
 
+#: how long a worker waits for its connection to close (a TLS shutdown) before going on
+CLOSE_WAIT_S = 5.0
+
+
+async def close(conn: Any) -> None:
+    """Close and wait until closed, bounded: a TLS connection's shutdown must be done before
+    the worker's event loop ends, or the transport is left open (and closing the loop may
+    fail)."""
+    try:
+        await asyncio.wait_for(conn.aclose(), CLOSE_WAIT_S)
+    except (asyncio.TimeoutError, OSError):
+        pass
+
+
 async def fetch_code(request: Callable[[Callable[[int], dict[str, Any]]], Any],
                      conn: Any) -> None:
     """Make the code beside the jugfile importable here before any task runs (codeship):

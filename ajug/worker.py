@@ -34,7 +34,7 @@ from .stores import encoding, open_store
 from .task import Task, value
 from .tracebacks import worker_file
 from .watchdog import Expired, Watchdog, replace_by_exit
-from .workconnect import connect, fetch_code, say
+from .workconnect import close, connect, fetch_code, say
 from .workoptions import WorkerOptions
 from .workresults import (  # noqa: F401 - CachingStore, RecentKeys: importable from here too
     CachingStore,
@@ -363,7 +363,7 @@ class Worker:
                           f"{self.o.connect_timeout_s:g} s", logging.WARNING)
                 done = False
             finally:
-                conn.close()
+                await close(conn)
             first = False
             if done:
                 return
