@@ -200,3 +200,32 @@ def test_a_lone_ajug_work_replaces_itself_after_a_timeout(tmp_path: Path, procs:
     assert hangs[0]["pid"] == hangs[1]["pid"] == work.pid  # the same process, executed afresh
     assert "replacing this worker process" in Path(work.logfile).read_text()
     assert values(jugfile, ["squares"])["squares"] == [i * i for i in range(8)]
+
+
+PRIORITY_JUGFILE = textwrap.dedent("""\
+    import os
+    from ajug import TaskGenerator
+
+    LOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "order.log")
+
+    @TaskGenerator
+    def step(i):
+        with open(LOG, "a") as f:
+            f.write(f"{i}\\n")
+        return i
+
+    early = [step(i) for i in range(5)]
+    urgent = step.options(priority=10)(100)
+    late = [step(i) for i in range(5, 8)]
+    """)
+
+
+def test_with_one_worker_a_later_high_priority_task_runs_first(engine: Any,
+                                                               tmp_path: Path) -> None:
+    jugfile = tmp_path / "prio.py"
+    jugfile.write_text(PRIORITY_JUGFILE)
+    coord = engine.make_coordinator(jugfile, store_url=f"file:{tmp_path / 'store'}")
+    w = engine.run_worker(coord.port, prefetch=0)
+    assert coord.wait(60) == 0 and w.wait(30) == 0
+    order = [int(x) for x in (tmp_path / "order.log").read_text().split()]
+    assert order == [100, 0, 1, 2, 3, 4, 5, 6, 7]
