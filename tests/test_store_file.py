@@ -334,3 +334,34 @@ def test_unreadable_old_lock_is_taken_over(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["owner"] == mine.owner  # the lock file is ours now
     mine.release()
     assert not path.exists()
+
+
+def test_temp_names_are_unique_across_threads(tmp_path: Path) -> None:
+    """A worker saves from two threads (its batch's flush thread and its main thread), the
+    coordinator writes failure records beside its loads: no two writes may share a temp file."""
+    import sys
+    import threading
+
+    from ajug.stores.file import FileStore
+
+    store = FileStore(str(tmp_path / "s"))
+    names: list[list[str]] = [[] for _ in range(8)]
+    go = threading.Barrier(8)
+
+    def make(out: list[str]) -> None:
+        go.wait()
+        for _ in range(3000):
+            out.append(store._tmp_name())
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = [threading.Thread(target=make, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(old)
+    every = [x for n in names for x in n]
+    assert len(every) == 24000 and len(set(every)) == len(every)

@@ -28,10 +28,12 @@ in such a store an empty result file is damage (a crash or another program cut i
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -85,7 +87,11 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-_TMP_STATE: list = [0, "", 0]  # pid, random prefix, counter
+#: (pid, random prefix, counter) of this process's temp names; replaced whole after a fork.
+#: ``next()`` of an itertools.count is atomic, so threads of one process (a worker's save
+#: thread and its main thread, the coordinator's record writer) never get the same name
+_TMP_STATE: tuple[int, str, Iterator[int]] = (0, "", itertools.count(1))
+_TMP_LOCK = threading.Lock()
 SMALL_WRITE_BYTES = 256 * 1024
 
 class FileStore(FileIntegrity, FileFailureRecords, FileTemporaries, Store):
@@ -192,15 +198,20 @@ class FileStore(FileIntegrity, FileFailureRecords, FileTemporaries, Store):
         # host.pid.<random per process><counter>: unique without a syscall per name
         # and in a directory of this process's own (tmp/<host>.<pid>/): writers that share one
         # temp directory queue on its lock, which made creating files several times slower
+        global _TMP_STATE
         pid = os.getpid()
-        if _TMP_STATE[0] != pid:
-            _TMP_STATE[:] = [pid, secrets.token_hex(4), 0]
-        _TMP_STATE[2] += 1
+        st = _TMP_STATE
+        if st[0] != pid:
+            with _TMP_LOCK:
+                if _TMP_STATE[0] != pid:
+                    _TMP_STATE = (pid, secrets.token_hex(4), itertools.count(1))
+                st = _TMP_STATE
+        n = next(st[2])
         own = os.path.join(self.tmpdir, f"{HOST}.{pid}")
         if self._own_tmp != own:
             os.makedirs(own, exist_ok=True)
             self._own_tmp = own
-        return os.path.join(own, f"{_TMP_STATE[1]}{_TMP_STATE[2]}{TMP_SUFFIX}")
+        return os.path.join(own, f"{st[1]}{n}{TMP_SUFFIX}")
 
     def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> int:
         """Write to ``tmp/`` then rename into place; on any failure the temp file is removed."""
