@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inproc import Engine
 from procs import Procs, ajug_cmd, copy_jugfile, env, offline_status, read_log
 from store_helpers import hexkey
 
@@ -201,9 +202,13 @@ def test_a_task_that_kills_its_workers_is_recorded(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_invalidate_clears_failure_records(tmp_path: Path) -> None:
+def test_invalidate_clears_failure_records(engine: Engine, tmp_path: Path) -> None:
+    """The run in this process (tests/inproc.py); ``ajug invalidate`` is a process."""
     jug = copy_jugfile(tmp_path, "taskraise.py")
-    assert run("run", "taskraise.py", "-j", "1", "--no-progress", cwd=tmp_path).returncode == 1
+    coord = engine.make_coordinator(jug)
+    worker = engine.run_worker(coord.port)
+    assert coord.wait(60) == 1
+    assert worker.wait(30) == 0
     records = tmp_path / "taskraise.ajugdata" / "failures"
     assert len(list(records.iterdir())) == 1
     out = run("invalidate", "taskraise.py", "--target", "simulate", cwd=tmp_path)
