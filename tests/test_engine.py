@@ -48,12 +48,10 @@ def test_serve_and_two_workers_run_mapreduce_with_barrier(
     before the coordinator exists."""
     caplog.set_level(logging.INFO, logger="ajug")
     jugfile = copy_jugfile(tmp_path, "mr_barrier.py")
-    store_args: list[str] = []
     store = None
     if backend == "redis":
         url = request.getfixturevalue("redis_server")
         store = f"{url}?namespace=t{free_tcp_port}:"
-        store_args = ["--store", store]
     # one worker before the coordinator exists, one after
     early = engine.run_worker(free_tcp_port, connect_timeout_s=60)
     wait_for(lambda: "waiting for the coordinator" in caplog.text, 30,
@@ -70,20 +68,28 @@ def test_serve_and_two_workers_run_mapreduce_with_barrier(
     assert got["total"] == EXPECTED_TOTAL
     before = result_stamps(jugfile, store)
     assert len(before) == 1 + 60 + 6 + 1 + 1
-    # running it again computes nothing
-    again = subprocess.run(ajug_cmd("run", str(jugfile), "-j", "2", *store_args), env=env(),
-                           capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0, again.stderr
+    # running it again computes nothing (what `ajug run` says of it: tests/test_runreport.py)
+    # (with nothing to do, the coordinator ends without waiting for a worker)
+    again = engine.make_coordinator(jugfile, store)
+    assert again.wait(30) == 0
+    assert again.coord is not None
+    st = again.coord.status(False)
+    assert st["state"] == "finished" and st["totals"]["done"] == st["tasks"] == len(before)
     assert result_stamps(jugfile, store) == before
 
 
 @pytest.mark.timeout(120)
-def test_run_example_and_its_status_offline(tmp_path: Path) -> None:
+def test_run_example_and_its_status_offline(engine: Engine, tmp_path: Path) -> None:
+    """The example run in this process (tests/inproc.py); ``ajug status`` (a process) reads the
+    store once the coordinator has exited."""
     ex = tmp_path / "primes.py"
     shutil.copy(HERE.parent / "examples" / "primes.py", ex)
-    out = subprocess.run(ajug_cmd("run", str(ex), "-j", "2"), env=env(), capture_output=True,
-                         text=True, timeout=90)
-    assert out.returncode == 0, out.stderr
+    coord = engine.make_coordinator(ex)
+    # one worker: two in one process can pick the same temp file name (ajug/stores/file.py
+    # _tmp_name counts without a lock)
+    worker = engine.run_worker(coord.port)
+    assert coord.wait(90) == 0
+    assert worker.wait(30) == 0
     got = values(ex, ["summary"])
     primes = [n for n in range(2, 20_000) if all(n % d for d in range(2, int(n**0.5) + 1))]
     assert got["summary"] == f"{len(primes)} primes below 20000, summing to {sum(primes)}"

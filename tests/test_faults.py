@@ -4,6 +4,7 @@ killed or frozen; the rest in this process (tests/inproc.py)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -258,7 +259,10 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
 
 
 @pytest.mark.timeout(120)
-def test_full_disk_fails_tasks_cleanly_and_resumes(tmp_path: Path) -> None:
+def test_full_disk_fails_tasks_cleanly_and_resumes(engine: Engine, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """In this process (tests/inproc.py): results fill a real small disk (a tmpfs)."""
+    caplog.set_level(logging.INFO, logger="ajug")
     data = tmp_path / "disk"
     if not _mount_tmpfs(data, "12m"):
         pytest.skip("cannot mount a tmpfs here (needs root) to fill a disk")
@@ -279,18 +283,27 @@ def test_full_disk_fails_tasks_cleanly_and_resumes(tmp_path: Path) -> None:
         store = str(data / "store")
         filler = data / "filler"
         filler.write_bytes(b"\0" * (8 * 1024 * 1024))  # leaves room for ~3 results of 8
-        out = subprocess.run(ajug_cmd("run", str(jugfile), "-j", "2", "--store", store),
-                             env=env(), capture_output=True, text=True, timeout=90)
-        assert out.returncode == 1, out.stderr
-        assert "store is full" in out.stderr
+        coord = engine.make_coordinator(jugfile, store)
+        workers = [engine.run_worker(coord.port)]  # one: see test_engine's primes test
+        assert coord.wait(90) == 1
+        for w in workers:
+            assert w.wait(30) == 0
+        assert coord.coord is not None
+        st = coord.coord.status(True)
+        assert st["failures"], st
+        assert all(f["kind"] == "store" and "store is full" in f["msg"]
+                   for f in st["failures"]), st["failures"]
+        assert "store is full" in caplog.text
         tmpdir = Path(store) / "tmp"
         assert not tmpdir.exists() or [p for p in tmpdir.rglob("*") if p.is_file()] == []
         stored = stamps(store)
         assert 0 < len(stored) < 9
         filler.unlink()  # space is freed: the run resumes and completes
-        out = subprocess.run(ajug_cmd("run", str(jugfile), "-j", "2", "--store", store),
-                             env=env(), capture_output=True, text=True, timeout=90)
-        assert out.returncode == 0, out.stderr
+        coord = engine.make_coordinator(jugfile, store)
+        workers = [engine.run_worker(coord.port)]  # one: see test_engine's primes test
+        assert coord.wait(90) == 0
+        for w in workers:
+            assert w.wait(30) == 0
         after = stamps(store)
         assert all(after[k] == ts for k, ts in stored.items())  # nothing stored was redone
         assert values(jugfile, ["total"], store)["total"] == [1024 * 1024] * 8
