@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inproc import Engine
 from procs import Procs, ajug_cmd, copy_jugfile, env, offline_status, read_log
 from store_helpers import hexkey
 
@@ -108,18 +109,17 @@ def check_traceback(tb: str, jugfile: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_failed_task_is_readable_after_the_run_and_cleared_when_it_passes(tmp_path: Path) -> None:
+def test_a_failed_task_is_readable_after_the_run_and_cleared_when_it_passes(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs in this process (tests/inproc.py); ``ajug status`` (a process) reads the store
+    once the coordinator has exited. What ``ajug run`` prints of it: the next test."""
     jug = copy_jugfile(tmp_path, "taskraise.py")
-    out = run("run", "taskraise.py", "-j", "2", "--no-progress", cwd=tmp_path)
-    assert out.returncode == 1, out.stderr
-    err = out.stderr
-    # logged once (by the coordinator, not again by the worker), then the traceback at the end
-    assert len(re.findall(r"failed: ValueError: bad value 0", err)) == 1, err
-    assert err.count("Traceback (most recent call last)") == 1, err
-    check_traceback(tb_block(err), jug)
-    assert "ajug: [finished] 3/5 done (3 done, 1 failed, 1 blocked)" in err, err
-    assert "ajug: results are in taskraise.ajugdata; read them with `ajug shell taskraise.py`" \
-        in err, err
+    monkeypatch.chdir(tmp_path)
+    coord = engine.make_coordinator(jug)
+    workers = [engine.run_worker(coord.port, name=f"local{i}") for i in range(2)]
+    assert coord.wait(60) == 1
+    for w in workers:
+        assert w.wait(30) == 0
 
     # the coordinator has exited: the store tells, on this machine or any other
     st = offline_status(jug, "--failed")
@@ -135,12 +135,34 @@ def test_a_failed_task_is_readable_after_the_run_and_cleared_when_it_passes(tmp_
     check_traceback(tb_block(text), jug)
 
     # fixed: the task passes, its record goes
-    again = run("run", "taskraise.py", "-j", "2", "--no-progress", cwd=tmp_path,
-                AJUG_TEST_FIXED="1")
-    assert again.returncode == 0, again.stderr
+    monkeypatch.setenv("AJUG_TEST_FIXED", "1")
+    coord = engine.make_coordinator(jug)
+    workers = [engine.run_worker(coord.port) for _ in range(2)]
+    assert coord.wait(60) == 0
+    for w in workers:
+        assert w.wait(30) == 0
     st = offline_status(jug, "--failed")
     assert st["failures"] == [] and st["totals"]["done"] == 5
     assert list((tmp_path / "taskraise.ajugdata" / "failures").iterdir()) == []
+
+
+@pytest.mark.timeout(120)
+def test_ajug_run_says_a_failure_once_and_prints_its_traceback_at_the_end(
+        tmp_path: Path) -> None:
+    """What ``ajug run`` prints (its subject: a process)."""
+    jug = copy_jugfile(tmp_path, "taskraise.py")
+    out = run("run", "taskraise.py", "-j", "2", "--no-progress", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    err = out.stderr
+    # logged once (by the coordinator, not again by the worker), then the traceback at the end
+    assert len(re.findall(r"failed: ValueError: bad value 0", err)) == 1, err
+    assert err.count("Traceback (most recent call last)") == 1, err
+    check_traceback(tb_block(err), jug)
+    assert "ajug: [finished] 3/5 done (3 done, 1 failed, 1 blocked)" in err, err
+    assert "ajug: results are in taskraise.ajugdata; read them with `ajug shell taskraise.py`" \
+        in err, err
+    (f,) = offline_status(jug, "--failed")["failures"]
+    assert f["worker"] in ("local0", "local1")  # ajug run's workers, by name
 
 
 @pytest.mark.timeout(120)
@@ -201,9 +223,13 @@ def test_a_task_that_kills_its_workers_is_recorded(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_invalidate_clears_failure_records(tmp_path: Path) -> None:
+def test_invalidate_clears_failure_records(engine: Engine, tmp_path: Path) -> None:
+    """The run in this process (tests/inproc.py); ``ajug invalidate`` is a process."""
     jug = copy_jugfile(tmp_path, "taskraise.py")
-    assert run("run", "taskraise.py", "-j", "1", "--no-progress", cwd=tmp_path).returncode == 1
+    coord = engine.make_coordinator(jug)
+    worker = engine.run_worker(coord.port)
+    assert coord.wait(60) == 1
+    assert worker.wait(30) == 0
     records = tmp_path / "taskraise.ajugdata" / "failures"
     assert len(list(records.iterdir())) == 1
     out = run("invalidate", "taskraise.py", "--target", "simulate", cwd=tmp_path)
