@@ -3,12 +3,13 @@ in-process executor and jug 2.7.
 
 The fast run covers two fixed seeds whose jugfiles use every construct the generator has
 (one of them mutates its inputs, so its values are compared with the executor only), split
-between the variants to stay within CI's budget; ``-m slow`` runs 100 more seeds.
+between the variants to stay within CI's budget; ``-m slow`` runs 30 more (``AJUG_FUZZ_SEEDS``).
 ``python -m tests.fuzz_jugfiles --seeds N`` runs any number by hand.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -71,9 +72,13 @@ def test_fixed_seeds(seed: int, variants: list[str], tmp_path: Path) -> None:
     _check(seed, tmp_path, variants)
 
 
+#: seeds of the slow step (CI); hundreds: AJUG_FUZZ_SEEDS=300, or python -m tests.fuzz_jugfiles
+SLOW_SEEDS = int(os.environ.get("AJUG_FUZZ_SEEDS", "30"))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("seed", range(100, 200))
+@pytest.mark.parametrize("seed", range(100, 100 + SLOW_SEEDS))
 def test_more_seeds(seed: int, tmp_path: Path) -> None:
     """Each seed: one plain variant (in turn) and one fault, with jug."""
     faults = ("kill-worker", "restart", "crash")
