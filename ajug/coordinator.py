@@ -24,7 +24,7 @@ from .errors import AjugError, StoreError, StoreLocked, UsageError
 from .failures import FailureRecords, record_new_failures
 from .graph import Graph
 from .jugfile import LoadedJugfile
-from .loading import load_run
+from .loading import load_run, store_url_for_workers
 from .lockkeeper import LockKeeper, lock_ttl_for
 from .protocol import connection as conn_mod
 from .protocol.refusals import RefusalLog
@@ -185,8 +185,10 @@ class Coordinator:
                 if self.state == "finished" and not self.s.stay:
                     if finished_at is None:
                         finished_at = time.monotonic()
-                    # give workers a moment to hear "finished" and hang up
-                    if not self._conns or time.monotonic() - finished_at > self.s.finish_grace_s:
+                    # give workers a moment to hear "finished" and hang up; after a takeover,
+                    # the previous coordinator's workers a resume grace to reconnect and hear it
+                    if (not self._conns or time.monotonic() - finished_at > self.s.finish_grace_s
+                            ) and not self._reconnects_due():
                         break
         finally:
             if self.keeper is not None:
@@ -195,6 +197,11 @@ class Coordinator:
         if lost is not None:
             raise StoreLocked(lost)
         return self.exit_status()
+
+    def _reconnects_due(self) -> bool:
+        """Restarted on a store whose coordinator died: its workers may still be reconnecting
+        (backing off), for up to the resume grace since this one started."""
+        return self.took_over and time.time() - self.started_at < self.s.resume_grace_s
 
     def _log_vanished(self) -> None:
         """One line per tick at most, however many results vanished meanwhile."""
@@ -379,7 +386,7 @@ class Coordinator:
     # -- connections -----------------------------------------------------------------------
     def welcome_info(self) -> dict[str, Any]:
         return {
-            "store": self.store_url_for_workers(),
+            "store": store_url_for_workers(self.s.store_url, self.store),
             "lease_ttl_ms": int(self.s.lease_ttl_s * 1000),
             "max_frame": self.s.max_frame_bytes,
             "jugfile": str(self.s.jugfile),
@@ -397,13 +404,6 @@ class Coordinator:
             None, collect_bundle, loaded.code_roots, [loaded.path.stem], limit)
         self._bundle = (loaded, bundle)
         return bundle
-
-    def store_url_for_workers(self) -> str:
-        """The URL workers open: the user's URL for redis (it carries options), the absolute
-        directory for a file store (a relative path would be relative to the coordinator)."""
-        if "://" in self.s.store_url or self.store is None:
-            return self.s.store_url
-        return self.store.url
 
     async def serve_connection(self, reader: asyncio.StreamReader,
                                writer: asyncio.StreamWriter) -> None:

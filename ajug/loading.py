@@ -33,6 +33,14 @@ def _trim_heap() -> None:
         pass
 
 
+def store_url_for_workers(store_url: str, store: Store | None) -> str:
+    """The URL workers open: the user's URL for redis (it carries options), the absolute
+    directory for a file store (a relative path would be relative to the coordinator)."""
+    if "://" in store_url or store is None:
+        return store_url
+    return store.url
+
+
 def release_tasks(loaded: LoadedJugfile) -> None:
     """The compact graph has all the coordinator needs: let the Task objects go (they cost
     most of a big graph's memory). They live in the jugfile's namespace too, which the

@@ -341,3 +341,49 @@ def test_worker_killed_while_writing_a_result(procs: Procs, tmp_path: Path) -> N
     assert w2.wait(30) == 0
     assert values(jugfile, ["result"])["result"] == [300 * 1024 * 1024, 7, 7]
     assert "back to ready" in read_log(coord)
+
+
+GATED = """
+import os, time
+from ajug import TaskGenerator
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+@TaskGenerator
+def first(x):
+    return x + 1
+
+@TaskGenerator
+def last(y):
+    open(os.path.join(HERE, "last-started"), "w").close()
+    while not os.path.exists(os.path.join(HERE, "gate")):
+        time.sleep(0.02)
+    return 2 * y
+
+out = last(first(1))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_workers_hear_finished_from_a_restart_that_finds_everything_done(
+        procs: Procs, tmp_path: Path) -> None:
+    """The coordinator dies while the last task runs; its worker stores the result and keeps
+    reconnecting. The restarted coordinator finds every result done: it waits for the
+    previous one's workers to reconnect (the resume grace) and tells them the run is over,
+    instead of exiting at once and leaving them to fail after --connect-timeout (exit 2)."""
+    jugfile = tmp_path / "gated.py"
+    jugfile.write_text(GATED)
+    coord, port = procs.serve(jugfile)
+    w = procs.work(port, "--connect-timeout", "60")
+    wait_for(lambda: (tmp_path / "last-started").exists(), 30, what="the last task to start")
+    os.kill(coord.pid, signal.SIGKILL)
+    coord.wait(10)
+    (tmp_path / "gate").touch()  # the last task ends: its result is stored, its report lost
+    wait_for(lambda: "lost the coordinator" in read_log(w), 30, what="the worker to notice")
+    again, _ = procs.serve(jugfile, port=port)
+    assert again.wait(60) == 0, read_log(again)
+    t0 = time.monotonic()
+    assert w.wait(30) == 0, read_log(w)[-2000:]
+    assert time.monotonic() - t0 < 20
+    assert "the coordinator says all is done" in read_log(w)
+    assert values(jugfile, ["out"])["out"] == 4
