@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -131,8 +132,8 @@ def _run_here_or_in_a_thread(local: Any, run_local: Any) -> Any:
     out: dict[str, Any] = {}
     started = threading.Event()
 
-    def on_start(coord: Any) -> None:
-        out["coord"], out["loop"] = coord, asyncio.get_running_loop()
+    def on_start(interrupt: Any) -> None:
+        out["interrupt"], out["loop"] = interrupt, asyncio.get_running_loop()
         started.set()
 
     local.on_start = on_start
@@ -144,14 +145,31 @@ def _run_here_or_in_a_thread(local: Any, run_local: Any) -> Any:
             out["error"] = e
 
     t = threading.Thread(target=target, name="ajug-run", daemon=True)
+    wanted = threading.Event()  # a stop asked for before the coordinator was open
+
+    def stop() -> None:
+        if started.is_set():
+            out["loop"].call_soon_threadsafe(out["interrupt"])
+        else:
+            wanted.set()
+
+    # SIGINT stops the run, whoever handles it otherwise (asyncio.run's runner, a kernel)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: stop())
     t.start()
     try:
         while t.is_alive():
-            t.join(0.2)
-    except KeyboardInterrupt:
-        if started.is_set():
-            out["loop"].call_soon_threadsafe(out["coord"].stop)
-        t.join()
+            try:
+                t.join(0.2)
+            except KeyboardInterrupt:
+                stop()
+            if wanted.is_set() and started.is_set():
+                wanted.clear()
+                stop()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if "error" in out:
         raise out["error"]
     return out["summary"]

@@ -9,6 +9,7 @@ gets what the command prints.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,9 +56,9 @@ class LocalRun:
     fork_main: Callable[[list[str], bytes], object] | None = None
     #: what this machine offers its workers together (``--resources``); None: CPUs and memory
     resources: str | None = None
-    #: called with the coordinator once it is open, in its loop (``ajug.run`` from a thread:
-    #: to stop it from the caller's)
-    on_start: Callable[[Coordinator], None] | None = None
+    #: called once the coordinator is open, in its loop, with what stops the run as Ctrl-C
+    #: does (``ajug.run`` from a thread: to stop it from the caller's)
+    on_start: Callable[[Callable[[], None]], None] | None = None
 
 
 @dataclass
@@ -106,12 +107,17 @@ async def _run(run: LocalRun, forks: Any) -> RunSummary:
     # competes with the loading for CPU and the whole run got slower. Forked workers have
     # no start-up: they wait on a pipe, using no CPU, until the port is written to them.)
     await coord.open()
-    if run.on_start is not None:
-        run.on_start(coord)
     if settings.ssl is not None:
         raise UsageError("ajug run uses loopback only; TLS options are for serve/work")
     crew = LocalCrew(n)
     stop = install_stop(coord, before=crew.stop)
+    if run.on_start is not None:
+        def interrupt() -> None:
+            stop.setdefault("signal", signal.SIGINT)
+            crew.stop()
+            coord.stop()
+
+        run.on_start(interrupt)
     await start_dashboard(coord, run.dashboard, run.dashboard_host)
     launcher = await start_launcher(coord, run.launch)
     args = ["work", f"127.0.0.1:{coord.port}", "-j", "1", "--connect-timeout", "30",

@@ -200,3 +200,51 @@ def test_run_in_a_jupyter_notebook_with_live_bars(examples: Path) -> None:
                and "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert widgets, f"no live progress widget in the cell's outputs: {outputs}"
     assert (examples / "primes.ajugdata").is_dir()
+
+
+@pytest.mark.timeout(120)
+def test_interrupting_a_run_in_a_running_event_loop_stops_it(tmp_path: Path) -> None:
+    """As the notebook's stop button: SIGINT to the caller stops the run, which returns the
+    state it reached (the run goes on in a thread of its own there)."""
+    import signal
+    import time
+
+    (tmp_path / "slow.py").write_text(textwrap.dedent("""\
+        import os, time
+        from ajug import TaskGenerator
+
+        @TaskGenerator
+        def nap(i):
+            open(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"started{i}"), "w")
+            time.sleep(0.5)
+            return i
+
+        naps = [nap(i) for i in range(40)]
+        """))
+    code = textwrap.dedent("""\
+        import asyncio, ajug
+
+        async def cell():
+            return ajug.run("slow.py", jobs=2, progress=False)
+
+        r = asyncio.run(cell())
+        print(r.ok, r.counts["done"] < 40, r.status["state"], r.exit_status)
+        """)
+    (tmp_path / "script.py").write_text(code)
+    p = subprocess.Popen([sys.executable, "script.py"], cwd=tmp_path, env=env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(tmp_path.glob("started*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(tmp_path.glob("started*")), "no task started"
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 0, err
+    # stopped before the end, as Ctrl-C stops ajug run: exit status 130, said in one line
+    assert out.split() == ["False", "True", "running", "130"], (out, err)
+    assert "ajug: interrupted" in err
