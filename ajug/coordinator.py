@@ -251,9 +251,11 @@ class Coordinator:
         self._notify()
 
     async def _confirm_results(self) -> bool:
-        """Are the results done in this run still in the store? Asked in one batched call
-        before the run is called finished (or the jugfile is loaded past a barrier); what
-        vanished is computed again. True when everything done is confirmed present."""
+        """Is every result of the graph still in the store, whole? Asked in one batched call
+        before the run is called finished (or the jugfile is loaded past a barrier) whenever
+        something was done since the last such check (the start-up scan is one): results found
+        at start can vanish too (a redis restarted without persistence), and nobody may load
+        them again. What vanished is computed again. True when everything is confirmed."""
         loop = asyncio.get_running_loop()
         while True:
             sched, graph, store = self.sched, self.graph, self.store
@@ -263,7 +265,7 @@ class Coordinator:
                 return sched.finished()
             if self._verifying:
                 return False
-            idxs = sched.unverified[:n]
+            idxs = sched.done_indices()
             self._verifying = True
             keys, sizes = [graph.keys[i] for i in idxs], [self.sizes[i] for i in idxs]
             try:

@@ -3,8 +3,9 @@ worker that died. A part of ``Scheduler`` (a mixin: the same state, the same rul
 because it is one idea of its own.
 
 Results that vanish (a redis that lost its data, a deleted or damaged file): a worker that finds
-an input missing reports it (``input_missing``), and the coordinator checks the results of the
-run before it calls the run finished (``unverified``, then ``lost_results``). Either way the
+an input missing reports it (``input_missing``), and the coordinator checks every result of the
+graph before it calls the run finished, when anything was done since the start-up scan
+(``unverified``, ``done_indices``, then ``lost_results``). Either way the
 input is DONE no more: it is ready again, its dependents wait for it, and nothing counts as an
 attempt. A result that vanishes ``MAX_VANISHED`` times is failed as a store problem instead of
 being computed for ever.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from itertools import compress
 from typing import TYPE_CHECKING
 
 from .taskstate import (
@@ -85,6 +87,10 @@ class Recovery:
         self._revoke_followers(i)
         self._requeue(i)
         return "blocked" if self.state[i] == BLOCKED else "waiting"
+
+    def done_indices(self) -> list[int]:
+        """The tasks whose results the store should hold now, for the end-of-run check."""
+        return list(compress(range(len(self.state)), map(DONE.__eq__, self.state)))
 
     def lost_results(self, idxs: Iterable[int]) -> list[int]:
         """These tasks were done but their results are gone (missing or damaged): they are
