@@ -13,6 +13,7 @@ import sys
 import traceback
 import types
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from . import task as _task
 from .barrier import BarrierError
 from .codeship import code_roots
 from .errors import AjugError, JugfileError
+from .hashing import task_keys
 from .options import note_jugfile
 from .task import Task
 
@@ -39,6 +41,8 @@ class LoadedJugfile:
     code_roots: list[str] = field(default_factory=list)
     loads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    #: each task's identity to its position in ``tasks`` (``build_graph`` takes it as it is)
+    index: dict[str, int] = field(default_factory=dict)
 
 
 #: True inside an ``ajug`` command (its coordinator, workers, status...), as jug's flag is
@@ -107,22 +111,34 @@ def load_jugfile(jugfile: str | os.PathLike[str], store: Any) -> LoadedJugfile:
             details=tb,
         )
         raise err from None
-    tasks = unique_tasks(_task.alltasks)
+    tasks, index = unique_tasks_indexed(_task.alltasks)
     roots = code_roots(jugdir, [p for p in sys.path if p not in path_before])
     return LoadedJugfile(path=path, module=module, tasks=tasks, hit_barrier=hit_barrier,
-                         code_roots=roots)
+                         code_roots=roots, index=index)
 
 
 def unique_tasks(tasks: list[Task]) -> list[Task]:
-    """First task of each identity, in order. Identities are computed in creation order, so each
-    dependency's is cached before its dependents need it (no deep recursion on long chains)."""
+    """First task of each identity, in order."""
+    return unique_tasks_indexed(tasks)[0]
+
+
+def unique_tasks_indexed(tasks: list[Task]) -> tuple[list[Task], dict[str, int]]:
+    """First task of each identity, in order, and each identity's position among them.
+    Identities are computed in creation order, so each dependency's is cached before its
+    dependents need it (no deep recursion on long chains)."""
+    keys = task_keys(tasks, Task)
+    index = dict(zip(keys, range(len(keys))))
+    if len(index) == len(keys):  # no task made twice: no loop per task
+        return list(tasks), index
     seen: set[str] = set()
     add = seen.add
     out: list[Task] = []
     append = out.append
-    for t in tasks:
-        k = t._key or t.key
+    for t, k in zip(tasks, keys):
         if k not in seen:
             add(k)
             append(t)
-    return out
+    return out, dict(zip(map(_KEY, out), range(len(out))))
+
+
+_KEY = attrgetter("_key")

@@ -8,8 +8,11 @@ import asyncio
 import ctypes
 import gc
 import logging
+import operator
 from array import array
 from collections.abc import Callable
+from functools import partial
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,10 +82,11 @@ async def load_run(
     if previous is not None:  # past a barrier: sys.path already holds what it added
         loaded.code_roots = list(dict.fromkeys(previous.code_roots + loaded.code_roots))
     jugdir = Path(loaded.path).parent
-    graph = await loop.run_in_executor(None, build_graph, loaded.tasks, jugdir)
+    graph = await loop.run_in_executor(
+        None, partial(build_graph, loaded.tasks, jugdir, index=loaded.index))
     release_tasks(loaded)
     found = await loop.run_in_executor(None, store.intact_sizes, graph.keys)
-    done = [n is not None for n in found]
+    done = list(map(operator.is_not, found, repeat(None)))
     if records is not None:
         await loop.run_in_executor(None, records.start, graph.index, done)
     sched = Scheduler(
@@ -99,4 +103,5 @@ async def load_run(
     elif gone := sched.start_after_barrier(done, old):
         log.warning("%d result(s) done before the barrier vanished from the store: computing "
                     "them again", len(gone))
-    return loaded, graph, sched, array("Q", (n or 0 for n in found))
+    sizes = array("Q", [n or 0 for n in found]) if any(done) else array("Q", bytes(8 * len(done)))
+    return loaded, graph, sched, sizes

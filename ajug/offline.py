@@ -67,7 +67,8 @@ def open_offline(jugfile: str, store_url: str | None = None) -> Offline:
     store = open_store(store_url or default_store_url(jugfile))
     try:
         loaded = load_jugfile(jugfile, store)
-        graph = build_graph(loaded.tasks, Path(loaded.path).parent, encode=False)
+        graph = build_graph(loaded.tasks, Path(loaded.path).parent, encode=False,
+                            index=loaded.index)
         done = exists_all(store, graph.keys)
     except BaseException:
         store.close()

@@ -227,7 +227,7 @@ def offline_status(jugfile: str, store_url: str, detail: bool = False) -> dict[s
     store = open_store(store_url)
     try:
         loaded = load_jugfile(jugfile, store)
-        graph = build_graph(loaded.tasks, Path(loaded.path).parent, encode=False)
+        graph = build_graph(loaded.tasks, Path(loaded.path).parent, encode=False, index=loaded.index)
         done = exists_all(store, graph.keys)  # one call: the file store lists each dir once
         sched = Scheduler(graph)
         sched.start(done)

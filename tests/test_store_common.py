@@ -106,12 +106,27 @@ def test_remove_and_list(store: Any) -> None:
     assert store.metadata([keys[0]]) == [None]
 
 
-@pytest.mark.parametrize("bad", ["../etc/passwd", "ab", "a/b/c", "x" * 300, "k*y", "a:b"])
+BAD_KEYS = ["../etc/passwd", "ab", "a/b/c", "x" * 300, "k*y", "a:b", "abc\ndef", "", "abc\n"]
+
+
+@pytest.mark.parametrize("bad", BAD_KEYS)
 def test_bad_keys_are_refused(store: Any, bad: str) -> None:
     with pytest.raises(UsageError):
         store.save(bad, 1)
     with pytest.raises(UsageError):
         store.exists([bad])
+
+
+@pytest.mark.parametrize("bad", [*BAD_KEYS, None, 12])
+def test_a_bad_key_among_many_is_refused(bad: Any) -> None:
+    """A big graph's keys are checked at once (``check_keys``), as strictly as one by one."""
+    from ajug.stores.base import check_keys
+
+    keys = [hexkey(i) for i in range(3000)]
+    check_keys(keys)
+    for where in (0, 1500, 2999):
+        with pytest.raises(UsageError):
+            check_keys([*keys[:where], bad, *keys[where:]])
 
 
 def test_owner_lock(store: Any) -> None:

@@ -562,3 +562,46 @@ def test_arguments_round_trip_for_workers() -> None:
     args, kwargs = decode_args(encode_args(t2))
     assert isinstance(args[0], ResultRef) and args[0].key == dep.key
     assert isinstance(kwargs["x"][0], ResultRef) and kwargs["x"][1] == 3
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4096])
+def test_the_graph_is_the_same_in_chunks_or_task_by_task(store: Any, chunk: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``build_graph`` takes runs of plain-argument tasks a chunk at a time and everything
+    else task by task: every task's function, inputs, options and wire arguments are what
+    the task itself says, wherever the chunk boundaries fall."""
+    from ajug import graph as G
+    from ajug.hashing import task_digest
+    from ajug.jugfile import unique_tasks_indexed
+    from ajug.taskopts import NO_OPTIONS
+
+    monkeypatch.setattr(G, "CHUNK", chunk)
+    ajug.task.alltasks.clear()
+    a = [Task(F.f1, i) for i in range(5)]
+    mixed = [Task(F.add, i, 2.5) for i in range(4)] + [Task(F.f1, "s"), Task(F.f1, None)]
+    special = [
+        Task(F.f1, a[0]),  # an input
+        Task(F.add, a[1], b=a[2]),  # a keyword input
+        Task(F.f1, np.arange(3)),  # not a plain value
+        Task(F.f1, [1, 2]),  # a list
+        Task(F.f1, 99).set_options(priority=3),  # options
+        Task(F.add, 1, b=2),  # keywords, plain
+        Task(F.f1, a[3][0]),  # a Tasklet
+    ]
+    tail = [Task(F.f1, i) for i in range(100, 107)] + [Task(F.f1, a[0])]  # a duplicate last
+    made = list(ajug.task.alltasks)
+    tasks, index = unique_tasks_indexed(made)
+    assert len(tasks) == len(made) - 1 and tasks == made[:-1]
+    assert all(index[t.key] == i for i, t in enumerate(tasks))
+    g = G.build_graph(tasks, index=index)
+    assert g.index is index and g.keys == [t.key for t in tasks]
+    for i, t in enumerate(tasks):
+        assert t.key == task_digest(t.name, t.args, t.kwargs)  # task_keys' quick path too
+        assert g.functions[g.fn[i]].name == t.name
+        assert g.wire_args(i) == G.encode_args(t), t
+        deps = list(dict.fromkeys(index[d.key] for d in t.dependencies()))
+        assert list(g.deps(i)) == deps, t
+        assert g.opts(i) == (t.opts or NO_OPTIONS)
+    assert {g.functions[f].name for f in g.fn} == {t.name for t in a + mixed + tail}
+    assert sorted(g.deps(index[special[1].key])) == [1, 2]
+    assert g.opts(index[special[4].key]).priority == 3

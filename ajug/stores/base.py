@@ -62,6 +62,23 @@ def check_key(key: str) -> str:
     return key
 
 
+_KEY_CHARS = re.compile(r"[0-9A-Za-z_\n-]*")
+
+
+def check_keys(keys: Sequence[str]) -> None:
+    """``check_key`` for many keys at C speed (a million-task graph's at every load)."""
+    try:
+        joined = "\n".join(keys)
+    except TypeError:
+        joined = ""
+    if (joined and _KEY_CHARS.fullmatch(joined) is not None
+            and joined.count("\n") == len(keys) - 1
+            and 3 <= min(map(len, keys)) and max(map(len, keys)) <= 200):
+        return
+    for key in keys:
+        check_key(key)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (a lock or temp file's writer)."""
     if pid <= 0:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from ..errors import ResultDamaged, StoreError
 from . import decoding
-from .base import check_key
+from .base import check_key, check_keys
 
 log = logging.getLogger("ajug.stores.file")
 
@@ -81,8 +81,9 @@ class FileIntegrity:
         out = []
         stat = os.stat
         damaged = 0
+        check_keys(keys)
         for key, size in zip(keys, sizes, strict=True):
-            path = self._path(check_key(key))
+            path = self._path(key)
             try:
                 ok = stat(path).st_size == size
             except (FileNotFoundError, NotADirectoryError):
