@@ -75,9 +75,14 @@ class RunStart:
             if r == 0:
                 ready.append(i)
         ready.sort()  # graph order
-        for i in ready:
-            st[i] = READY
-        for f, c in Counter(map(fn.__getitem__, ready)).items():
+        if len(ready) == n:  # nothing done, no inputs: a big graph of independent tasks
+            st[:] = bytes((READY,)) * n
+            by_fn = Counter(fn)
+        else:
+            for i in ready:
+                st[i] = READY
+            by_fn = Counter(map(fn.__getitem__, ready))
+        for f, c in by_fn.items():
             counts[f][WAITING] -= c
             counts[f][READY] += c
         self.ready.extend(ready)

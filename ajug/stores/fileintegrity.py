@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from itertools import compress
 
 from ..errors import ResultDamaged, StoreError
 from . import decoding
@@ -62,13 +63,13 @@ class FileIntegrity:
         present = self.exists(keys)
         out: list[int | None] = [None] * len(keys)
         damaged: list[tuple[str, str]] = []
-        for i, key in enumerate(keys):
-            if present[i]:
-                why, size = self._head_damage(self._path(key))
-                if why is None:
-                    out[i] = size
-                elif why:
-                    damaged.append((key, why))
+        for i in compress(range(len(keys)), present):
+            key = keys[i]
+            why, size = self._head_damage(self._path(key))
+            if why is None:
+                out[i] = size
+            elif why:
+                damaged.append((key, why))
         if damaged:
             key, why = damaged[0]
             log.warning("%d result(s) in %s are damaged (e.g. %s: %s): they count as missing "

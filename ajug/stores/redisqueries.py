@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from .base import check_key
+from .base import check_key, check_keys
 from .redisscripts import BATCH_KEYS
 
 T = TypeVar("T")
@@ -34,19 +34,24 @@ class RedisQueries:
         return [n is not None for n in self.intact_sizes(keys)]
 
     def intact_sizes(self, keys: Sequence[str]) -> list[int | None]:
+        check_keys(keys)
         out: list[int | None] = []
+        rp, mp = self.keys.result(""), self.keys.meta("")
         for i in range(0, len(keys), BATCH_KEYS):
-            batch: list[str] = []
-            for k in keys[i : i + BATCH_KEYS]:
-                batch += [self.keys.result(check_key(k)), self.keys.meta(k)]
+            part = keys[i : i + BATCH_KEYS]
+            batch = [""] * (2 * len(part))  # each result's key, then its metadata's
+            batch[::2] = map(rp.__add__, part)
+            batch[1::2] = map(mp.__add__, part)
             got = self._call(partial(self._intact_batch, keys=batch))
-            out.extend(int(x) if x >= 0 else None for x in got)
+            out.extend([int(x) if x >= 0 else None for x in got])
         return out
 
     def exists(self, keys: Sequence[str]) -> list[bool]:
+        check_keys(keys)
         out: list[bool] = []
+        rp = self.keys.result("")
         for i in range(0, len(keys), BATCH_KEYS):
-            batch = [self.keys.result(check_key(k)) for k in keys[i : i + BATCH_KEYS]]
+            batch = list(map(rp.__add__, keys[i : i + BATCH_KEYS]))
 
             # one script call per batch: packing a thousand EXISTS commands in Python cost more
             # than asking redis
