@@ -42,6 +42,8 @@ __all__ = [
 
 #: Every Task built since the last reset, in creation order (jug's ``jug.task.alltasks``).
 alltasks: list[Task] = []
+_record = alltasks.append  # the list is emptied in place, never replaced
+_new_object = object.__new__
 
 
 def reset() -> None:
@@ -363,21 +365,25 @@ class TaskGenerator:
         return TaskGenerator(self.f, _opts=merged)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.f is None:  # @TaskGenerator(timeout=...): this call gets the function
+        name = self._task_name
+        if name is not None:
+            # a million calls build a million Tasks: the same object Task() builds, without
+            # working out the name again
+            t = _new_object(Task)
+            t.name = name
+            t.f = self.f
+            t.args = args
+            t.kwargs = kwargs
+            t._key = None
+            _record(t)
+        elif self.f is None:  # @TaskGenerator(timeout=...): this call gets the function
             if len(args) != 1 or kwargs or not callable(args[0]):
                 raise TypeError("TaskGenerator(...) with options decorates one function")
             return TaskGenerator(args[0], _opts=self._opts)
-        name = self._task_name
-        if name is None:
+        else:
             t = Task(self.f, *args, **kwargs)  # the checks (lambda, partial) and the name
             if t.f is self.f:
                 self._task_name = t.name
-        else:
-            # a million calls build a million Tasks: the same object Task() builds, without
-            # working out the name again
-            t = Task.__new__(Task)
-            t.name, t.f, t.args, t.kwargs, t._key = name, self.f, args, kwargs, None
-            alltasks.append(t)
         if self._opts is not None:
             t.opts = self._opts
         return t
