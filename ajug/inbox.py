@@ -34,5 +34,12 @@ class Inbox:
             self.ready.wait()
             self.ready.clear()  # then look again: a put between the two is in ``items``
 
+    def waits_on(self, key: str) -> bool:
+        """Whether a follow-on lease queued here waits on ``key`` (its ``after``)."""
+        try:
+            return any(lz is not None and key in lz.after for lz in list(self.items))
+        except RuntimeError:  # changed while copied, by the network thread: say yes
+            return True
+
     def qsize(self) -> int:
         return len(self.items)

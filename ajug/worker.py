@@ -219,7 +219,7 @@ class Worker:
             self._post_failure(lease, e)
             self._count(time.perf_counter() - t0)
             return
-        self.cache.put(lease.key, pickled)
+        self.cache.put_produced(lease.key, pickled, self.leases.waits_on)
         self.produced.add(lease.key)
         batch.add(lease, enc, rt)
         self._count(time.perf_counter() - t0)

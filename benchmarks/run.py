@@ -244,6 +244,8 @@ class Bench:
         self.notes: list[str] = []
         self._baseline: int | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
+        #: set while a run without results measures what the workers hold without them
+        self.env_extra: dict[str, str] = {}
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AJUG_", "BENCH_", "JUG_"))}
         pp = env.get("PYTHONPATH")
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + pp if pp else "")
@@ -317,6 +319,7 @@ class Bench:
         env = dict(self.env, BENCH_ENGINE=engine, BENCH_N=str(n))
         if workload in REGISTRY:
             env.update(REGISTRY[workload].env(self.o))
+        env.update(self.env_extra)
         return env
 
     def baseline_rss(self) -> int:
@@ -766,6 +769,16 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             at_most=True, unit="B")
         add(f"scale, ajug-{kind}: status while serving, ms", r, m.get("status_ms"), 50,
             at_most=True, unit="ms")
+    for wl in ("bulk", "bulk64"):
+        for kind, speedup in (("redis", 1.5), ("file", 1.2)):
+            r = by.get((wl, f"ajug-{kind}"))
+            if r and (wl, f"jug-{kind}") in by:
+                add(f"{wl}, ajug-{kind}: × jug-{kind} (speed)", r, r.get("vs_jug"), speedup, unit="×")
+            if r and (wl, f"floor-{kind}") in by:
+                add(f"{wl}, ajug-{kind}: × floor-{kind} (time)", r, r.get("vs_floor"), 1.3,
+                    at_most=True, unit="×")
+            add(f"{wl}, ajug-{kind}: worker peak RSS above no results, in result sizes", r,
+                r and r["median"].get("rss_x_result"), 1.3, at_most=True, unit="×")
     r = by.get(("coordinator", "ajug-memory"))
     add("coordinator: tasks per coordinator core-second", r,
         r and r["median"].get("tasks_per_core_s"), 100_000, unit="/s")
@@ -783,11 +796,15 @@ def notes(r: dict[str, Any]) -> str:
     custom = REGISTRY[r["workload"]].notes if r["workload"] in REGISTRY else None
     if custom is not None:
         return custom(r)
+    rss = (f"tasks' process +{m['wkr_net_mib']:.0f} MiB over no results: "
+           f"{m['rss_x_result']:.2f}× a result" if "rss_x_result" in m else "")
     if r["system"].startswith("floor"):
-        return f"load {fmt(m.get('load_s'))} s + tasks {fmt(m.get('exec_s'))} s"
-    if r["system"].startswith("ajug") and m.get("reported_rate"):
-        return f"coord. says {m['reported_rate']:.0f}/s"
-    return ""
+        out = f"load {fmt(m.get('load_s'))} s + tasks {fmt(m.get('exec_s'))} s"
+    elif r["system"].startswith("ajug") and m.get("reported_rate"):
+        out = f"coord. says {m['reported_rate']:.0f}/s"
+    else:
+        out = ""
+    return "; ".join(x for x in (out, rss) if x)
 
 
 def print_table(rows: list[dict[str, Any]], tgts: list[dict[str, Any]], meta: dict[str, Any]) -> None:
@@ -916,6 +933,38 @@ def expand_systems(text: str, p: argparse.ArgumentParser) -> list[str]:
     return [s for s in SYSTEMS if s in out]  # canonical order, no duplicates
 
 
+def _worker_peak_mib(system: str, r: dict[str, Any]) -> float | None:
+    """The peak RSS of the process that ran the tasks: ajug's biggest worker, the floor
+    process, the biggest jug process."""
+    return r.get("worker_rss_mib" if system.startswith("ajug-") else "main_rss_mib")
+
+
+def rss_per_result(b: Bench, w: Workload, system: str, runs: list[dict[str, Any]]) -> None:
+    """Each run gets ``wkr_net_mib``: the peak RSS of what ran its tasks above that of the same
+    system on the same jugfile with empty results (two tasks, ``BENCH_MIB=0``: the interpreter,
+    numpy, ajug or jug), and ``rss_x_result``: that in result sizes (issue 17: ≤ 1.3)."""
+    assert w.result_mib is not None
+    mib = w.result_mib(b.o)
+    engine, _, kind = system.partition("-")
+    b.env_extra = {"BENCH_MIB": "0"}
+    try:
+        base = runner_of(w, engine)(b, w.name, kind, 2, -1, False)
+    except Exception as e:  # noqa: BLE001 - the table says so; the runs stay
+        base = {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        b.env_extra = {}
+    base_peak = _worker_peak_mib(system, base)
+    if "error" in base or base_peak is None or mib <= 0:
+        b.notes.append(f"{w.name} {system}: no RSS without results ({base.get('error')})")
+        return
+    for r in runs:
+        peak = _worker_peak_mib(system, r)
+        if "error" not in r and peak is not None:
+            r["wkr_base_mib"] = base_peak
+            r["wkr_net_mib"] = peak - base_peak
+            r["rss_x_result"] = (peak - base_peak) / mib
+
+
 def run_all(o: argparse.Namespace, b: Bench) -> list[dict[str, Any]]:
     systems = list(o.systems)
     if any(s.endswith("-redis") for s in systems) and not b.start_redis():
@@ -952,6 +1001,9 @@ def run_all(o: argparse.Namespace, b: Bench) -> list[dict[str, Any]]:
                 what = r.get("error") or r.get("check") or (
                     f"{r['wall_s']:.2f} s" if "wall_s" in r else "ok")
                 print(f"[{wl} n={n:,}] {s} #{rep + 1}/{repeat}: {what}", file=sys.stderr, flush=True)
+        if w.result_mib is not None:
+            for s in mine:
+                rss_per_result(b, w, s, runs[s])
         rows += [summarize(wl, s, n, runs[s]) for s in mine]
     return rows
 

@@ -128,3 +128,24 @@ def test_a_long_follow_on_does_not_hold_back_the_reports_before_it(
     assert st["totals"]["running"] == 1
     gate.touch()
     assert coord.wait(30) == 0
+
+
+def test_a_large_result_is_kept_here_only_for_a_follow_on_waiting_on_it() -> None:
+    """A small result stays in the worker's cache (it may wait in the save batch, where a
+    follow-on run meanwhile finds it only there); a large one (saved before the next task
+    starts) only when a follow-on lease queued on this worker waits on it."""
+    from ajug.inbox import Inbox
+    from ajug.stores import encoding
+    from ajug.workresults import ResultCache, SaveBatch
+    from ajug.worksession import Lease
+
+    inbox, cache = Inbox(), ResultCache()
+    small = encoding.pickle_value(b"x" * 1000)
+    large = encoding.pickle_value(bytes(SaveBatch.MAX_BYTES))
+    a, b, c, d = ("a" * 40, "b" * 40, "c" * 40, "d" * 40)
+    inbox.put(Lease(c, 1, 0, b"", b"", "m.f", "", after=(b,)), None)
+    for key, p in ((a, small), (b, large), (d, large)):
+        cache.put_produced(key, p, inbox.waits_on)
+    assert cache.get(a) is small and cache.get(b) is large
+    assert cache.get(d) is None  # nothing here waits on it: its dependents load it
+    assert inbox.waits_on(b) and not inbox.waits_on(d) and not inbox.waits_on(c)

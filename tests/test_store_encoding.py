@@ -254,3 +254,28 @@ def test_chunks_are_exact_whatever_the_pieces() -> None:
     w.close()
     assert b"".join(out) == b"a" * 3 + b"b" * 25 + b"c" * 7
     assert [len(c) for c in out] == [10, 10, 10, 5]
+
+
+def test_checksums_are_zlibs_whichever_computes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With isal installed the checksums come from ISA-L: the same values as zlib's, so a
+    result written with one reads with the other (the format does not depend on it)."""
+    from ajug.stores import format as fmt
+    from ajug.stores import streams
+
+    data = np.random.default_rng(5).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()
+    for n in (0, 1, 7, 4096, 1 << 20, len(data)):
+        assert fmt.crc32(data[:n]) == zlib.crc32(data[:n])
+        assert fmt.crc32(memoryview(data)[n:], 12345) == zlib.crc32(memoryview(data)[n:], 12345)
+    value = {"a": np.frombuffer(data, dtype=np.uint64), "b": "text"}
+    fast = encoding.encode_bytes(value, {"func": "m.f", "ts": 1.0})
+    for mod in (encoding, decoding, streams):
+        monkeypatch.setattr(mod, "crc32", zlib.crc32)
+    plain = encoding.encode_bytes(value, {"func": "m.f", "ts": 1.0})
+    assert plain == fast  # byte for byte
+    assert same(decoding.decode(fast), value)  # read with zlib's
+    monkeypatch.undo()
+    assert same(decoding.decode(plain), value)  # and with whatever this install has
+    bad = bytearray(plain)
+    bad[-1] ^= 1
+    with pytest.raises(ResultDamaged, match="checksum"):
+        decoding.decode(bytes(bad))

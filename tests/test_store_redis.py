@@ -300,3 +300,42 @@ def test_lock_of_dead_local_process_is_taken_over(make_store: Callable[..., Any]
     assert json.loads(store.r.get(store.keys.lock))["owner"] == mine.owner
     mine.renew()
     mine.release()
+
+
+def test_large_values_are_sent_as_their_pieces(make_store: Callable[..., Any],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large result goes to redis as the buffers it is made of (the array's own memory),
+    never joined into one bytes first, whole or in chunks, and redis stores exactly the
+    encoding; without the zero-copy client the joined bytes (and APPEND for chunks) give the
+    same values."""
+    from ajug.stores import encoding
+
+    whole = make_store("redis")
+    chunked = make_store("redis", chunk_bytes=MiB)
+    assert whole.parts_ok
+    value = np.arange(3 * MiB // 8, dtype=np.float64)
+    enc = encoding.encode(value, {"func": "m.f"})
+    joined = encoding.join(enc)
+
+    def appends(store: RedisStore) -> int:
+        return int(store.r.info("commandstats").get("cmdstat_append", {}).get("calls", 0))
+
+    def refuse(e: Any) -> bytes:
+        raise AssertionError("a large value was joined before it was sent")
+
+    for zero_copy in (True, False):
+        whole.parts_ok = chunked.parts_ok = zero_copy
+        with monkeypatch.context() as mp:
+            if zero_copy:
+                mp.setattr("ajug.stores.redis.encoding.join", refuse)
+            before = appends(chunked)
+            whole.save_many([(hexkey(1), enc, None)])
+            chunked.save_many([(hexkey(2), enc, None)])
+            assert (appends(chunked) == before) == zero_copy
+        assert whole.r.get(whole.keys.result(hexkey(1))) == joined
+        up = chunked.metadata([hexkey(2)])[0]
+        assert up is not None and up["size"] == len(joined)
+        assert np.array_equal(whole.load(hexkey(1)), value)
+        assert np.array_equal(chunked.load(hexkey(2)), value)
+        whole.remove([hexkey(1)])
+        chunked.remove([hexkey(2)])

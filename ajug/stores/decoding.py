@@ -27,6 +27,7 @@ from .format import (
     TABLE_ENTRY,
     Piece,
     Readable,
+    crc32,
 )
 
 log = logging.getLogger("ajug.stores.encoding")
@@ -121,7 +122,7 @@ def _parse_header(head: bytes | bytearray) -> _Header:
     magic, version, flags, _, *rest, header_crc = HEADER.unpack_from(head)
     if magic != MAGIC:
         raise ResultDamaged("not an ajug result (bad magic)")
-    if zlib.crc32(memoryview(head)[: HEADER_BYTES - 4]) != header_crc:
+    if crc32(memoryview(head)[: HEADER_BYTES - 4]) != header_crc:
         raise ResultDamaged("result header checksum mismatch")
     if version != FORMAT_VERSION:
         raise ResultDamaged(f"result format version {version} is not supported (this ajug reads 1)")
@@ -130,7 +131,7 @@ def _parse_header(head: bytes | bytearray) -> _Header:
 
 def _read_meta(src: Readable, h: _Header) -> dict[str, Any]:
     raw = _read(src, h.meta_len, "metadata")
-    if zlib.crc32(raw) != h.meta_crc:
+    if crc32(raw) != h.meta_crc:
         raise ResultDamaged("result metadata checksum mismatch")
     try:
         meta = msgpack.unpackb(raw, raw=False, strict_map_key=False)
@@ -171,7 +172,7 @@ def read_metadata(src: Readable) -> dict[str, Any]:
 def _table(h: _Header, table: bytes | bytearray) -> list[tuple[int, int]]:
     if len(table) != h.nbuf * TABLE_ENTRY.size:
         raise ResultDamaged("result truncated in its buffer table")
-    if zlib.crc32(table) != h.table_crc:
+    if crc32(table) != h.table_crc:
         raise ResultDamaged("result buffer table checksum mismatch")
     lengths = [TABLE_ENTRY.unpack_from(table, i * TABLE_ENTRY.size) for i in range(h.nbuf)]
     if not h.flags & FLAG_ZLIB and (
@@ -232,7 +233,7 @@ def verify_from(src: Readable, total: int | None = None) -> dict[str, Any]:
         while n:
             part = view[: min(n, len(view))]
             _fill(src, part, what)
-            crc = zlib.crc32(part, crc)
+            crc = crc32(part, crc)
             n -= len(part)
     if total is None and src.readinto(memoryview(bytearray(1))):
         raise ResultDamaged("result has trailing bytes")
@@ -256,11 +257,11 @@ def decode_from(src: Readable, total: int | None = None) -> tuple[Any, dict[str,
         return value, meta
 
     data = _read(src, h.pickle_len, "pickle stream")
-    crc = zlib.crc32(data)
+    crc = crc32(data)
     stored_bufs = []
     for i, (stored_len, _) in enumerate(lengths):
         buf = _read(src, stored_len, f"buffer {i}")
-        crc = zlib.crc32(buf, crc)
+        crc = crc32(buf, crc)
         stored_bufs.append(buf)
     if total is None and src.readinto(memoryview(bytearray(1))):
         raise ResultDamaged("result has trailing bytes")

@@ -27,6 +27,7 @@ from .format import (  # noqa: F401 - the layout's names, for callers of encodin
     MAX_META_BYTES,
     TABLE_ENTRY,
     Piece,
+    crc32,
 )
 
 log = logging.getLogger(__name__)
@@ -163,9 +164,9 @@ def encode_pickled(p: Pickled, meta: dict[str, Any] | None = None,
         data = p.spilled
         crc = p.spilled.crc
     else:
-        crc = zlib.crc32(data)
+        crc = crc32(data)
     for piece in stored:
-        crc = zlib.crc32(piece, crc)
+        crc = crc32(piece, crc)
     body = HEADER_BYTES + len(table) + len(data) + sum(len(s) for s in stored)
 
     full_meta = dict(meta or {})
@@ -185,10 +186,10 @@ def encode_pickled(p: Pickled, meta: dict[str, Any] | None = None,
     _META_LEN_GUESS[shape] = guess
     fields = (
         MAGIC, FORMAT_VERSION, flags, 0, len(meta_bytes), len(stored), len(data), pickle_raw_len,
-        zlib.crc32(table), crc, zlib.crc32(meta_bytes),
+        crc32(table), crc, crc32(meta_bytes),
     )  # fmt: skip
     head = HEADER.pack(*fields, 0)
-    head = HEADER.pack(*fields, zlib.crc32(head[:-4]))
+    head = HEADER.pack(*fields, crc32(head[:-4]))
     pieces: list[Piece] = [head + meta_bytes + table, data, *stored]
     return Encoded(pieces, body + len(meta_bytes), full_meta, meta_bytes)
 

@@ -44,9 +44,9 @@ from ..errors import (
     StoreUnreachable,
     UsageError,
 )
-from . import decoding, encoding
+from . import decoding, encoding, streams
 from .base import HOST, OwnerLock, Store, check_key
-from .redisconn import RedisBoundary
+from .redisconn import Parts, RedisBoundary
 from .redisfailures import RedisFailureRecords
 from .redislock import RedisOwnerLock
 from .redisqueries import RedisQueries
@@ -98,6 +98,8 @@ class Keys:
 
 #: commands carrying more than this go through the zero-copy client
 BULK_BYTES = 1024 * 1024
+#: a result saved whole from this size on is sent as its pieces (``Parts``), not joined first
+PARTS_MIN_BYTES = 64 * 1024
 #: ``save_many`` sends results up to this size in one script call; larger ones on their own
 SCRIPT_MAX_BYTES = 128 * 1024
 DEFAULT_CHUNK_BYTES = 64 << 20
@@ -160,8 +162,7 @@ class RedisStore(RedisBoundary, RedisFailureRecords, RedisQueries, RedisUpkeep, 
         enc = encoding.as_encoded(value, meta, self.compress)
         meta_bytes = enc.meta_bytes
         if enc.size <= self.chunk_bytes:
-            blob = encoding.join(enc)
-            self._commit(key, blob, meta_bytes, None, 0)
+            self._commit_small(key, self.keys.result(key), self._value_of(enc), meta_bytes)
             return enc.size
         for _attempt in range(3):
             try:
@@ -178,18 +179,22 @@ class RedisStore(RedisBoundary, RedisFailureRecords, RedisQueries, RedisUpkeep, 
         n = 0
 
         def emit(parts: list[memoryview]) -> None:
-            """Each chunk goes as soon as it is whole, as its parts (SET, then APPEND): the
-            result's own memory is sent, not a copy of it (a chunk that starts with the header
-            would otherwise copy the array behind it)."""
+            """Each chunk goes as soon as it is whole, as its parts (one SET of ``Parts``, or
+            SET then APPEND without the zero-copy client): the result's own memory is sent, not
+            a copy of it (a chunk that starts with the header would otherwise copy the array
+            behind it)."""
             nonlocal n
             ck = self.keys.chunk(key, upload, n)
 
             def put() -> None:  # retried whole: SET starts the chunk over
                 pipe = self.r_bulk.pipeline(transaction=False)
                 pipe.set(marker, mark, px=UPLOAD_MARK_TTL_MS)
-                pipe.set(ck, parts[0], px=CHUNK_TTL_MS)
-                for part in parts[1:]:
-                    pipe.append(ck, part)
+                if self.parts_ok:
+                    pipe.set(ck, Parts(parts), px=CHUNK_TTL_MS)
+                else:
+                    pipe.set(ck, parts[0], px=CHUNK_TTL_MS)
+                    for part in parts[1:]:
+                        pipe.append(ck, part)
                 pipe.execute()
 
             n += 1
@@ -214,24 +219,28 @@ class RedisStore(RedisBoundary, RedisFailureRecords, RedisQueries, RedisUpkeep, 
         except redis.exceptions.RedisError as e:
             log.info("could not remove the chunks of a failed upload of %s: %s", key, e)
 
-    def _commit(
-        self, key: str, value: bytes, meta_bytes: bytes, upload: str | None, n: int
-    ) -> None:
+    def _value_of(self, enc: encoding.Encoded) -> bytes | Parts:
+        """What to SET for a result saved whole: its pieces as they are (``Parts``) when it is
+        large and the zero-copy client can send them, else one ``bytes``."""
+        if (self.parts_ok and enc.size > PARTS_MIN_BYTES
+                and not any(isinstance(p, streams.Spilled) for p in enc.pieces)):
+            return Parts(enc.pieces)
+        return encoding.join(enc)
+
+    def _commit(self, key: str, value: bytes, meta_bytes: bytes, upload: str, n: int) -> None:
+        """A chunked value: the manifest ``value`` and the metadata set, the chunks persisted,
+        the previous value's chunks unlinked, in one MULTI/EXEC that WATCHes them all."""
         rkey = self.keys.result(key)
-        chunks = [self.keys.chunk(key, upload, i) for i in range(n)] if upload else []
-        if not chunks:
-            self._commit_small(key, rkey, value, meta_bytes)
-            return
+        chunks = [self.keys.chunk(key, upload, i) for i in range(n)]
 
         def txn(pipe: Any) -> None:
             old = manifest(pipe.getrange(rkey, 0, MANIFEST_PEEK_BYTES - 1))
-            if chunks and pipe.exists(*chunks) != len(chunks):
+            if pipe.exists(*chunks) != len(chunks):
                 raise _ChunksLost()
             pipe.multi()
-            if chunks:
-                for ck in chunks:
-                    pipe.persist(ck)
-                pipe.unlink(self.keys.upload(key, upload or ""))
+            for ck in chunks:
+                pipe.persist(ck)
+            pipe.unlink(self.keys.upload(key, upload))
             pipe.set(rkey, value)
             pipe.set(self.keys.meta(key), meta_bytes)
             if old and old["u"] != upload:
@@ -275,11 +284,11 @@ class RedisStore(RedisBoundary, RedisFailureRecords, RedisQueries, RedisUpkeep, 
                 self._discard(key, old["u"], old["n"])
         return sizes
 
-    def _commit_small(self, key: str, rkey: str, value: bytes, meta_bytes: bytes) -> None:
+    def _commit_small(self, key: str, rkey: str, value: bytes | Parts, meta_bytes: bytes) -> None:
         """One round trip for the common case: MULTI, peek at the old value, set value and
         metadata, EXEC. If the old value was a chunked one, its chunks go afterwards."""
 
-        client = self.r_bulk if len(value) > BULK_BYTES else self.r
+        client = self.r_bulk if isinstance(value, Parts) or len(value) > BULK_BYTES else self.r
 
         def txn() -> bytes | None:
             pipe = client.pipeline(transaction=True)

@@ -37,17 +37,56 @@ _RETRYABLE = (
 _REDIS_PY_OPTIONS = set(inspect.signature(redis.Redis.__init__).parameters) - {"self"}
 
 
+class Parts:
+    """One redis argument sent as the buffers it is made of, one after the other, never joined
+    into one ``bytes`` (an encoded result: its header, its pickle stream, the array's own
+    memory). Only the zero-copy client (``r_bulk``) can send it."""
+
+    __slots__ = ("views", "nbytes")
+
+    def __init__(self, pieces: Any) -> None:
+        self.views = [v for v in (memoryview(p).cast("B") for p in pieces) if len(v)]
+        self.nbytes = sum(len(v) for v in self.views)
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def join(self) -> bytes:
+        return b"".join(self.views)
+
+
 def _zero_copy_packer() -> Any:
     """redis-py's pure-Python command packer, which sends a large argument (a chunk: a view of
-    the caller's array) as is; hiredis's packer copies every command into one new ``bytes``,
-    which makes saving big values about three times slower. Replies are still parsed by hiredis.
+    the caller's array) as is, and a ``Parts`` argument as its buffers; hiredis's packer copies
+    every command into one new ``bytes``, which makes saving big values about three times
+    slower. Replies are still parsed by hiredis.
     """
     try:
         from redis.connection import AbstractConnection, Encoder, PythonRespSerializer
 
         if "command_packer" not in inspect.signature(AbstractConnection.__init__).parameters:
             return None
-        return PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
+
+        class PartsSerializer(PythonRespSerializer):
+            def pack(self, *args: Any) -> list[Any]:
+                if not any(type(a) is Parts for a in args):
+                    return super().pack(*args)
+                if isinstance(args[0], str):  # "CONFIG GET" is two arguments (as redis-py)
+                    args = tuple(args[0].encode().split()) + args[1:]
+                out: list[Any] = []
+                buff = b"*%d\r\n" % len(args)
+                for arg in args:
+                    if type(arg) is Parts:
+                        out.append(buff + b"$%d\r\n" % arg.nbytes)
+                        out += arg.views
+                        buff = b"\r\n"
+                    else:
+                        a = self.encode(arg)
+                        buff = b"".join((buff, b"$%d\r\n" % len(a), a, b"\r\n"))
+                out.append(buff)
+                return out
+
+        return PartsSerializer(6000, Encoder("utf-8", "strict", False).encode)
     except (ImportError, TypeError, ValueError):  # another redis-py: its default packer is fine
         return None
 
@@ -94,6 +133,8 @@ class RedisBoundary:
             )
         except ValueError as e:
             raise UsageError(f"bad redis address {url!r}: {e}") from e
+        #: ``r_bulk`` sends ``Parts`` (else they must be joined first)
+        self.parts_ok = self.r_bulk is not self.r
         kw = self.r.connection_pool.connection_kwargs
         self.addr = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', 6379)}"
         self._reached = False  # answered once: later failures are an outage, not start-up

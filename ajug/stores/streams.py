@@ -28,11 +28,11 @@ from __future__ import annotations
 import io
 import pickle
 import sys
-import zlib
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import ResultDamaged, UnstablePickle
+from .format import crc32
 
 #: A pickle stream longer than this is not held in memory whole (it also keeps such a result
 #: out of a worker's cache, whose items are at most 64 MiB).
@@ -73,7 +73,7 @@ class _Sink:
     def write(self, b: Any) -> int:
         view = memoryview(b).cast("B")
         n = len(view)
-        self.crc = zlib.crc32(view, self.crc)
+        self.crc = crc32(view, self.crc)
         self.length += n
         if not self.by_value:
             head = bytes(view[:64]) if n > 64 else bytes(view)
@@ -104,7 +104,7 @@ class _Forward:
         view = memoryview(b).cast("B")
         for i in range(0, len(view), SLICE_BYTES):
             part = view[i : i + SLICE_BYTES]
-            self.crc = zlib.crc32(part, self.crc)
+            self.crc = crc32(part, self.crc)
             self.out(part)
         self.length += len(view)
         return len(view)
@@ -228,7 +228,7 @@ class _Limited(io.RawIOBase):
         view = memoryview(b).cast("B")[: self.left]
         got = self.src.readinto(view) if len(view) else 0
         if got:
-            self.crc = zlib.crc32(view[:got], self.crc)
+            self.crc = crc32(view[:got], self.crc)
             self.left -= got
         return got
 
@@ -247,7 +247,7 @@ def decode_two_pass(src: Any, pickle_len: int, stored: list[int], crc_expected: 
         if got < len(part):
             raise ResultDamaged(f"result truncated in its pickle stream ({pickle_len - left + got}"
                                 f" of {pickle_len} bytes)")
-        crc = zlib.crc32(part, crc)
+        crc = crc32(part, crc)
         left -= len(part)
     del slice_buf
     pickle_crc = crc
@@ -256,7 +256,7 @@ def decode_two_pass(src: Any, pickle_len: int, stored: list[int], crc_expected: 
         buf = bytearray(n)
         if _readinto_all(src, memoryview(buf)) < n:
             raise ResultDamaged(f"result truncated in its buffer {i}")
-        crc = zlib.crc32(buf, crc)
+        crc = crc32(buf, crc)
         buffers.append(buf)
     if crc != crc_expected:
         raise ResultDamaged("result payload checksum mismatch")

@@ -39,7 +39,9 @@ class Workload:
     the signature of ``run.run_ajug`` for a workload that is not one ``ajug run`` per
     measurement. ``summarize(row, median, good_runs)`` and ``notes(row)`` replace the default
     tasks/s and table note for such a workload. ``options``: its own options besides its size
-    (read from the parsed options by ``env`` or by its runner)."""
+    (read from the parsed options by ``env`` or by its runner). ``result_mib``: the size of
+    each result (from the parsed options); the runner then also runs each system once with
+    ``BENCH_MIB=0`` and reports the workers' peak RSS above that run's, per result size."""
 
     name: str
     what: str
@@ -58,6 +60,7 @@ class Workload:
     summarize: Callable[[dict[str, Any], dict[str, float], list[dict[str, Any]]], None] | None = None
     notes: Callable[[dict[str, Any]], str] | None = None
     options: tuple[Option, ...] = ()
+    result_mib: Callable[[argparse.Namespace], float] | None = None
 
     @property
     def dest(self) -> str:
@@ -162,9 +165,15 @@ _ENTRIES = [
              tasks=_mapreduce_tasks),
     Workload("bulk", "tasks returning a numpy array of `--bulk-mib` MiB", 1_000, 100, "--bulk-n",
              "bulk: tasks (default 1,000)", env=lambda o: {"BENCH_MIB": str(o.bulk_mib)},
-             verify=_verify_bulk,
+             verify=_verify_bulk, result_mib=lambda o: o.bulk_mib,
              options=((("--bulk-mib",), {"type": float, "default": 1.0,
                                          "help": "bulk: MiB per result (default 1)"}),)),
+    Workload("bulk64", "`bulk` with big results: `--bulk64-mib` MiB each", 24, 4, "--bulk64-n",
+             "bulk64: tasks (default 24)", jugfile="bulk",
+             env=lambda o: {"BENCH_MIB": str(o.bulk64_mib)}, verify=_verify_bulk,
+             result_mib=lambda o: o.bulk64_mib,
+             options=((("--bulk64-mib",), {"type": float, "default": 64.0,
+                                           "help": "bulk64: MiB per result (default 64)"}),)),
     Workload("scale", "`independent` with a million tasks, served by `ajug serve` + 2 × "
              "`ajug work`", 1_000_000, 100_000, "--scale-n",
              "scale: tasks (default 1,000,000; --quick: 100,000)", jugfile="independent",
