@@ -27,6 +27,7 @@ import pytest
 from inproc import TOKEN, Engine
 from procs import Procs, ajug_cmd, children, env, make_certs, read_log, values, wait_for
 
+from ajug.cliparams import tls_context
 from ajug.errors import AuthError, ConnectError, ProtocolError
 from ajug.protocol import messages as m
 from ajug.protocol.auth import ServerHandshake
@@ -399,6 +400,34 @@ def test_tls_client_certificates(procs: Procs, tmp_path: Path, certs: SimpleName
     assert coord.wait(60) == 0, read_log(coord)
     assert w.wait(30) == 0, read_log(w)
     assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
+
+
+def sockets_to(port: int) -> list[str]:
+    """This process's open sockets whose far end is 127.0.0.1:``port`` (the client ends of
+    connections to a coordinator served here), from /proc."""
+    mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")}
+    found = []
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = row.split()
+        if cols[2] == f"0100007F:{port:04X}" and f"socket:[{cols[9]}]" in mine:
+            found.append(cols[1])
+    return found
+
+
+async def test_status_over_tls_closes_its_connection_before_it_returns(
+        engine: Engine, tmp_path: Path, certs: SimpleNamespace,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A question over TLS (status here; invalidate, the watch and ``ajug.connect`` alike) waits
+    for the TLS shutdown: it left the socket open, one a question, in a long Python session."""
+    jugfile, _ = steady_inproc(tmp_path, monkeypatch)
+    coord = engine.make_coordinator(
+        jugfile, ssl=tls_context(True, certs.server_pem, certs.server_key, None))
+    ctx = tls_context(False, None, None, certs.ca_pem)
+    for _ in range(3):
+        st = await query_status("127.0.0.1", coord.port, TOKEN, ctx)
+        assert st["tasks"] == N_STEPS + 1
+        assert sockets_to(coord.port) == []  # this loop still runs: nothing left in it
 
 
 # --- read-only access ------------------------------------------------------------------------
