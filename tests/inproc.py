@@ -10,14 +10,21 @@ would; the coordinator's is the process's, as in ``ajug serve``.
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 from ajug import taskstore
 from ajug.coordinator import Coordinator, Settings
 from ajug.jugfile import default_store_url
+from ajug.protocol.client import new_loop_runner, query_status
+from ajug.status import render
+from ajug.watch import watch_live
 from ajug.worker import Worker, WorkerOptions
 
 TOKEN = b"test-token"
@@ -77,6 +84,27 @@ class InprocCoordinator:
     def status(self, detail: bool = False) -> dict[str, Any]:
         """What ``ajug status --json`` would print."""
         return self.call(Coordinator.status, detail)  # type: ignore[no-any-return]
+
+    def status_text(self, failed: bool = False, width: int = 120) -> str:
+        """What ``ajug status 127.0.0.1:PORT [--failed]`` prints: asked over the protocol and
+        rendered as the command does (plain TCP)."""
+        st = asyncio.run(query_status("127.0.0.1", self.port, TOKEN, None, detail=failed))
+        out = io.StringIO()
+        render(st, Console(file=out, width=width, force_terminal=False),
+               failed_tracebacks=failed)
+        return out.getvalue()
+
+    def watch(self, as_json: bool = False, interval_s: float = 0.3,
+              timeout_s: float = 60.0) -> int:
+        """``ajug status 127.0.0.1:PORT --watch [--json]`` until the run ends (at most
+        ``timeout_s``): its exit status. It writes to sys.stdout and sys.stderr, as the
+        command does (``capsys`` reads them)."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="test-watch")
+        try:
+            return pool.submit(watch_live, "127.0.0.1", self.port, TOKEN, None, "full", False,
+                               interval_s, as_json, new_loop_runner()).result(timeout_s)
+        finally:
+            pool.shutdown(wait=False)  # a watch still running ends when the coordinator stops
 
     def stop(self) -> None:
         """As Ctrl-C does to ``ajug serve``."""
