@@ -6,12 +6,15 @@ run ended."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from inproc import Engine
 from procs import Procs, ajug_cmd, copy_jugfile, env, read_log, wait_for
 from ptys import Pty
 
@@ -210,33 +213,34 @@ def watch(*args: str, cwd: Path, e: dict[str, str], timeout: float = 60
                           capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout)
 
 
-def test_live_watch_ends_with_the_final_state(procs: Procs, tmp_path: Path) -> None:
-    """A coordinator exits as soon as a run is done; the watch sees the end all the same."""
+def test_live_watch_ends_with_the_final_state(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A coordinator exits as soon as a run is done; the watch sees the end all the same.
+    The coordinator, its worker and both watches (bars, JSON) run in this process."""
+    caplog.set_level(logging.DEBUG, logger="ajug.protocol.connection")
     jug = copy_jugfile(tmp_path, "views.py")
-    e = env(AJUG_TEST_N="30", AJUG_TEST_STEP_S="0.1")
-    coord, port = procs.serve(jug, env=e)
-    addr = f"127.0.0.1:{port}"
-    bars = procs.start(["status", addr, "--watch", "--interval", "0.3"], "watch")
-    js = subprocess.Popen(ajug_cmd("status", addr, "--watch", "--json", "--interval", "0.3"),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-                          start_new_session=True)
-    try:
-        wait_for(lambda: "0/31 done" in read_log(bars), 30, what="the watch to start")
-        procs.work(port, env=e)
-        assert bars.wait(60) == 0, read_log(bars)
-        out, err = js.communicate(timeout=60)
-    finally:
-        if js.poll() is None:
-            js.kill()
-            js.communicate()
-    assert js.returncode == 0, err
+    monkeypatch.setenv("AJUG_TEST_N", "30")
+    monkeypatch.setenv("AJUG_TEST_STEP_S", "0.1")
+    coord = engine.make_coordinator(jug)
+    with ThreadPoolExecutor(2) as pool:
+        bars = pool.submit(coord.watch, False)
+        js = pool.submit(coord.watch, True)
+        wait_for(lambda: caplog.text.count("client status --watch") == 2, 30,
+                 what="both watches to connect")
+        engine.run_worker(coord.port)
+        assert bars.result(60) == 0 and js.result(60) == 0
     assert coord.wait(30) == 0
-    lines = read_log(bars).strip().splitlines()
-    assert lines[-1] == "ajug: the run has finished: [finished] 31/31 done (31 done)" or \
-        lines[-1].startswith("ajug: the run has finished: [finished] 31/31 done (31 done), "), lines
+    out, err = capsys.readouterr()
+    # stdout: the JSON watch's states; stderr: the bars, then each watch's last line
     states = [json.loads(ln) for ln in out.splitlines()]
     assert states[-1]["state"] == "finished" and states[-1]["totals"]["done"] == 31
-    assert err.strip().startswith("ajug: the run has finished"), err
+    assert "0/31 done" in err, err  # the bars were drawn before the run went on
+    ends = [ln for ln in err.splitlines() if ln.startswith("ajug: ")]
+    assert len(ends) == 2, err
+    for line in ends:
+        assert line == "ajug: the run has finished: [finished] 31/31 done (31 done)" or \
+            line.startswith("ajug: the run has finished: [finished] 31/31 done (31 done), "), err
 
 
 @pytest.mark.slow
