@@ -5,6 +5,7 @@ Real processes throughout: the exec launcher runs its commands on this machine."
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from procs import Procs, ajug_cmd, children, env, read_log, status, values, wait_for
@@ -248,19 +250,24 @@ def test_a_token_made_for_the_jobs_is_kept_for_a_restart(procs: Procs, tmp_path:
 
 # -- ajug work --idle-exit ---------------------------------------------------------------------
 @pytest.mark.slow
-def test_idle_worker_exits_but_not_while_it_runs_a_task(procs: Procs, tmp_path: Path) -> None:
+def test_idle_worker_exits_but_not_while_it_runs_a_task(
+        engine: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``ajug work --idle-exit 1`` (WorkerOptions.idle_exit_s) against ``ajug serve --stay``,
+    both in this process (tests/inproc.py)."""
+    caplog.set_level(logging.INFO, logger="ajug")
     jug = jugfile(tmp_path, n=1, sleep=3.0)  # one task far longer than --idle-exit
-    coord, port = procs.serve(jug, "--stay")
+    coord = engine.make_coordinator(jug, stay=True)
     t0 = time.monotonic()
-    w = procs.work(port, "--idle-exit", "1")
-    wait_for(lambda: status(port)["state"] == "finished", 30, what="the task")
-    assert w.wait(30) == 0, read_log(w)
+    w = engine.run_worker(coord.port, idle_exit_s=1.0)
+    wait_for(lambda: coord.status()["state"] == "finished", 30, what="the task")
+    assert w.wait(30) == 0
     took = time.monotonic() - t0
     assert 3.0 <= took < 15, took
-    assert "no task for 1s (--idle-exit): exiting" in read_log(w)
+    assert w.worker.idle_exited and w.worker.ran == 1
+    assert "no task for 1s (--idle-exit): exiting" in caplog.text
     assert ran(jug) == Counter({"step0": 1})
-    assert coord.poll() is None  # --stay: the coordinator did not end it, idleness did
-    st = status(port)
+    assert coord.rc is None  # --stay: the coordinator did not end it, idleness did
+    st = coord.status()
     assert st["workers"] == [] and st["totals"]["done"] == 1
 
 
