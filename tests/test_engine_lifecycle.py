@@ -1,0 +1,143 @@
+"""Leases and workers over a run's life, through the whole engine in this process
+(tests/inproc.py: a real Coordinator and Workers in threads over real TCP): a lease its holder
+does not renew goes to another worker and a late report of it counts once; a task that outlives
+the lease TTL keeps its lease; a worker with ``--max-tasks`` leaves the rest to others; a
+coordinator stopped mid-run and started again computes only what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from inproc import TOKEN, Engine
+from procs import copy_jugfile, executions, stamps, values, wait_for
+
+from ajug.protocol import messages as m
+from ajug.protocol.connection import open_connection
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int, task_s: float) -> Path:
+    """tests/jugfiles/recorded.py with ``n`` squares of ``task_s`` each; executions logged."""
+    monkeypatch.setenv("AJUG_TEST_N", str(n))
+    monkeypatch.setenv("AJUG_TEST_TASK_S", str(task_s))
+    monkeypatch.setenv("AJUG_TEST_RUNLOG", str(tmp_path / "runs.log"))
+    return copy_jugfile(tmp_path, "recorded.py")
+
+
+def ran(tmp_path: Path) -> Counter[str]:
+    """Finished executions per task."""
+    return Counter(r["task"] for r in executions(tmp_path / "runs.log"))
+
+
+async def test_a_lease_its_holder_does_not_renew_goes_to_another_worker_and_a_late_report_counts_nothing(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that takes a lease and goes silent (frozen, its network gone) loses it after
+    the TTL; another worker runs the task. When the silent one reports it done at last, the
+    task is not completed a second time (a report with a stale token for a task done is not
+    told apart from one sent again after a reconnect, so it is not a duplicate either)."""
+    jug = recorded(tmp_path, monkeypatch, n=4, task_s=0.02)
+    coord = engine.make_coordinator(jug, lease_ttl_s=1.0, stay=True)
+    silent = await open_connection("127.0.0.1", coord.port, token=TOKEN, role="worker",
+                                   name="silent")
+    try:
+        silent.send(m.lease(1, want=1))
+        await silent.drain()
+        rep = await asyncio.wait_for(silent.recv(), 10)
+        (held,) = rep["leases"]
+        w = engine.run_worker(coord.port, name="busy")
+        st = await asyncio.to_thread(
+            wait_for, lambda: (s := coord.status())["state"] == "finished" and s, 30, 0.05,
+            "the run to finish without the silent worker")
+        assert st["reclaimed"] == 1 and st["duplicates"] == 0, st
+        assert st["totals"]["done"] == st["tasks"] == 5
+        assert ran(tmp_path) == Counter({**{f"square:{i}": 1 for i in range(4)}, "add_all": 1})
+        # the silent worker wakes up and reports the task it held (its result is in the store)
+        silent.send(m.lease(2, want=0, done=[m.done_item(held["key"], held["tok"], rt=0.02,
+                                                         size=16)]))
+        await silent.drain()
+        await asyncio.wait_for(silent.recv(), 10)
+    finally:
+        await silent.aclose()
+    st = coord.status()
+    assert st["duplicates"] == 0 and st["reclaimed"] == 1, st
+    assert st["totals"]["done"] == 5 and st["failures"] == []
+    assert coord.call(lambda c: c.sched.completed) == 5  # ajug_completed_total
+    assert sum(ran(tmp_path).values()) == 5  # nothing ran again for it
+    coord.stop()
+    assert coord.wait(30) == 0
+    assert w.wait(30) == 0
+
+
+def test_a_task_longer_than_the_lease_ttl_keeps_its_lease(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker renews the lease of the task it runs: a task three times the TTL is neither
+    reclaimed nor run twice."""
+    jug = recorded(tmp_path, monkeypatch, n=1, task_s=1.8)
+    coord = engine.make_coordinator(jug, lease_ttl_s=0.6)
+    w = engine.run_worker(coord.port, prefetch=0)
+    assert coord.wait(30) == 0
+    assert w.wait(30) == 0
+    assert coord.coord is not None
+    st = coord.coord.status()
+    assert st["reclaimed"] == 0 and st["duplicates"] == 0, st
+    assert ran(tmp_path) == Counter({"square:0": 1, "add_all": 1})
+
+
+def test_a_worker_with_max_tasks_stops_after_them_and_another_runs_the_rest(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ajug work --max-tasks 3``: three tasks, exit 0, the run goes on; nothing it held is
+    lost or run twice."""
+    jug = recorded(tmp_path, monkeypatch, n=8, task_s=0.02)
+    coord = engine.make_coordinator(jug)
+    first = engine.run_worker(coord.port, max_tasks=3)
+    assert first.wait(30) == 0
+    assert first.worker.ran == 3
+    assert sum(ran(tmp_path).values()) == 3
+    assert coord.rc is None  # the run is not over
+    wait_for(lambda: coord.status()["workers"] == [], 10, what="the first worker to be gone")
+    st = coord.status()
+    assert st["totals"]["done"] == 3 and st["totals"]["running"] == 0, st["totals"]
+    second = engine.run_worker(coord.port)
+    assert coord.wait(30) == 0
+    assert second.wait(30) == 0
+    assert second.worker.ran == 6  # the five squares left and the sum
+    assert ran(tmp_path) == Counter({**{f"square:{i}": 1 for i in range(8)}, "add_all": 1})
+    assert values(jug, ["total"])["total"] == sum(i * i for i in range(8))
+
+
+def test_a_coordinator_stopped_mid_run_and_started_again_computes_only_what_is_left(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Stopped as Ctrl-C stops ``ajug serve`` (gracefully: a crash is tests/test_faults.py's,
+    with processes) and started again on the same store and port: its worker reconnects, the
+    results stored before are kept, the rest is computed once."""
+    caplog.set_level(logging.INFO, logger="ajug")
+    jug = recorded(tmp_path, monkeypatch, n=30, task_s=0.05)
+    coord = engine.make_coordinator(jug)
+    port = coord.port
+    w = engine.run_worker(port)
+    wait_for(lambda: coord.status()["totals"]["done"] >= 5, 30, what="some tasks done")
+    coord.stop()
+    assert coord.wait(30) == 1  # stopped before the end
+    store = str(tmp_path / "recorded.ajugdata")
+    before = stamps(store)
+    assert 5 <= len(before) < 31
+    assert w.alive  # it waits for a coordinator to come back
+    again = engine.make_coordinator(jug, port=port)
+    assert again.coord is not None
+    assert again.coord.status()["totals"]["done"] >= len(before)
+    assert again.wait(60) == 0
+    assert w.wait(30) == 0
+    assert "reconnected to the coordinator" in caplog.text
+    after = stamps(store)
+    assert len(after) == 31
+    assert {k: after[k] for k in before} == before  # nothing stored was computed again
+    runs = ran(tmp_path)
+    assert set(runs) == {*(f"square:{i}" for i in range(30)), "add_all"}
+    assert all(n == 1 for n in runs.values()), runs
