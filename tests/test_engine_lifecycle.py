@@ -2,13 +2,17 @@
 (tests/inproc.py: a real Coordinator and Workers in threads over real TCP): a lease its holder
 does not renew goes to another worker and a late report of it counts once; a task that outlives
 the lease TTL keeps its lease; a worker with ``--max-tasks`` leaves the rest to others; a
-coordinator stopped mid-run and started again computes only what is left.
+coordinator stopped mid-run and started again computes only what is left; a dropped connection
+is taken up again; a peer that never says hello is let go.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import socket
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +22,7 @@ from procs import copy_jugfile, executions, stamps, values, wait_for
 
 from ajug.protocol import messages as m
 from ajug.protocol.connection import open_connection
+from ajug.protocol.framing import HANDSHAKE_MAX_FRAME_BYTES, FrameDecoder
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -141,3 +146,49 @@ def test_a_coordinator_stopped_mid_run_and_started_again_computes_only_what_is_l
     runs = ran(tmp_path)
     assert set(runs) == {*(f"square:{i}" for i in range(30)), "add_all"}
     assert all(n == 1 for n in runs.values()), runs
+
+
+def test_a_worker_whose_connection_drops_reconnects_and_keeps_its_tasks(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The coordinator goes on, the connection does not (a network blip): the worker
+    reconnects, says which tasks it still holds (resume), and every task runs once."""
+    caplog.set_level(logging.INFO, logger="ajug")
+    jug = recorded(tmp_path, monkeypatch, n=12, task_s=0.15)
+    coord = engine.make_coordinator(jug)
+    w = engine.run_worker(coord.port, prefetch=2)
+    wait_for(lambda: (t := coord.status()["totals"])["done"] >= 2 and t["running"] >= 1, 30,
+             0.02, what="some tasks done and one running")
+    dropped = coord.call(lambda c: [conn.close() for conn in list(c._conns.values())])
+    assert len(dropped) == 1
+    assert coord.wait(60) == 0
+    assert w.wait(30) == 0
+    assert "lost the coordinator" in caplog.text and "reconnected to the coordinator" in caplog.text
+    resumed = [r.getMessage() for r in caplog.records if " resumed " in r.getMessage()]
+    assert len(resumed) == 1 and re.search(r"resumed [1-9]\d* running task", resumed[0]), resumed
+    runs = ran(tmp_path)
+    assert set(runs) == {*(f"square:{i}" for i in range(12)), "add_all"}
+    assert all(n == 1 for n in runs.values()), runs
+    assert values(jug, ["total"])["total"] == sum(i * i for i in range(12))
+
+
+def test_a_connection_that_never_says_hello_is_closed_after_the_handshake_timeout(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A silent peer (a port scanner, a stuck client) holds no slot for ever: told why, closed,
+    said in a line; the coordinator serves workers all the same."""
+    caplog.set_level(logging.INFO, logger="ajug")
+    jug = recorded(tmp_path, monkeypatch, n=3, task_s=0.01)
+    coord = engine.make_coordinator(jug, handshake_timeout_s=0.3)
+    with socket.create_connection(("127.0.0.1", coord.port), timeout=10) as s:
+        t0 = time.monotonic()
+        got = b""
+        while chunk := s.recv(1 << 16):  # until the coordinator closes it
+            got += chunk
+        assert time.monotonic() - t0 < 5
+    (frame,) = FrameDecoder(HANDSHAKE_MAX_FRAME_BYTES).feed(got)  # why, then the close
+    assert frame["op"] == "error" and "0.3 s" in frame["msg"], frame
+    w = engine.run_worker(coord.port)
+    assert coord.wait(30) == 0 and w.wait(30) == 0
+    refused = [r for r in caplog.records if "handshake" in r.getMessage()]
+    assert len(refused) == 1 and "127.0.0.1" in refused[0].getMessage(), caplog.text

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from inproc import Engine
+from inproc import TOKEN, Engine
 from procs import Procs, ajug_cmd, copy_jugfile, env, read_log, wait_for
 from ptys import Pty
 
@@ -173,10 +173,16 @@ def test_ctrl_c_at_a_terminal_is_interrupted_and_exit_130(tmp_path: Path) -> Non
         assert bad not in text, text
 
 
-def test_work_on_a_terminal_counts_its_tasks(procs: Procs, tmp_path: Path) -> None:
+def test_work_on_a_terminal_counts_its_tasks(engine: Engine, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ajug work`` on a terminal (the subject: a process) against a coordinator in this one
+    (tests/inproc.py)."""
     jug = copy_jugfile(tmp_path, "views.py")
-    e = env(AJUG_TEST_N="20", AJUG_TEST_STEP_S="0.2")
-    coord, port = procs.serve(jug, env=e)
+    monkeypatch.setenv("AJUG_TEST_N", "20")
+    monkeypatch.setenv("AJUG_TEST_STEP_S", "0.2")
+    coord = engine.make_coordinator(jug)
+    port = coord.port
+    e = env(AJUG_TEST_N="20", AJUG_TEST_STEP_S="0.2", AJUG_TOKEN=TOKEN.decode())
     t = Pty.ajug("work", f"127.0.0.1:{port}", env=e, cwd=str(tmp_path))
     try:
         t.wait_for(lambda s: f"connected to the coordinator at 127.0.0.1:{port}" in s, 30,
