@@ -192,3 +192,19 @@ def test_a_connection_that_never_says_hello_is_closed_after_the_handshake_timeou
     assert coord.wait(30) == 0 and w.wait(30) == 0
     refused = [r for r in caplog.records if "handshake" in r.getMessage()]
     assert len(refused) == 1 and "127.0.0.1" in refused[0].getMessage(), caplog.text
+
+
+def test_a_worker_with_prefetch_holds_leases_ahead_but_executes_one(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--prefetch 3``: the worker holds the task it runs and three more, each leased (and
+    renewed) to it; status counts one executing; each still runs once."""
+    jug = recorded(tmp_path, monkeypatch, n=10, task_s=0.2)
+    coord = engine.make_coordinator(jug)
+    w = engine.run_worker(coord.port, prefetch=3, name="ahead")
+    st = wait_for(lambda: (s := coord.status())["totals"]["running"] == 4 and s, 30, 0.02,
+                  what="four leases held by the worker")
+    assert st["executing"] == 1  # what ``ajug status`` calls running
+    (row,) = st["workers"]
+    assert row["name"] == "ahead" and row["n_running"] == 4, row  # its leases
+    assert coord.wait(30) == 0 and w.wait(30) == 0
+    assert ran(tmp_path) == Counter({**{f"square:{i}": 1 for i in range(10)}, "add_all": 1})
