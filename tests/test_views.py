@@ -141,20 +141,25 @@ def test_run_bars_label_times_count_running_tasks_and_keep_rates(tmp_path: Path)
     assert "ajug: results are in views.ajugdata; read them with `ajug shell views.py`" in text
 
 
-def test_serve_shows_the_same_bars_on_a_terminal(procs: Procs, tmp_path: Path) -> None:
+def test_serve_shows_the_same_bars_on_a_terminal(engine: Engine, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ajug serve`` on a terminal (the subject, a process); its worker in this process."""
     copy_jugfile(tmp_path, "views.py")
-    e = env(AJUG_TEST_N="30", AJUG_TEST_STEP_S="0.1")
+    e = env(AJUG_TEST_N="30", AJUG_TEST_STEP_S="0.1", AJUG_TOKEN=TOKEN.decode())
+    monkeypatch.setenv("AJUG_TEST_N", "30")  # the worker loads the jugfile's code here
+    monkeypatch.setenv("AJUG_TEST_STEP_S", "0.1")
     t = Pty.ajug("serve", "views.py", "--port", "0", env=e, cwd=str(tmp_path))
     try:
         port = int(t.wait_for(lambda s: (m := re.search(r"serving views.py on 127.0.0.1:(\d+)",
                                                         s)) and m.group(1), 30, "the port"))
-        procs.work(port, env=e)
+        w = engine.run_worker(port)
         t.wait_for(lambda s: re.search(r"split_into_chunks_of_words .*\d+/30 done.*elapsed", s),
                    60, "a bar for the function")
         assert t.wait(60) == 0, t.text
     finally:
         t.close()
     assert "ajug: [finished] 31/31 done (31 done)" in t.text
+    assert w.wait(30) == 0
 
 
 def test_ctrl_c_at_a_terminal_is_interrupted_and_exit_130(tmp_path: Path) -> None:
