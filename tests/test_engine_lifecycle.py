@@ -3,13 +3,15 @@
 does not renew goes to another worker and a late report of it counts once; a task that outlives
 the lease TTL keeps its lease; a worker with ``--max-tasks`` leaves the rest to others; a
 coordinator stopped mid-run and started again computes only what is left; a dropped connection
-is taken up again; a peer that never says hello is let go.
+is taken up again; a peer that never says hello is let go; a late worker, two of one name, a
+second coordinator on the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import socket
 import time
@@ -20,6 +22,7 @@ import pytest
 from inproc import TOKEN, Engine
 from procs import copy_jugfile, executions, stamps, values, wait_for
 
+from ajug.errors import StoreLocked
 from ajug.protocol import messages as m
 from ajug.protocol.connection import open_connection
 from ajug.protocol.framing import HANDSHAKE_MAX_FRAME_BYTES, FrameDecoder
@@ -208,3 +211,100 @@ def test_a_worker_with_prefetch_holds_leases_ahead_but_executes_one(
     assert row["name"] == "ahead" and row["n_running"] == 4, row  # its leases
     assert coord.wait(30) == 0 and w.wait(30) == 0
     assert ran(tmp_path) == Counter({**{f"square:{i}": 1 for i in range(10)}, "add_all": 1})
+
+
+def test_a_worker_that_connects_to_a_finished_run_hears_so_and_runs_nothing(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ajug serve --stay`` keeps serving a finished run: a worker that comes late is told it
+    is over at once and exits 0."""
+    jug = recorded(tmp_path, monkeypatch, n=3, task_s=0.01)
+    coord = engine.make_coordinator(jug, stay=True)
+    first = engine.run_worker(coord.port)
+    wait_for(lambda: coord.status()["state"] == "finished", 30, what="the run to finish")
+    late = engine.run_worker(coord.port, name="late")
+    assert late.wait(10) == 0
+    assert late.worker.ran == 0
+    assert sum(ran(tmp_path).values()) == 4
+    assert coord.rc is None  # --stay: still serving
+    coord.stop()
+    assert coord.wait(30) == 0 and first.wait(30) == 0
+
+
+def test_two_workers_of_one_name_are_two_workers(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names are for people (``--name``); the coordinator tells workers apart by their ids."""
+    jug = recorded(tmp_path, monkeypatch, n=20, task_s=0.1)
+    coord = engine.make_coordinator(jug)
+    workers = [engine.run_worker(coord.port, name="same", prefetch=0) for _ in range(2)]
+    st = wait_for(lambda: len((s := coord.status())["workers"]) == 2 and s, 30, 0.02,
+                  what="both workers")
+    assert [w["name"] for w in st["workers"]] == ["same", "same"]
+    assert len({w["id"] for w in st["workers"]}) == 2
+    assert coord.wait(30) == 0
+    for w in workers:
+        assert w.wait(30) == 0
+    assert all(w.worker.ran > 0 for w in workers)
+    assert ran(tmp_path) == Counter({**{f"square:{i}": 1 for i in range(20)}, "add_all": 1})
+
+
+def test_a_second_coordinator_on_the_store_is_refused_and_the_first_serves_on(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's owner lock: a second coordinator cannot open it (it names the first's host
+    and pid); the first one's run is not disturbed. (The command's one line and exit status:
+    tests/test_faults.py.)"""
+    jug = recorded(tmp_path, monkeypatch, n=6, task_s=0.05)
+    coord = engine.make_coordinator(jug)
+    with pytest.raises(StoreLocked) as e:
+        engine.make_coordinator(jug)
+    assert "another coordinator" in str(e.value) and str(os.getpid()) in str(e.value), e.value
+    w = engine.run_worker(coord.port)
+    assert coord.wait(30) == 0 and w.wait(30) == 0
+    assert ran(tmp_path) == Counter({**{f"square:{i}": 1 for i in range(6)}, "add_all": 1})
+
+
+NEEDS_GPU = """\
+import os, threading
+from ajug import TaskGenerator
+
+LOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs.log")
+
+def note(what):
+    with open(LOG, "a") as f:  # which worker thread ran it
+        f.write(f"{what} {threading.get_ident()}\\n")
+
+@TaskGenerator(resources={"gpus": 1})
+def train(i):
+    note("train")
+    return i * 10
+
+@TaskGenerator
+def prep(i):
+    note("prep")
+    return -i
+
+trained = [train(i) for i in range(4)]
+prepped = [prep(i) for i in range(8)]
+"""
+
+
+def test_tasks_that_need_a_gpu_go_only_to_the_host_that_offers_one(
+        engine: Engine, tmp_path: Path) -> None:
+    """Two hosts (host groups): one offers a GPU, one does not. Every GPU task runs on the
+    first (each task notes the worker thread that ran it); the other gets only the rest."""
+    jug = tmp_path / "gpus.py"
+    jug.write_text(NEEDS_GPU)
+    coord = engine.make_coordinator(jug, store_url=str(tmp_path / "store"))
+    cpu = {"cpus": 4, "memory": 8 << 30}
+    gpu_box = engine.run_worker(coord.port, name="gpu-box", prefetch=0,
+                                offer={"group": "hostA", "resources": {**cpu, "gpus": 1}})
+    cpu_box = engine.run_worker(coord.port, name="cpu-box", prefetch=0,
+                                offer={"group": "hostB", "resources": cpu})
+    assert coord.wait(30) == 0 and gpu_box.wait(30) == 0 and cpu_box.wait(30) == 0
+    names = {gpu_box._thread.ident: "gpu-box", cpu_box._thread.ident: "cpu-box"}
+    runs = [ln.split() for ln in (tmp_path / "runs.log").read_text().splitlines()]
+    by_func: dict[str, list[str]] = {}
+    for func, ident in runs:
+        by_func.setdefault(func, []).append(names[int(ident)])
+    assert by_func["train"] == ["gpu-box"] * 4, by_func
+    assert len(by_func["prep"]) == 8
+    assert gpu_box.worker.ran + cpu_box.worker.ran == 12
