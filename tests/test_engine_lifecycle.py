@@ -213,21 +213,24 @@ def test_a_worker_with_prefetch_holds_leases_ahead_but_executes_one(
     assert ran(tmp_path) == Counter({**{f"square:{i}": 1 for i in range(10)}, "add_all": 1})
 
 
-def test_a_worker_that_connects_to_a_finished_run_hears_so_and_runs_nothing(
+def test_a_worker_that_joins_a_finished_stay_run_waits_idle_and_runs_nothing(
         engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ajug serve --stay`` keeps serving a finished run: a worker that comes late is told it
-    is over at once and exits 0."""
+    """``ajug serve --stay`` keeps serving a finished run (an invalidate may bring work back):
+    a worker that comes late is served, idle, runs nothing, and exits 0 once the coordinator
+    is stopped."""
     jug = recorded(tmp_path, monkeypatch, n=3, task_s=0.01)
     coord = engine.make_coordinator(jug, stay=True)
     first = engine.run_worker(coord.port)
     wait_for(lambda: coord.status()["state"] == "finished", 30, what="the run to finish")
     late = engine.run_worker(coord.port, name="late")
-    assert late.wait(10) == 0
+    wait_for(lambda: "late" in [w["name"] for w in coord.status()["workers"]], 30,
+             what="the late worker to be served")
+    assert late.alive and coord.rc is None
+    coord.stop()
+    assert coord.wait(30) == 0
+    assert late.wait(30) == 0 and first.wait(30) == 0
     assert late.worker.ran == 0
     assert sum(ran(tmp_path).values()) == 4
-    assert coord.rc is None  # --stay: still serving
-    coord.stop()
-    assert coord.wait(30) == 0 and first.wait(30) == 0
 
 
 def test_two_workers_of_one_name_are_two_workers(
