@@ -103,8 +103,11 @@ def test_exec_jobs_do_the_work_and_show_in_status_dashboard_and_metrics(
     dash = free_tcp_port
     coord = engine.make_coordinator(jug, dashboard=dash, launch=launch(
         "bash {script}", max_jobs=2, idle_exit=5))
+    # each job's worker is counted on the launcher's next tick after it connects
     st = wait_for(lambda: (s := coord.status())["jobs"]["running"] == 2
-                  and len(s["workers"]) == 2 and s, 30, 0.2, "two running exec jobs")
+                  and len(s["workers"]) == 2
+                  and all(j["workers"] == 1 for j in s["jobs"]["jobs"]) and s, 30, 0.2,
+                  "two running exec jobs, each with its worker")
     jobs = st["jobs"]
     assert jobs["kind"] == "exec" and jobs["max"] == 2 and jobs["submitted"] == 2
     assert re.match(r"ajug-ex-[0-9a-f]{6}$", jobs["name"])
