@@ -230,7 +230,7 @@ class Client:
 
     async def _wait(self, timeout: float | None, interval: float) -> dict[str, Any]:
         from .protocol import messages as m
-        from .protocol.client import ask
+        from .protocol.client import ask, hang_up
         from .protocol.connection import open_connection
 
         loop = asyncio.get_running_loop()
@@ -257,7 +257,7 @@ class Client:
                 await asyncio.sleep(left)
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
-            conn.close()
+            await hang_up(conn)
 
     def invalidate(self, tasks: Iterable[Any]) -> None:
         """Run these tasks (Tasks or their keys) and everything downstream of them again."""

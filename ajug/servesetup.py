@@ -50,10 +50,11 @@ def coordinator_settings(jugfile: str, store_url: str | None, host: str, port: i
     )
 
 
-async def start_dashboard(coord: Any, port: int | None, host: str) -> None:
-    """Start the dashboard beside the coordinator; it closes with the coordinator's loop."""
+async def start_dashboard(coord: Any, port: int | None, host: str) -> Any:
+    """Start the dashboard beside the coordinator: its server (None without), which a process
+    leaves to its exit, and whoever runs coordinators in a longer-lived process closes."""
     if port is None:
-        return
+        return None
     from .dashboard import dashboard_url
     from .dashboard import start_dashboard as start
     from .serving import bind_error
@@ -65,6 +66,7 @@ async def start_dashboard(coord: Any, port: int | None, host: str) -> None:
         raise UsageError(bind_error(host, port, e, "serve the dashboard on", "--dashboard PORT",
                                     "--dashboard-host")) from None
     print(f"ajug: dashboard on {dashboard_url(server, host)}", flush=True)
+    return server
 
 
 async def start_launcher(coord: Any, lo: Any) -> Any:

@@ -378,7 +378,7 @@ def report_death(host: str, port: int, token: bytes, ssl: Any, death: Death,
     message over a client connection of its own)."""
     from .protocol import connection as conn_mod
     from .protocol import messages as m
-    from .protocol.client import ask
+    from .protocol.client import ask, hang_up
 
     async def send() -> None:
         conn = await asyncio.wait_for(conn_mod.open_connection(
@@ -389,6 +389,6 @@ def report_death(host: str, port: int, token: bytes, ssl: Any, death: Death,
                                      death.cause, death.detail), timeout_s,
                       ConnectError(f"the coordinator at {host}:{port} did not answer"))
         finally:
-            conn.close()
+            await hang_up(conn)
 
     asyncio.run(send())

@@ -97,6 +97,7 @@ async def _watch_live(view: _View, host: str, port: int, token: bytes,
                       interval_s: float) -> int:
     from .protocol import connection as conn_mod
     from .protocol import messages as m
+    from .protocol.client import hang_up
 
     conn = await conn_mod.open_connection(host, port, token=token, role="client", access=access,
                                           ssl=ctx, name="status --watch")
@@ -121,7 +122,7 @@ async def _watch_live(view: _View, host: str, port: int, token: bytes,
             view.show(st)
             await asyncio.sleep(min(interval_s, LIVE_POLL_S))
     finally:
-        conn.close()
+        await hang_up(conn)
     last = view.last
     seen = f"; last seen: {plain_line(last)}" if last is not None else ""
     view.end(f"the coordinator at {host}:{port} went away before the run finished ({why}{seen}): "

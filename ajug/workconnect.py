@@ -15,6 +15,7 @@ from . import codeship
 from .errors import AuthError, ConnectError, ProtocolError, TLSError
 from .protocol import connection as conn_mod
 from .protocol import messages as m
+from .protocol.client import hang_up
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +87,10 @@ async def connect(o: Any, first: bool) -> Any:
         return conn
 
 
-#: how long a worker waits for its connection to close (a TLS shutdown) before going on
-CLOSE_WAIT_S = 5.0
-
-
 async def close(conn: Any) -> None:
-    """Close and wait until closed, bounded: a TLS connection's shutdown must be done before
-    the worker's event loop ends, or the transport is left open (and closing the loop may
-    fail)."""
-    try:
-        await asyncio.wait_for(conn.aclose(), CLOSE_WAIT_S)
-    except (asyncio.TimeoutError, OSError):
-        pass
+    """Close and wait until closed, bounded (``hang_up``): a TLS connection's shutdown must be
+    done before the worker's event loop ends."""
+    await hang_up(conn)
 
 
 async def fetch_code(request: Callable[[Callable[[int], dict[str, Any]]], Any],

@@ -10,14 +10,23 @@ would; the coordinator's is the process's, as in ``ajug serve``.
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 from ajug import taskstore
 from ajug.coordinator import Coordinator, Settings
 from ajug.jugfile import default_store_url
+from ajug.launch.options import pop_launch_options, prepare
+from ajug.protocol.client import new_loop_runner, query_status
+from ajug.servesetup import start_dashboard, start_launcher
+from ajug.status import render
+from ajug.watch import watch_live
 from ajug.worker import Worker, WorkerOptions
 
 TOKEN = b"test-token"
@@ -26,12 +35,25 @@ TOKEN = b"test-token"
 class InprocCoordinator:
     """``ajug serve`` in a thread: listening once ``start`` returns, stopped by ``stop``."""
 
-    def __init__(self, jugfile: Path, store_url: str | None = None, port: int = 0,
+    def __init__(self, jugfile: Path, store_url: str | None = None, port: int = 0, *,
+                 dashboard: int | None = None, launch: dict[str, Any] | None = None,
                  **settings: Any) -> None:
+        """``dashboard``: serve it on this port (``--dashboard``); ``launch``: start worker
+        jobs as ``serve --workers ...`` does, its options by their Python names
+        (``{"workers": "exec:bash {script}", "max_jobs": 2, ...}``; the token file is made
+        in the job directory)."""
         self.settings = Settings(jugfile=str(jugfile),
                                  store_url=store_url or default_store_url(Path(jugfile)),
                                  host="127.0.0.1", port=port, token=TOKEN, **settings)
+        self.dashboard = dashboard
+        self.launch_options = None
+        if launch is not None:
+            kw: dict[str, Any] = {"advertise": "127.0.0.1", **launch, "token": TOKEN.decode()}
+            lo = self.launch_options = pop_launch_options(kw, "serve")
+            assert lo is not None, launch
+            prepare(lo, str(jugfile), kw)
         self.coord: Coordinator | None = None
+        self.launcher: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self.rc: int | None = None
@@ -63,8 +85,17 @@ class InprocCoordinator:
         assert coord.port is not None
         self.port = coord.port
         await coord.load()
+        dashboard = await start_dashboard(coord, self.dashboard, "127.0.0.1")
+        launcher = self.launcher = await start_launcher(coord, self.launch_options)
         self._listening.set()
-        self.rc = await coord.run()
+        try:
+            self.rc = await coord.run(on_tick=None if launcher is None else launcher.tick)
+        finally:
+            if launcher is not None:
+                await launcher.close(finished=coord.state == "finished")
+            if dashboard is not None:  # a process leaves it to its exit; this one goes on
+                dashboard.close()
+                await asyncio.wait_for(dashboard.wait_closed(), 5)
 
     def call(self, fn: Any, *args: Any, timeout_s: float = 10.0) -> Any:
         """``fn(coordinator, *args)`` run in the coordinator's loop; its result."""
@@ -77,6 +108,27 @@ class InprocCoordinator:
     def status(self, detail: bool = False) -> dict[str, Any]:
         """What ``ajug status --json`` would print."""
         return self.call(Coordinator.status, detail)  # type: ignore[no-any-return]
+
+    def status_text(self, failed: bool = False, width: int = 120) -> str:
+        """What ``ajug status 127.0.0.1:PORT [--failed]`` prints: asked over the protocol and
+        rendered as the command does (plain TCP)."""
+        st = asyncio.run(query_status("127.0.0.1", self.port, TOKEN, None, detail=failed))
+        out = io.StringIO()
+        render(st, Console(file=out, width=width, force_terminal=False),
+               failed_tracebacks=failed)
+        return out.getvalue()
+
+    def watch(self, as_json: bool = False, interval_s: float = 0.3,
+              timeout_s: float = 60.0) -> int:
+        """``ajug status 127.0.0.1:PORT --watch [--json]`` until the run ends (at most
+        ``timeout_s``): its exit status. It writes to sys.stdout and sys.stderr, as the
+        command does (``capsys`` reads them)."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="test-watch")
+        try:
+            return pool.submit(watch_live, "127.0.0.1", self.port, TOKEN, None, "full", False,
+                               interval_s, as_json, new_loop_runner()).result(timeout_s)
+        finally:
+            pool.shutdown(wait=False)  # a watch still running ends when the coordinator stops
 
     def stop(self) -> None:
         """As Ctrl-C does to ``ajug serve``."""
@@ -151,6 +203,7 @@ class Engine:
 
     def make_coordinator(self, jugfile: Path, store_url: str | None = None, port: int = 0,
                          **settings: Any) -> InprocCoordinator:
+        """``settings``: the coordinator's, and ``dashboard`` and ``launch`` (InprocCoordinator)."""
         c = InprocCoordinator(jugfile, store_url, port, **settings)
         self.coordinators.append(c)
         return c.start()

@@ -1,6 +1,7 @@
 """The Python API (ajug/api.py) used the way docs/python-api.md shows: its ``python`` blocks run
 as scripts in a copy of examples/, and every ``print(...)  # OUTPUT`` line must print OUTPUT.
-Scripts, not calls in this process: a user's script starts from a fresh interpreter."""
+Scripts, not calls in this process, where a user's script starts from a fresh interpreter (runs);
+a client of a coordinator asks it from this process (tests/inproc.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inproc import TOKEN
 from procs import ROOT, Procs, env
 
 DOC = ROOT / "docs" / "python-api.md"
@@ -76,14 +78,24 @@ def test_the_docs_connect_example_against_a_served_run(examples: Path, procs: Pr
 
 
 @pytest.mark.timeout(180)
-def test_client_status_failed_invalidate_and_read_only(tmp_path: Path, procs: Procs) -> None:
+def test_client_status_failed_invalidate_and_read_only(
+        tmp_path: Path, engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ajug.connect``'s client against a coordinator and a worker in this process
+    (tests/inproc.py): asking a coordinator needs no fresh interpreter."""
+    import ajug
+    from ajug.errors import UsageError
+    from ajug.stores import open_store
+
     jugfile = tmp_path / "jf.py"
     jugfile.write_text(textwrap.dedent("""\
+        import os
         from ajug import TaskGenerator
+
+        LOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs.log")
 
         @TaskGenerator
         def double(x):
-            with open("runs.log", "a") as f:
+            with open(LOG, "a") as f:
                 f.write("double\\n")
             return 2 * x
 
@@ -94,42 +106,28 @@ def test_client_status_failed_invalidate_and_read_only(tmp_path: Path, procs: Pr
         d = double(21)
         b = boom(1)
         """))
-    (tmp_path / "token").write_text("full-token-0123456789")
-    (tmp_path / "read").write_text("read-token-0123456789")
-    serve, port = procs.serve(jugfile, "--token-file", "token", "--read-token-file", "read",
-                              "--stay")
-    procs.work(port, "--token-file", str(tmp_path / "token"))
-    code = textwrap.dedent(f"""\
-        import json, ajug
-        from ajug.errors import UsageError
-        c = ajug.connect("127.0.0.1:{port}", token_file="token")
-        st = c.wait(timeout=60, interval=0.1)
-        failed = c.failed()
-        key = [f for f in st["functions"] if f["name"] == "jf.double"]
-        ns = ajug.init("jf.py")[1]
-        c.invalidate([ns["d"]])
-        after = c.wait(timeout=60, interval=0.1)
-        ro = ajug.connect("127.0.0.1:{port}", read_only=True)
-        ro_status = ro.status()["totals"]
-        try:
-            ro.invalidate([ns["d"].hash()])  # jug's hash(): bytes
-            refused = False
-        except UsageError:
-            refused = True
-        print(json.dumps({{"state": st["state"], "totals": st["totals"],
-                          "failed": [(f["func"], f["type"], "ValueError: no 1" in f["tb"])
-                                     for f in failed],
-                          "after": after["totals"], "ro": ro_status, "refused": refused}}))
-        """)
-    out = run_script(code, tmp_path, AJUG_TOKEN="", AJUG_READ_TOKEN="read-token-0123456789")
-    assert out.returncode == 0, out.stderr
-    got: dict[str, Any] = __import__("json").loads(out.stdout.splitlines()[-1])
-    assert got["state"] == "finished"
-    assert got["totals"]["done"] == 1 and got["totals"]["failed"] == 1
-    assert got["failed"] == [["jf.boom", "ValueError", True]]
-    assert got["after"]["done"] == 1  # d ran again
+    (tmp_path / "token").write_text(TOKEN.decode())
+    monkeypatch.delenv("AJUG_TOKEN", raising=False)
+    monkeypatch.setenv("AJUG_READ_TOKEN", "read-token-0123456789")
+    coord = engine.make_coordinator(jugfile, read_token=b"read-token-0123456789", stay=True)
+    engine.run_worker(coord.port)
+    c = ajug.connect(f"127.0.0.1:{coord.port}", token_file=str(tmp_path / "token"))
+    st = c.wait(timeout=60, interval=0.1)
+    failed = c.failed()
+    assert st["state"] == "finished"
+    assert st["totals"]["done"] == 1 and st["totals"]["failed"] == 1
+    assert [(f["func"], f["type"], "ValueError: no 1" in f["tb"]) for f in failed] == [
+        ("jf.boom", "ValueError", True)]
+    (d_key,) = open_store(str(tmp_path / "jf.ajugdata")).list()  # d's: boom stored nothing
+    c.invalidate([d_key])
+    after = c.wait(timeout=60, interval=0.1)
+    assert after["totals"]["done"] == 1  # d ran again
     assert (tmp_path / "runs.log").read_text().split() == ["double", "double"]
-    assert got["ro"]["failed"] == 1 and got["refused"] is True
+    ro = ajug.connect(f"127.0.0.1:{coord.port}", read_only=True)
+    assert ro.status()["totals"]["failed"] == 1
+    with pytest.raises(UsageError):
+        ro.invalidate([d_key.encode()])  # as jug's hash() gives it: bytes
+    assert (tmp_path / "runs.log").read_text().split() == ["double", "double"]
 
 
 def test_bad_arguments_raise_a_usage_error(tmp_path: Path) -> None:

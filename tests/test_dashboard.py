@@ -3,6 +3,7 @@ Prometheus metrics against `ajug status --json`, and the page itself in headless
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -15,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Procs, env, read_log, status, wait_for
+from inproc import TOKEN
+from procs import Procs, env, read_log, wait_for
+
+from ajug.protocol.client import query_status
 
 HERE = Path(__file__).parent
 STATES = ("waiting", "ready", "running", "done", "failed", "blocked")
@@ -127,15 +131,18 @@ def page_text(browser: str, url: str, tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.timeout(150)
 @pytest.mark.slow
-def test_dashboard_json_metrics_and_page_match_status(procs: Procs, tmp_path: Path,
-                                                      free_tcp_port: int) -> None:
+def test_dashboard_json_metrics_and_page_match_status(
+        engine: Any, tmp_path: Path, free_tcp_port: int, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The coordinator with its dashboard and a worker in this process (tests/inproc.py); the
+    browser is a process."""
     jug = tmp_path / "dashboard.py"
     shutil.copy(HERE / "jugfiles" / "dashboard.py", jug)
-    e = env(AJUG_TEST_SLOW_S="3")
+    monkeypatch.setenv("AJUG_TEST_SLOW_S", "3")
     dash = free_tcp_port
-    coord, port = procs.serve(jug, "--stay", "--dashboard", str(dash), env=e)
-    wait_for(lambda: f"dashboard on http://127.0.0.1:{dash}/" in read_log(coord), 10,
-             what="the dashboard line")
+    coord = engine.make_coordinator(jug, stay=True, dashboard=dash)
+    port = coord.port
+    assert f"dashboard on http://127.0.0.1:{dash}/" in capsys.readouterr().out
     code, ctype, page = fetch(dash, "/")
     assert code == 200 and ctype.startswith("text/html")
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # no CDN: all inline
@@ -145,11 +152,11 @@ def test_dashboard_json_metrics_and_page_match_status(procs: Procs, tmp_path: Pa
     assert 'preserveAspectRatio="none"' not in page
     assert fetch(dash, "/nope")[0] == 404
 
-    procs.work(port, env=e)
+    engine.run_worker(port)
     # while it runs: the same graph, a worker, a lease
     live = wait_for(lambda: (s := fetch_json(dash, "/api/status"))["totals"]["running"] and s,
                     20, what="a running task on the dashboard")
-    assert live["tasks"] == status(port)["tasks"] == 6
+    assert live["tasks"] == status_of(port)["tasks"] == 6
     assert len(live["workers"]) == 1 and live["workers"][0]["n_running"] >= 1
     assert live["workers"][0]["running"]  # its current task is listed, with its function
     assert live["workers"][0]["running_functions"][0] == "dashboard.slow_square"
@@ -165,8 +172,8 @@ def test_dashboard_json_metrics_and_page_match_status(procs: Procs, tmp_path: Pa
     assert sum(v for k, v in m.items() if k.startswith("ajug_tasks{")) == 6
 
     # finished (--stay keeps it serving): nothing changes any more, so everything must match
-    wait_for(lambda: status(port)["state"] == "finished", 40, what="the run to finish")
-    st = status(port, "--failed")
+    wait_for(lambda: status_of(port)["state"] == "finished", 40, what="the run to finish")
+    st = status_of(port, detail=True)  # `ajug status 127.0.0.1:PORT --failed --json`
     assert st["totals"] == {"waiting": 0, "ready": 0, "running": 0, "done": 4, "failed": 1,
                             "blocked": 1}
     api = fetch_json(dash, "/api/status")
@@ -221,6 +228,11 @@ def test_run_dashboard_serves_while_the_run_lasts(procs: Procs, tmp_path: Path,
     assert "ajug_tasks_total 4" in fetch(dash, "/metrics")[2]
     assert run.wait(30) == 0, read_log(run)
     assert f"dashboard on http://127.0.0.1:{dash}/" in read_log(run)
+
+
+def status_of(port: int, detail: bool = False) -> dict[str, Any]:
+    """What ``ajug status 127.0.0.1:PORT --json [--failed]`` prints, over the protocol."""
+    return asyncio.run(query_status("127.0.0.1", port, TOKEN, None, detail=detail))
 
 
 def _try_json(port: int) -> dict[str, Any] | None:
@@ -287,18 +299,20 @@ async def test_status_says_how_long_each_running_task_has_run(tmp_path: Path) ->
 
 
 @pytest.mark.timeout(120)
-def test_dashboard_says_which_tasks_no_worker_can_hold(procs: Procs, tmp_path: Path,
+def test_dashboard_says_which_tasks_no_worker_can_hold(engine: Any, tmp_path: Path,
                                                       free_tcp_port: int) -> None:
+    """The coordinator with its dashboard and a worker in this process (tests/inproc.py)."""
     jug = tmp_path / "needs.py"
     jug.write_text("from ajug import TaskGenerator\n\n"
                    "@TaskGenerator(resources={'gpus': 2})\ndef train(i):\n    return i\n\n"
                    "@TaskGenerator\ndef prep(i):\n    return i\n\n"
                    "trained = [train(i) for i in range(3)]\nprepped = [prep(i) for i in range(3)]\n")
     dash = free_tcp_port
-    coord, port = procs.serve(jug, "--stay", "--dashboard", str(dash))
-    wait_for(lambda: f"dashboard on http://127.0.0.1:{dash}/" in read_log(coord), 10,
-             what="the dashboard line")
-    procs.work(port)  # offers its CPUs and memory, no GPU
+    coord = engine.make_coordinator(jug, stay=True, dashboard=dash)
+    port = coord.port
+    # offers CPUs and memory, no GPU (as `ajug work` on this machine would)
+    engine.run_worker(port, offer={"group": "hostA", "resources": {"cpus": 4,
+                                                                    "memory": 8 << 30}})
     st = wait_for(lambda: (s := fetch_json(dash, "/api/status"))["totals"]["done"] == 3 and s,
                   30, what="the tasks a worker can hold to be done")
     assert st["totals"]["ready"] == 3
@@ -306,5 +320,5 @@ def test_dashboard_says_which_tasks_no_worker_can_hold(procs: Procs, tmp_path: P
     t = page_text(chromium(), f"http://127.0.0.1:{dash}/", tmp_path)
     assert t["loaded"] == "yes"
     assert "3 task(s) waiting for a worker with gpus>=2" in t["unplaceable"], t["unplaceable"]
-    out = status(port)
+    out = status_of(port)
     assert out["unplaceable"] == st["unplaceable"]

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
+import io
 import logging
 import os
 import re
@@ -13,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from inproc import Engine
+from inproc import TOKEN, Engine
 from procs import (
     Procs,
     ajug_cmd,
@@ -26,6 +27,10 @@ from procs import (
     values,
     wait_for,
 )
+from rich.console import Console
+
+from ajug.protocol.client import query_status
+from ajug.status import render
 
 HERE = Path(__file__).parent
 EXPECTED_TOTAL = sum(x * x for x in range(60))
@@ -80,8 +85,9 @@ def test_serve_and_two_workers_run_mapreduce_with_barrier(
 
 @pytest.mark.timeout(120)
 def test_run_example_and_its_status_offline(engine: Engine, tmp_path: Path) -> None:
-    """The example run in this process (tests/inproc.py); ``ajug status`` (a process) reads the
-    store once the coordinator has exited."""
+    """The example run in this process (tests/inproc.py); the store read (``ajug status
+    --json``, a fresh interpreter) once the coordinator has exited, and rendered as the command
+    does."""
     ex = tmp_path / "primes.py"
     shutil.copy(HERE.parent / "examples" / "primes.py", ex)
     coord = engine.make_coordinator(ex)
@@ -97,19 +103,19 @@ def test_run_example_and_its_status_offline(engine: Engine, tmp_path: Path) -> N
     assert st["totals"]["done"] == st["tasks"] == 42
     assert {f["name"] for f in st["functions"]} == {
         "primes.primes_in", "primes.count_and_sum", "primes.report"}
-    text = subprocess.run(ajug_cmd("status", str(ex)), env=env(), capture_output=True,
-                          text=True, timeout=60)
-    assert "primes.primes_in" in text.stdout and "40" in text.stdout
+    text = io.StringIO()  # as ``ajug status primes.py`` renders it
+    render(st, Console(file=text, width=80, force_terminal=False))
+    assert "primes.primes_in" in text.getvalue() and "40" in text.getvalue()
 
 
 
 @pytest.mark.timeout(90)
 def test_status_live_while_a_task_runs(engine: Engine, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A slow jugfile served in this process (tests/inproc.py): its status over the protocol
-    while it runs, and what ``ajug status`` (a process) prints of it."""
+    """A slow jugfile served in this process (tests/inproc.py): its status while it runs, and
+    what ``ajug status`` prints of it (asked over the protocol, rendered here)."""
     slow = copy_jugfile(tmp_path, "slow.py")
-    monkeypatch.setenv("AJUG_TEST_SLOW_S", "3")
+    monkeypatch.setenv("AJUG_TEST_SLOW_S", "2")  # long enough to be seen running
     coord = engine.make_coordinator(slow)
     w = engine.run_worker(coord.port)
     live = wait_for(lambda: (s := coord.status())["totals"]["running"] >= 1 and s, 30,
@@ -118,11 +124,15 @@ def test_status_live_while_a_task_runs(engine: Engine, tmp_path: Path,
     assert live["totals"]["running"] == 1 and live["totals"]["ready"] == 2
     assert live["totals"]["waiting"] == 1
     assert len(live["workers"]) == 1 and live["workers"][0]["pid"] == os.getpid()
-    human = subprocess.run(ajug_cmd("status", f"127.0.0.1:{coord.port}"), env=env(),
-                           capture_output=True, text=True, timeout=30)
-    assert "slow.slow_square" in human.stdout and "workers" in human.stdout
+    human = coord.status_text()  # ``ajug status 127.0.0.1:PORT``, over the protocol
+    assert "slow.slow_square" in human and "workers" in human, human
     assert coord.wait(60) == 0
     assert w.wait(30) == 0
+
+
+def status_of(port: int) -> dict:  # type: ignore[type-arg]
+    """What ``ajug status 127.0.0.1:PORT --json`` prints, asked over the protocol."""
+    return asyncio.run(query_status("127.0.0.1", port, TOKEN, None))
 
 
 def running_holder(port: int, key_func: str = "slow.slow_square") -> tuple[int, str] | None:
@@ -195,23 +205,21 @@ def test_barrier_example_with_jugfile_functions_as_arguments(tmp_path: Path) -> 
 
 @pytest.mark.timeout(90)
 def test_status_watch_follows_a_run_to_its_end(engine: Engine, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ajug status --watch`` (a process) on a coordinator and a worker in this one."""
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``ajug status --watch`` on a coordinator and a worker, all in this process."""
     jugfile = copy_jugfile(tmp_path, "steps.py")
     monkeypatch.setenv("AJUG_TEST_N", "12")
     monkeypatch.setenv("AJUG_TEST_STEP_S", "0.25")
     coord = engine.make_coordinator(jugfile, stay=True)
     engine.run_worker(coord.port)
-    watch = subprocess.run(
-        ajug_cmd("status", f"127.0.0.1:{coord.port}", "--watch", "--interval", "0.3"),
-        env=env(), capture_output=True, text=True, timeout=60,
-    )
     # --stay: the run finishes but the coordinator stays; --watch ends at "finished"
-    assert watch.returncode == 0, watch.stderr
-    assert "13/13 done" in watch.stderr
-    json_lines = subprocess.run(
-        ajug_cmd("status", f"127.0.0.1:{coord.port}", "--json"), env=env(), capture_output=True,
-        text=True, timeout=30)
-    assert json.loads(json_lines.stdout)["state"] == "finished"
+    assert coord.watch() == 0
+    err = capsys.readouterr().err
+    assert "13/13 done" in err, err
+    assert err.strip().splitlines()[-1].startswith("ajug: the run has finished: [finished] "
+                                                   "13/13 done"), err
+    assert status_of(coord.port)["state"] == "finished"  # what `ajug status --json` says
+    assert coord.rc is None  # still serving
     coord.stop()
     assert coord.wait(30) == 0

@@ -36,7 +36,8 @@ HERE = Path(__file__).parent
 @pytest.mark.timeout(120)
 def test_task_exceptions_retries_and_blocked_dependents(
         engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In this process (tests/inproc.py); ``ajug status --failed`` (a process) reads it live."""
+    """In this process (tests/inproc.py), and what ``ajug status --failed`` shows of it live
+    (asked over the protocol, rendered as the command does)."""
     jugfile = copy_jugfile(tmp_path, "faulty.py")
     monkeypatch.setenv("AJUG_TEST_MARKS", str(tmp_path))
     coord = engine.make_coordinator(jugfile, retries=1, stay=True)
@@ -50,9 +51,8 @@ def test_task_exceptions_retries_and_blocked_dependents(
     assert fail["func"] == "faulty.raises" and fail["type"] == "ValueError"
     assert fail["kind"] == "exception" and fail["attempts"] == 2  # first try + one retry
     assert (tmp_path / "flaky.attempts").read_text() == "2"  # failed once, retried, passed
-    out = subprocess.run(ajug_cmd("status", f"127.0.0.1:{coord.port}", "--failed"), env=env(),
-                         capture_output=True, text=True, timeout=30)
-    assert "Traceback" in out.stdout and "ValueError: bad input 1" in out.stdout
+    text = coord.status_text(failed=True)  # `ajug status 127.0.0.1:PORT --failed`
+    assert "Traceback" in text and "ValueError: bad input 1" in text, text
     fn = {f["name"]: f for f in st["functions"]}
     assert fn["faulty.after"]["blocked"] == 2
     coord.stop()

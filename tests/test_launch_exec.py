@@ -1,20 +1,28 @@
 """Workers started by a command (``--workers 'exec:COMMAND'``), the launcher's options and
 their errors, the jobs in status / the dashboard / metrics, and ``ajug work --idle-exit``.
-Real processes throughout: the exec launcher runs its commands on this machine."""
+The exec launcher runs its commands on this machine: its jobs' workers are real processes; the
+coordinator with its launcher runs in this process (tests/inproc.py) unless the command line
+(options, configuration, exit status) is the subject."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+from inproc import TOKEN
 from procs import Procs, ajug_cmd, children, env, read_log, status, values, wait_for
+
+from ajug.protocol.client import query_status
 
 JUGFILE = '''
 import os, time
@@ -56,20 +64,50 @@ def ran(jug: Path) -> Counter[str]:
     return Counter(line.split()[0] for line in log.read_text().splitlines()) if log.exists() else Counter()
 
 
+def launch(template: str, **options: Any) -> dict[str, Any]:
+    """``--workers 'exec:TEMPLATE' --advertise 127.0.0.1`` and more, for make_coordinator."""
+    return {"workers": f"exec:{template}", "advertise": "127.0.0.1", **options}
+
+
+def left_behind(tmp_path: Path) -> list[int]:
+    """Child processes of this one that a test's exec jobs left: alive ones that mention its
+    directory, and zombies (nobody waited for them)."""
+    kids = []
+    for pid in children(os.getpid()):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] == "Z" or str(tmp_path) in cmd:
+            kids.append(pid)
+    return kids
+
+
+def status_of(port: int) -> dict[str, Any]:
+    """What ``ajug status 127.0.0.1:PORT --json`` prints, asked over the protocol."""
+    return asyncio.run(query_status("127.0.0.1", port, TOKEN, None))
+
+
 def exec_args(template: str = "bash {script}", *extra: str) -> list[str]:
     return ["--workers", f"exec:{template}", "--advertise", "127.0.0.1", *extra]
 
 
 def test_exec_jobs_do_the_work_and_show_in_status_dashboard_and_metrics(
-        procs: Procs, tmp_path: Path, free_tcp_port: int) -> None:
+        engine: Any, tmp_path: Path, free_tcp_port: int) -> None:
+    """The coordinator, its dashboard and launcher in this process (tests/inproc.py); the
+    exec jobs' workers are processes."""
     from test_dashboard import fetch, fetch_json, parse_metrics
 
     jug = jugfile(tmp_path, n=12, sleep=1.0)  # 6 s on two workers: status is asked meanwhile
     dash = free_tcp_port
-    coord, port = procs.serve(jug, *exec_args("bash {script}", "--max-jobs", "2",
-                                              "--idle-exit", "5", "--dashboard", str(dash)))
-    st = wait_for(lambda: (s := status(port))["jobs"]["running"] == 2
-                  and len(s["workers"]) == 2 and s, 30, 0.2, "two running exec jobs")
+    coord = engine.make_coordinator(jug, dashboard=dash, launch=launch(
+        "bash {script}", max_jobs=2, idle_exit=5))
+    # each job's worker is counted on the launcher's next tick after it connects
+    st = wait_for(lambda: (s := coord.status())["jobs"]["running"] == 2
+                  and len(s["workers"]) == 2
+                  and all(j["workers"] == 1 for j in s["jobs"]["jobs"]) and s, 30, 0.2,
+                  "two running exec jobs, each with its worker")
     jobs = st["jobs"]
     assert jobs["kind"] == "exec" and jobs["max"] == 2 and jobs["submitted"] == 2
     assert re.match(r"ajug-ex-[0-9a-f]{6}$", jobs["name"])
@@ -84,27 +122,27 @@ def test_exec_jobs_do_the_work_and_show_in_status_dashboard_and_metrics(
     m = parse_metrics(fetch(dash, "/metrics")[2])
     assert m['ajug_jobs{state="running"}'] == 2 and m["ajug_jobs_max"] == 2
     assert m["ajug_jobs_submitted_total"] == 2 and m["ajug_jobs_submit_failures"] == 0
-    text = subprocess.run(ajug_cmd("status", f"127.0.0.1:{port}"), capture_output=True,
-                          text=True, env=env(), timeout=30).stdout
-    assert f"exec jobs {jobs['name']}" in text and "jobs: " in text
-    assert coord.wait(60) == 0, read_log(coord)
+    text = coord.status_text()  # `ajug status 127.0.0.1:PORT`
+    assert f"exec jobs {jobs['name']}" in text and "jobs: " in text, text
+    assert coord.wait(60) == 0
     assert ran(jug) == Counter({f"step{i}": 1 for i in range(12)})
     assert values(jug, ["total"]) == {"total": [i * i for i in range(12)]}
-    assert children(coord.pid) == []  # no exec command left behind
+    assert left_behind(tmp_path) == []  # no exec command left behind
     # both jobs' workers, and only they, ran the tasks
     by_job = {line.split()[1] for line in (tmp_path / "runs.log").read_text().splitlines()}
     assert by_job <= set(ids)
 
 
-def test_dashboard_page_shows_the_jobs(procs: Procs, tmp_path: Path, free_tcp_port: int) -> None:
+def test_dashboard_page_shows_the_jobs(engine: Any, tmp_path: Path, free_tcp_port: int) -> None:
+    """The coordinator in this process (tests/inproc.py); its job and the browser: processes."""
     from test_dashboard import IdText, chromium, dump_dom
 
     browser = chromium()
     jug = jugfile(tmp_path, n=4, sleep=0.1)
     dash = free_tcp_port
-    coord, port = procs.serve(jug, *exec_args("bash {script}", "--max-jobs", "1", "--stay",
-                                              "--idle-exit", "60", "--dashboard", str(dash)))
-    st = wait_for(lambda: (s := status(port))["state"] == "finished" and s["jobs"]["running"]
+    coord = engine.make_coordinator(jug, stay=True, dashboard=dash, launch=launch(
+        "bash {script}", max_jobs=1, idle_exit=60))
+    st = wait_for(lambda: (s := coord.status())["state"] == "finished" and s["jobs"]["running"]
                   and s, 30, 0.2, "the run to finish with its job still there")
     dom = dump_dom(browser, f"http://127.0.0.1:{dash}/", tmp_path)
     p = IdText()
@@ -112,20 +150,20 @@ def test_dashboard_page_shows_the_jobs(procs: Procs, tmp_path: Path, free_tcp_po
     t = {k: v.strip() for k, v in p.text.items()}
     assert t["loaded"] == "yes"
     assert st["jobs"]["name"] in t["jobs-name"] and "1 running" in t["jobs-name"]
-    assert t["jobs-reason"] == status(port)["jobs"]["reason"]
+    assert t["jobs-reason"] == coord.status()["jobs"]["reason"]
     assert t["job-0-state"] == "running"
 
 
-def test_exec_command_placeholder_and_hosts(procs: Procs, tmp_path: Path) -> None:
+def test_exec_command_placeholder_and_hosts(engine: Any, tmp_path: Path) -> None:
     """{command} is the worker's shell command as one word, {host} the least used of
-    --exec-hosts: here a local shell stands in for ssh."""
+    --exec-hosts: here a local shell stands in for ssh. (The coordinator in this process.)"""
     jug = jugfile(tmp_path, n=6, sleep=0.2)
     seen = tmp_path / "hosts.txt"
     template = f"echo {{host}} >> {seen}; sh -c {{command}}"
-    coord, port = procs.serve(jug, *exec_args(template, "--max-jobs", "2", "--idle-exit", "3",
-                                              "--exec-hosts", "hostA,hostB",
-                                              "--job-setup", "export AJUG_SETUP_RAN=1"))
-    assert coord.wait(60) == 0, read_log(coord)
+    coord = engine.make_coordinator(jug, launch=launch(
+        template, max_jobs=2, idle_exit=3, exec_hosts="hostA,hostB",
+        job_setup=["export AJUG_SETUP_RAN=1"]))
+    assert coord.wait(60) == 0
     assert sorted(seen.read_text().split()) == ["hostA", "hostB"]
     assert ran(jug) == Counter({f"step{i}": 1 for i in range(6)})
 
@@ -143,19 +181,21 @@ def test_ajug_run_with_exec_workers_and_no_local_ones(procs: Procs, tmp_path: Pa
 
 @pytest.mark.slow
 def test_jobs_that_die_at_once_back_off_and_the_coordinator_serves_on(
-        procs: Procs, tmp_path: Path) -> None:
+        engine: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A broken job (its command exits before any worker starts): three in a row, then one
-    line and a backoff; workers started by hand still get the work."""
+    line and a backoff; workers started by hand still get the work. (In this process.)"""
+    caplog.set_level(logging.INFO, logger="ajug")
     jug = jugfile(tmp_path, n=4, sleep=0.05)
-    coord, port = procs.serve(jug, *exec_args("true {command}", "--max-jobs", "1"))
-    st = wait_for(lambda: (s := status(port))["jobs"]["error"] and s, 60, 0.3, "the backoff")
+    coord = engine.make_coordinator(jug, launch=launch("true {command}", max_jobs=1))
+    st = wait_for(lambda: (s := coord.status())["jobs"]["error"] and s, 60, 0.3, "the backoff")
     assert "3 jobs in a row ended before their workers connected" in st["jobs"]["error"]
     assert "next try in" in st["jobs"]["reason"]
     assert st["jobs"]["submitted"] == 3 and st["jobs"]["ended_total"] == 3
-    log = read_log(coord)
-    assert len(re.findall(r" E ajug.launch: 3 jobs in a row", log)) == 1, log
-    w = procs.work(port)
-    assert w.wait(60) == 0 and coord.wait(60) == 0, read_log(coord)
+    said = [(r.levelname, r.name) for r in caplog.records
+            if r.getMessage().startswith("3 jobs in a row")]
+    assert said == [("ERROR", "ajug.launch")], caplog.text
+    w = engine.run_worker(coord.port)
+    assert w.wait(60) == 0 and coord.wait(60) == 0
     assert values(jug, ["total"]) == {"total": [i * i for i in range(4)]}
 
 
@@ -248,19 +288,24 @@ def test_a_token_made_for_the_jobs_is_kept_for_a_restart(procs: Procs, tmp_path:
 
 # -- ajug work --idle-exit ---------------------------------------------------------------------
 @pytest.mark.slow
-def test_idle_worker_exits_but_not_while_it_runs_a_task(procs: Procs, tmp_path: Path) -> None:
+def test_idle_worker_exits_but_not_while_it_runs_a_task(
+        engine: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``ajug work --idle-exit 1`` (WorkerOptions.idle_exit_s) against ``ajug serve --stay``,
+    both in this process (tests/inproc.py)."""
+    caplog.set_level(logging.INFO, logger="ajug")
     jug = jugfile(tmp_path, n=1, sleep=3.0)  # one task far longer than --idle-exit
-    coord, port = procs.serve(jug, "--stay")
+    coord = engine.make_coordinator(jug, stay=True)
     t0 = time.monotonic()
-    w = procs.work(port, "--idle-exit", "1")
-    wait_for(lambda: status(port)["state"] == "finished", 30, what="the task")
-    assert w.wait(30) == 0, read_log(w)
+    w = engine.run_worker(coord.port, idle_exit_s=1.0)
+    wait_for(lambda: coord.status()["state"] == "finished", 30, what="the task")
+    assert w.wait(30) == 0
     took = time.monotonic() - t0
     assert 3.0 <= took < 15, took
-    assert "no task for 1s (--idle-exit): exiting" in read_log(w)
+    assert w.worker.idle_exited and w.worker.ran == 1
+    assert "no task for 1s (--idle-exit): exiting" in caplog.text
     assert ran(jug) == Counter({"step0": 1})
-    assert coord.poll() is None  # --stay: the coordinator did not end it, idleness did
-    st = status(port)
+    assert coord.rc is None  # --stay: the coordinator did not end it, idleness did
+    st = coord.status()
     assert st["workers"] == [] and st["totals"]["done"] == 1
 
 
@@ -279,11 +324,11 @@ def test_idle_exit_must_be_positive(tmp_path: Path) -> None:
     assert out.returncode == 2 and "--idle-exit -1: must be a positive number" in out.stderr
 
 
-def test_status_json_round_trips_the_jobs_section(procs: Procs, tmp_path: Path) -> None:
+def test_status_json_round_trips_the_jobs_section(engine: Any, tmp_path: Path) -> None:
     jug = jugfile(tmp_path, n=2, sleep=0.05)
-    coord, port = procs.serve(jug, *exec_args("bash {script}", "--stay", "--max-jobs", "1",
-                                              "--idle-exit", "30"))
-    st = wait_for(lambda: (s := status(port))["state"] == "finished" and s, 30,
+    coord = engine.make_coordinator(jug, stay=True, launch=launch("bash {script}", max_jobs=1,
+                                                                  idle_exit=30))
+    st = wait_for(lambda: (s := status_of(coord.port))["state"] == "finished" and s, 30,
                   what="finished")
     jobs = json.loads(json.dumps(st["jobs"]))
     assert set(jobs) >= {"kind", "name", "reason", "error", "min", "max", "pending", "running",
@@ -292,20 +337,24 @@ def test_status_json_round_trips_the_jobs_section(procs: Procs, tmp_path: Path) 
     assert jobs["reason"].startswith("the run is finished")
 
 
-def test_a_stopped_coordinator_ends_its_exec_jobs(procs: Procs, tmp_path: Path) -> None:
+def test_a_stopped_coordinator_ends_its_exec_jobs(engine: Any, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Stopped as SIGTERM stops ``ajug serve`` (the coordinator in this process)."""
+    caplog.set_level(logging.INFO, logger="ajug")
     jug = jugfile(tmp_path, n=20, sleep=1.0)
-    coord, port = procs.serve(jug, *exec_args("bash {script}", "--max-jobs", "2",
-                                              "--idle-exit", "30"))
-    st = wait_for(lambda: (s := status(port))["totals"]["running"] == 2 and s, 30, 0.2,
+    coord = engine.make_coordinator(jug, launch=launch("bash {script}", max_jobs=2,
+                                                       idle_exit=30))
+    st = wait_for(lambda: (s := coord.status())["totals"]["running"] == 2 and s, 30, 0.2,
                   "two busy exec jobs")
     pids = [w["pid"] for w in st["workers"]]  # bash exec's the worker: the job's own pid
-    coord.send_signal(signal.SIGTERM)
+    assert os.getpid() not in pids
+    coord.stop()
     assert coord.wait(30) != 0
     for pid in pids:
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists()
                  or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3], 15,
                  what=f"exec job {pid} to end")
-    assert "cancelling exec job(s)" in read_log(coord)
+    assert "cancelling exec job(s)" in caplog.text
 
 
 def test_repeatable_settings_from_one_environment_variable(procs: Procs, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Failed handshakes cannot flood the log (issue 12): a few lines in full, then one a minute.
 
 ``RefusalLog``'s decisions with a clock passed in; the asyncio glue on real connections; and a
-real ``ajug serve`` that garbage connections hit by the hundred.
+real coordinator (in this process) that garbage connections hit by the hundred.
 """
 
 from __future__ import annotations
@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 import shutil
-import signal
 import socket
 from pathlib import Path
 
 import pytest
-from procs import JUGFILES, Procs, env, read_log
+from inproc import TOKEN, Engine
+from procs import JUGFILES
 
 from ajug.protocol import connection as conn_mod
 from ajug.protocol.refusals import FULL_LINES, MAX_PEERS, RefusalLog, peer_host
@@ -148,27 +147,30 @@ async def test_the_summary_comes_when_the_interval_ends(caplog: pytest.LogCaptur
         await server.wait_closed()
 
 
-def test_a_flood_of_garbage_connections_writes_a_few_lines(procs: Procs, tmp_path: Path) -> None:
+def test_a_flood_of_garbage_connections_writes_a_few_lines(
+        engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A real coordinator in this process (tests/inproc.py), as ``ajug serve -v`` logs."""
+    caplog.set_level(logging.INFO, logger="ajug")
     jugfile = tmp_path / "steady.py"
     shutil.copy(JUGFILES / "steady.py", jugfile)
-    token = "flood-" + secrets.token_hex(8)
-    coord, port = procs.serve(jugfile, env=env(AJUG_TOKEN=token))
+    coord = engine.make_coordinator(jugfile)
     n = 400
     for i in range(n):
-        answer = garbage_connection(port, b"GET / HTTP/1.1\r\n\r\n" if i % 2 else os_noise(i))
+        answer = garbage_connection(coord.port,
+                                    b"GET / HTTP/1.1\r\n\r\n" if i % 2 else os_noise(i))
         assert answer.startswith(b"\x00\x00"), answer  # an error frame, then the close
-    coord.send_signal(signal.SIGTERM)  # a stopping coordinator says what it has not said yet
+    coord.stop()  # a stopping coordinator says what it has not said yet
     coord.wait(30)
-    log = read_log(coord)
-    refused = [ln for ln in log.splitlines() if "refused" in ln]
-    assert len(refused) == FULL_LINES + 1, "\n".join(refused)
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == FULL_LINES + 1, "\n".join(r.getMessage() for r in refused)
+    last = refused[-1]
     assert re.search(
-        rf": {n} connections refused in the last (minute|[\d.]+ s) from 127\.0\.0\.1 \({n}\) "
+        rf"^{n} connections refused in the last (minute|[\d.]+ s) from 127\.0\.0\.1 \({n}\) "
         rf"\(the first {FULL_LINES} logged above\)$",
-        refused[-1],
-    ), refused[-1]
-    assert " W ajug.protocol.connection: " in refused[-1]
-    assert token not in log
+        last.getMessage(),
+    ), last.getMessage()
+    assert (last.levelname, last.name) == ("WARNING", "ajug.protocol.connection")
+    assert TOKEN.decode() not in caplog.text
 
 
 def os_noise(i: int) -> bytes:

@@ -27,7 +27,8 @@ import pytest
 from inproc import TOKEN, Engine
 from procs import Procs, ajug_cmd, children, env, make_certs, read_log, values, wait_for
 
-from ajug.errors import AuthError, ConnectError, ProtocolError
+from ajug.cliparams import tls_context
+from ajug.errors import AjugError, AuthError, ConnectError, ProtocolError
 from ajug.protocol import messages as m
 from ajug.protocol.auth import ServerHandshake
 from ajug.protocol.client import query_status
@@ -329,76 +330,96 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(**make_certs(tmp_path_factory.mktemp("certs")))
 
 
-def test_tls_run_to_completion(procs: Procs, tmp_path: Path, certs: SimpleNamespace) -> None:
-    jugfile, gate = steady(tmp_path)
-    token = "tls-" + secrets.token_hex(8)
-    e = run_env(token, gate)
-    coord, port = start_serve(
-        procs, jugfile, "--tls-cert", certs.server_pem, "--tls-key", certs.server_key, env=e
-    )
-    w = procs.work(port, "--tls-ca", certs.ca_pem, env=e)
-    st = wait_for(
-        lambda: (
-            (s := live_status(port, e, "--tls-ca", certs.ca_pem))["totals"]["done"] == N_STEPS and s
-        ),
-        60,
-        what="the steps to be done",
-    )
-    assert [x["pid"] for x in st["workers"]] == [w.pid]
+def tls_worker_error(port: int, ctx: Any) -> str:
+    """What a worker with TLS context ``ctx`` (None: plain TCP) says when it cannot work
+    (``ajug work`` prints this line after ``ajug: error:``)."""
+    w = Worker(WorkerOptions(host="127.0.0.1", port=port, token=TOKEN, connect_timeout_s=2,
+                             ssl=ctx))
+    with pytest.raises(AjugError) as e:
+        w.run()
+    line = str(e.value)
+    assert "\n" not in line and "Traceback" not in line, line
+    return line
+
+
+def test_tls_run_to_completion(engine: Engine, tmp_path: Path, certs: SimpleNamespace,
+                               monkeypatch: pytest.MonkeyPatch,
+                               caplog: pytest.LogCaptureFixture) -> None:
+    """A TLS coordinator and worker in this process (tests/inproc.py), with the contexts
+    ``--tls-cert/--tls-key`` and ``--tls-ca`` make; plain TCP and an unknown CA refused."""
+    caplog.set_level(logging.DEBUG, logger="ajug")
+    jugfile, gate = steady_inproc(tmp_path, monkeypatch)
+    coord = engine.make_coordinator(
+        jugfile, ssl=tls_context(True, certs.server_pem, certs.server_key, None))
+    port = coord.port
+    mine = tls_context(False, None, None, certs.ca_pem)
+    w = engine.run_worker(port, ssl=mine, name="tls-worker")
+    st = wait_for(lambda: (s := status_of(port, ctx=mine))["totals"]["done"] == N_STEPS and s,
+                  60, what="the steps to be done")
+    assert [x["name"] for x in st["workers"]] == ["tls-worker"]
     # plain TCP against the TLS coordinator: refused, and the message says what to do
-    plain = one_line_error(ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "2", env=e))
-    assert "TLS" in plain and "--tls-ca" in plain
-    one_line_error(ajug("status", f"127.0.0.1:{port}", env=e))
+    plain = tls_worker_error(port, None)
+    assert "TLS" in plain and "--tls-ca" in plain, plain
+    with pytest.raises(AjugError):
+        status_of(port)
     # a coordinator whose certificate the worker's CA did not sign is not trusted
-    other = one_line_error(
-        ajug(
-            "work",
-            f"127.0.0.1:{port}",
-            "--connect-timeout",
-            "2",
-            "--tls-ca",
-            certs.other_ca_pem,
-            env=e,
-        )
-    )
-    assert "CERTIFICATE_VERIFY_FAILED" in other
+    other = tls_worker_error(port, tls_context(False, None, None, certs.other_ca_pem))
+    assert "CERTIFICATE_VERIFY_FAILED" in other, other
+    assert coord.rc is None and w.alive  # the refused ones changed nothing
     gate.touch()
-    assert coord.wait(60) == 0, read_log(coord)
-    assert w.wait(30) == 0, read_log(w)
+    assert coord.wait(60) == 0
+    assert w.wait(30) == 0
     assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
-    assert token not in read_log(coord) + read_log(w)
+    assert TOKEN.decode() not in caplog.text
 
 
-def test_tls_client_certificates(procs: Procs, tmp_path: Path, certs: SimpleNamespace) -> None:
-    jugfile, gate = steady(tmp_path)
-    e = run_env("tls-" + secrets.token_hex(8), gate)
-    coord, port = start_serve(
-        procs,
-        jugfile,
-        "--tls-cert",
-        certs.server_pem,
-        "--tls-key",
-        certs.server_key,
-        "--tls-ca",
-        certs.ca_pem,
-        env=e,
-    )
-    mine = ["--tls-ca", certs.ca_pem, "--tls-cert", certs.client_pem, "--tls-key", certs.client_key]
-    w = procs.work(port, *mine, env=e)
-    wait_for(
-        lambda: live_status(port, e, *mine)["totals"]["done"] == N_STEPS,
-        60,
-        what="the steps to be done",
-    )
+def test_tls_client_certificates(engine: Engine, tmp_path: Path, certs: SimpleNamespace,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A coordinator that requires client certificates signed by its CA (in this process)."""
+    jugfile, gate = steady_inproc(tmp_path, monkeypatch)
+    coord = engine.make_coordinator(
+        jugfile, ssl=tls_context(True, certs.server_pem, certs.server_key, certs.ca_pem))
+    port = coord.port
+    mine = tls_context(False, certs.client_pem, certs.client_key, certs.ca_pem)
+    w = engine.run_worker(port, ssl=mine)
+    wait_for(lambda: status_of(port, ctx=mine)["totals"]["done"] == N_STEPS, 60,
+             what="the steps to be done")
     # without a client certificate the coordinator will not talk
-    line = one_line_error(
-        ajug("work", f"127.0.0.1:{port}", "--connect-timeout", "2", "--tls-ca", certs.ca_pem, env=e)
-    )
-    assert "certificate" in line
+    line = tls_worker_error(port, tls_context(False, None, None, certs.ca_pem))
+    assert "certificate" in line, line
+    assert coord.rc is None and w.alive
     gate.touch()
-    assert coord.wait(60) == 0, read_log(coord)
-    assert w.wait(30) == 0, read_log(w)
+    assert coord.wait(60) == 0
+    assert w.wait(30) == 0
     assert values(jugfile, ["total"])["total"] == EXPECTED_TOTAL
+
+
+def sockets_to(port: int) -> list[str]:
+    """This process's open sockets whose far end is 127.0.0.1:``port`` (the client ends of
+    connections to a coordinator served here), from /proc."""
+    mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")}
+    found = []
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = row.split()
+        if cols[2] == f"0100007F:{port:04X}" and f"socket:[{cols[9]}]" in mine:
+            found.append(cols[1])
+    return found
+
+
+async def test_status_over_tls_closes_its_connection_before_it_returns(
+        engine: Engine, tmp_path: Path, certs: SimpleNamespace,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A question over TLS (status here; invalidate, the watch and ``ajug.connect`` alike) waits
+    for the TLS shutdown: it left the socket open, one a question, in a long Python session."""
+    jugfile, _ = steady_inproc(tmp_path, monkeypatch)
+    coord = engine.make_coordinator(
+        jugfile, ssl=tls_context(True, certs.server_pem, certs.server_key, None))
+    ctx = tls_context(False, None, None, certs.ca_pem)
+    for _ in range(3):
+        st = await query_status("127.0.0.1", coord.port, TOKEN, ctx)
+        assert st["tasks"] == N_STEPS + 1
+        assert sockets_to(coord.port) == []  # this loop still runs: nothing left in it
 
 
 # --- read-only access ------------------------------------------------------------------------

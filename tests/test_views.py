@@ -6,12 +6,15 @@ run ended."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from inproc import TOKEN, Engine
 from procs import Procs, ajug_cmd, copy_jugfile, env, read_log, wait_for
 from ptys import Pty
 
@@ -138,20 +141,25 @@ def test_run_bars_label_times_count_running_tasks_and_keep_rates(tmp_path: Path)
     assert "ajug: results are in views.ajugdata; read them with `ajug shell views.py`" in text
 
 
-def test_serve_shows_the_same_bars_on_a_terminal(procs: Procs, tmp_path: Path) -> None:
+def test_serve_shows_the_same_bars_on_a_terminal(engine: Engine, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ajug serve`` on a terminal (the subject, a process); its worker in this process."""
     copy_jugfile(tmp_path, "views.py")
-    e = env(AJUG_TEST_N="30", AJUG_TEST_STEP_S="0.1")
+    e = env(AJUG_TEST_N="30", AJUG_TEST_STEP_S="0.1", AJUG_TOKEN=TOKEN.decode())
+    monkeypatch.setenv("AJUG_TEST_N", "30")  # the worker loads the jugfile's code here
+    monkeypatch.setenv("AJUG_TEST_STEP_S", "0.1")
     t = Pty.ajug("serve", "views.py", "--port", "0", env=e, cwd=str(tmp_path))
     try:
         port = int(t.wait_for(lambda s: (m := re.search(r"serving views.py on 127.0.0.1:(\d+)",
                                                         s)) and m.group(1), 30, "the port"))
-        procs.work(port, env=e)
+        w = engine.run_worker(port)
         t.wait_for(lambda s: re.search(r"split_into_chunks_of_words .*\d+/30 done.*elapsed", s),
                    60, "a bar for the function")
         assert t.wait(60) == 0, t.text
     finally:
         t.close()
     assert "ajug: [finished] 31/31 done (31 done)" in t.text
+    assert w.wait(30) == 0
 
 
 def test_ctrl_c_at_a_terminal_is_interrupted_and_exit_130(tmp_path: Path) -> None:
@@ -170,10 +178,16 @@ def test_ctrl_c_at_a_terminal_is_interrupted_and_exit_130(tmp_path: Path) -> Non
         assert bad not in text, text
 
 
-def test_work_on_a_terminal_counts_its_tasks(procs: Procs, tmp_path: Path) -> None:
+def test_work_on_a_terminal_counts_its_tasks(engine: Engine, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ajug work`` on a terminal (the subject: a process) against a coordinator in this one
+    (tests/inproc.py)."""
     jug = copy_jugfile(tmp_path, "views.py")
-    e = env(AJUG_TEST_N="20", AJUG_TEST_STEP_S="0.2")
-    coord, port = procs.serve(jug, env=e)
+    monkeypatch.setenv("AJUG_TEST_N", "20")
+    monkeypatch.setenv("AJUG_TEST_STEP_S", "0.2")
+    coord = engine.make_coordinator(jug)
+    port = coord.port
+    e = env(AJUG_TEST_N="20", AJUG_TEST_STEP_S="0.2", AJUG_TOKEN=TOKEN.decode())
     t = Pty.ajug("work", f"127.0.0.1:{port}", env=e, cwd=str(tmp_path))
     try:
         t.wait_for(lambda s: f"connected to the coordinator at 127.0.0.1:{port}" in s, 30,
@@ -210,33 +224,34 @@ def watch(*args: str, cwd: Path, e: dict[str, str], timeout: float = 60
                           capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout)
 
 
-def test_live_watch_ends_with_the_final_state(procs: Procs, tmp_path: Path) -> None:
-    """A coordinator exits as soon as a run is done; the watch sees the end all the same."""
+def test_live_watch_ends_with_the_final_state(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A coordinator exits as soon as a run is done; the watch sees the end all the same.
+    The coordinator, its worker and both watches (bars, JSON) run in this process."""
+    caplog.set_level(logging.DEBUG, logger="ajug.protocol.connection")
     jug = copy_jugfile(tmp_path, "views.py")
-    e = env(AJUG_TEST_N="30", AJUG_TEST_STEP_S="0.1")
-    coord, port = procs.serve(jug, env=e)
-    addr = f"127.0.0.1:{port}"
-    bars = procs.start(["status", addr, "--watch", "--interval", "0.3"], "watch")
-    js = subprocess.Popen(ajug_cmd("status", addr, "--watch", "--json", "--interval", "0.3"),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-                          start_new_session=True)
-    try:
-        wait_for(lambda: "0/31 done" in read_log(bars), 30, what="the watch to start")
-        procs.work(port, env=e)
-        assert bars.wait(60) == 0, read_log(bars)
-        out, err = js.communicate(timeout=60)
-    finally:
-        if js.poll() is None:
-            js.kill()
-            js.communicate()
-    assert js.returncode == 0, err
+    monkeypatch.setenv("AJUG_TEST_N", "30")
+    monkeypatch.setenv("AJUG_TEST_STEP_S", "0.1")
+    coord = engine.make_coordinator(jug)
+    with ThreadPoolExecutor(2) as pool:
+        bars = pool.submit(coord.watch, False)
+        js = pool.submit(coord.watch, True)
+        wait_for(lambda: caplog.text.count("client status --watch") == 2, 30,
+                 what="both watches to connect")
+        engine.run_worker(coord.port)
+        assert bars.result(60) == 0 and js.result(60) == 0
     assert coord.wait(30) == 0
-    lines = read_log(bars).strip().splitlines()
-    assert lines[-1] == "ajug: the run has finished: [finished] 31/31 done (31 done)" or \
-        lines[-1].startswith("ajug: the run has finished: [finished] 31/31 done (31 done), "), lines
+    out, err = capsys.readouterr()
+    # stdout: the JSON watch's states; stderr: the bars, then each watch's last line
     states = [json.loads(ln) for ln in out.splitlines()]
     assert states[-1]["state"] == "finished" and states[-1]["totals"]["done"] == 31
-    assert err.strip().startswith("ajug: the run has finished"), err
+    assert "0/31 done" in err, err  # the bars were drawn before the run went on
+    ends = [ln for ln in err.splitlines() if ln.startswith("ajug: ")]
+    assert len(ends) == 2, err
+    for line in ends:
+        assert line == "ajug: the run has finished: [finished] 31/31 done (31 done)" or \
+            line.startswith("ajug: the run has finished: [finished] 31/31 done (31 done), "), err
 
 
 @pytest.mark.slow

@@ -20,6 +20,9 @@ from .connection import Connection, open_connection
 
 T = TypeVar("T")
 
+#: how long a client waits for its connection to close (a TLS shutdown) before going on
+CLOSE_WAIT_S = 5.0
+
 #: ``invalidate``: keys per message to a coordinator (about 45 bytes each on the wire).
 INVALIDATE_BATCH = 100_000
 
@@ -32,6 +35,16 @@ def new_loop_runner() -> Callable[[Coroutine[Any, Any, T]], T]:
         return uvloop.run
     except ImportError:  # pragma: no cover
         return asyncio.run
+
+
+async def hang_up(conn: Connection) -> None:
+    """Close and wait until closed, bounded: a TLS connection's shutdown must be done before
+    the event loop ends, or its socket is left open (one a question, in a Python session that
+    asks through ``ajug.connect``; and closing the loop may fail)."""
+    try:
+        await asyncio.wait_for(conn.aclose(), CLOSE_WAIT_S)
+    except (asyncio.TimeoutError, OSError):
+        pass
 
 
 async def ask(conn: Connection, msg: dict[str, Any], timeout_s: float, late: AjugError,
@@ -61,7 +74,7 @@ async def query_status(host: str, port: int, token: bytes, ctx: ssl.SSLContext |
             f"{timeout_s:g}s"))
         return rep["status"]
     finally:
-        conn.close()
+        await hang_up(conn)
 
 
 async def invalidate(host: str, port: int, token: bytes, ctx: ssl.SSLContext | None,
@@ -77,7 +90,7 @@ async def invalidate(host: str, port: int, token: bytes, ctx: ssl.SSLContext | N
                                    "coordinator runs them again"),
                       refused=f"the coordinator at {host}:{port} refused")
     finally:
-        conn.close()
+        await hang_up(conn)
 
 
 class Remote:
