@@ -4,7 +4,8 @@ and the Scheduler.
 Every decision is the Scheduler's; each connection is a ``session.ConnSession``; loading the
 jugfile is ``loading``; the status as data is ``statusdata``. This module opens the store and
 takes its owner lock, listens, runs the expiry timer, renews the lock, wakes waiting lease
-requests, confirms results before calling the run finished, and reloads past a barrier.
+requests, has results confirmed (``endcheck``) before calling the run finished, and reloads past
+a barrier.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from .codeship import MAX_BUNDLE_BYTES, collect_bundle
-from .errors import AjugError, StoreError, StoreLocked, UsageError
+from .endcheck import confirm_results, log_vanished
+from .errors import AjugError, StoreLocked, UsageError
 from .failures import FailureRecords, record_new_failures
 from .graph import Graph
 from .jugfile import LoadedJugfile
@@ -175,14 +177,14 @@ class Coordinator:
                 if self.sched.expire():
                     self._notify()
                 if self.sched.vanished > self._vanished_logged:
-                    self._log_vanished()
+                    log_vanished(self)
                 self.record_failures()
                 self.history.append((time.time(), self.sched.totals()[DONE]))
                 del self.history[:-120]
                 if on_tick is not None:
                     on_tick(self)
                 await self._check_finished()
-                if self.state == "finished" and not self.s.stay:
+                if self.state == "finished" and not self.s.stay or self.sched.halted:
                     if finished_at is None:
                         finished_at = time.monotonic()
                     # give workers a moment to hear "finished" and hang up; after a takeover,
@@ -203,17 +205,6 @@ class Coordinator:
         (backing off), for up to the resume grace since this one started."""
         return self.took_over and time.time() - self.started_at < self.s.resume_grace_s
 
-    def _log_vanished(self) -> None:
-        """One line per tick at most, however many results vanished meanwhile."""
-        sched = self.sched
-        assert sched is not None
-        n, self._vanished_logged = sched.vanished - self._vanished_logged, sched.vanished
-        log.warning(
-            "%d result(s) vanished from the store %s (deleted, damaged, or a redis that lost "
-            "its data): computing them again (%d vanished, %d recomputed so far)", n,
-            self.store.url if self.store else "", sched.vanished, sched.recomputed,
-        )
-
     async def _check_finished(self) -> None:
         sched = self.sched
         assert sched is not None and self.loaded is not None
@@ -221,7 +212,7 @@ class Coordinator:
             if self.state == "finished" and not sched.finished():
                 self.state = "running"  # work came back (invalidate)
             return
-        if not await self._confirm_results():
+        if not await confirm_results(self):
             return
         t = sched.totals()
         if self.loaded.hit_barrier and t[FAILED] == 0 and t[BLOCKED] == 0:
@@ -250,40 +241,6 @@ class Coordinator:
             self._reloading = False
         self._notify()
 
-    async def _confirm_results(self) -> bool:
-        """Is every result of the graph still in the store, whole? Asked in one batched call
-        before the run is called finished (or the jugfile is loaded past a barrier) whenever
-        something was done since the last such check (the start-up scan is one): results found
-        at start can vanish too (a redis restarted without persistence), and nobody may load
-        them again. What vanished is computed again. True when everything is confirmed."""
-        loop = asyncio.get_running_loop()
-        while True:
-            sched, graph, store = self.sched, self.graph, self.store
-            assert sched is not None and graph is not None and store is not None
-            n = len(sched.unverified)
-            if n == 0:
-                return sched.finished()
-            if self._verifying:
-                return False
-            idxs = sched.done_indices()
-            self._verifying = True
-            keys, sizes = [graph.keys[i] for i in idxs], [self.sizes[i] for i in idxs]
-            try:
-                ok = await loop.run_in_executor(None, store.intact, keys, sizes)
-            except StoreError as e:
-                log.warning("cannot confirm that this run's results are in the store (%s); "
-                            "asking again", e)
-                return False
-            finally:
-                self._verifying = False
-            if self.sched is not sched:
-                return False
-            del sched.unverified[:n]
-            if sched.lost_results([i for i, good in zip(idxs, ok) if not good]):
-                self._log_vanished()
-                self._notify()
-                return False
-
     def exit_status(self) -> int:
         if self.sched is None:
             return 1
@@ -297,6 +254,21 @@ class Coordinator:
         self._stop.set()
         self._changed.set()
         self._notify()
+
+    def halt(self) -> None:
+        """``--fail-fast``: the run is over at its first failure. Nothing more is handed out;
+        workers hear "finished" at their next request (those waiting for work at once), and
+        the coordinator stops once they hung up, or after the finish grace, as when all is
+        done (they would otherwise try to reconnect until their --connect-timeout)."""
+        self._changed.set()
+        self._notify()
+
+    def over(self) -> bool:
+        """Workers asking for work are told the run is finished: all done (unless --stay
+        keeps it open), or stopped at a failure (--fail-fast)."""
+        if self.sched is not None and self.sched.halted:
+            return True
+        return self.state == "finished" and (not self.s.stay or self._closing)
 
     def record_failures(self) -> None:
         """Log each task newly marked failed and have it recorded in the store (``failures``)."""
@@ -313,7 +285,8 @@ class Coordinator:
             if self.keeper is not None and self.keeper.lost is not None:
                 self.records.drop()  # another coordinator serves the store now: its records
             await self.records.close()
-        if self.state == "finished" and self._waiters:
+        if (self.state == "finished" or self.sched is not None and self.sched.halted
+                ) and self._waiters:
             # all was done (--stay): the workers waiting for work hear "finished" and exit,
             # rather than lose the connection and try to reconnect for a minute
             self._closing = True

@@ -184,13 +184,13 @@ class ConnSession:
         while True:
             sched = c.sched
             assert sched is not None
-            if want and c.state == "running" and not sched.resuming():
+            if want and c.state == "running" and not sched.resuming() and not sched.halted:
                 if not await c.may_hand_out():
                     return None
                 sched = c.sched
                 assert sched is not None
                 leases = sched.lease(self.wid, want)
-            if leases or not want or c.state == "finished" and (not c.s.stay or c._closing):
+            if leases or not want or c.over():
                 return leases
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -257,7 +257,7 @@ class ConnSession:
                 if sched.halted:
                     c.record_failures()
                     log.error("stopping at the first failure (--fail-fast)")
-                    c.stop()
+                    c.halt()
         return changed
 
     def _missing_input(self, i: int, err: dict[str, Any]) -> int | None:
@@ -312,7 +312,7 @@ class ConnSession:
                                     [graph.keys[d] for d in sched.after(i)], sched.timeout_of(i)))
         if out:
             state = "run"
-        elif c.state == "finished" and (not c.s.stay or c._closing):
+        elif c.over():
             state = "finished"
         else:
             state = "idle"

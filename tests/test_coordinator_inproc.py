@@ -63,16 +63,26 @@ async def test_a_read_only_client_reads_status_but_may_not_shut_down(
 
 async def test_fail_fast_stops_the_coordinator_at_the_first_failure(
         make_coordinator: MakeCoordinator) -> None:
+    """At the first failure nothing more is handed out; workers hear "finished" at their next
+    request (they exit 0 rather than reconnect until --connect-timeout), and the coordinator
+    stops with exit status 1 once they hung up."""
     coord = await make_coordinator(INDEPENDENT, fail_fast=True)
+    running = asyncio.ensure_future(coord.run())
     w = await connect(coord)
-    (first, *_) = (await ask(w, m.lease(1, want=3)))["leases"]
+    (first,) = (await ask(w, m.lease(1, want=1)))["leases"]
     err = m.task_error("ValueError", "boom", "", "exception")
-    w.send(m.lease(2, want=0, failed=[(first["key"], first["tok"], err)]))
-    await w.drain()
-    await asyncio.wait_for(coord._stop.wait(), 10)
+    reply = await ask(w, m.lease(2, want=3, failed=[(first["key"], first["tok"], err)]))
+    assert reply["state"] == "finished" and reply["leases"] == []
+    other = await connect(coord)
+    reply = await ask(other, m.lease(1, want=3, wait_ms=20_000))
+    assert reply["state"] == "finished" and reply["leases"] == []
     st = coord.status()
     assert st["totals"]["failed"] == 1 and st["failures"][0]["kind"] == "exception"
+    assert st["totals"]["ready"] == 2  # never handed out
+    assert not running.done()  # it waits for its workers to hang up
+    other.close()
     w.close()
+    assert await asyncio.wait_for(running, 10) == 1
 
 
 async def test_serve_connection_takes_any_stream_pair(make_coordinator: MakeCoordinator) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from inproc import Engine
-from procs import Procs, ajug_cmd, copy_jugfile, env, offline_status, read_log
+from procs import Procs, ajug_cmd, copy_jugfile, env, offline_status, read_log, status, wait_for
 from store_helpers import hexkey
 
 from ajug.failures import FailureRecords, clear_records
@@ -237,3 +237,67 @@ def test_invalidate_clears_failure_records(engine: Engine, tmp_path: Path) -> No
     assert list(records.iterdir()) == []
     st = offline_status(jug)
     assert st["failures"] == [] and st["totals"]["failed"] == 0
+
+
+FAIL_FAST = """
+import os, time
+from ajug import TaskGenerator
+
+RAN = os.environ.get("AJUG_TEST_RAN", os.devnull)
+GATE = os.environ.get("AJUG_TEST_GATE")
+
+@TaskGenerator
+def step(i):
+    with open(RAN, "a") as f:
+        f.write(f"{i}\\n")
+    if i == 0:
+        deadline = time.monotonic() + 30
+        while GATE and not os.path.exists(GATE) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        raise ValueError("the first one fails")
+    time.sleep(0.5)
+    return i
+
+steps = [step(i) for i in range(40)]
+"""
+
+
+@pytest.mark.parametrize("how", ["run", "serve"])
+def test_fail_fast_stops_the_run_and_its_workers_at_the_first_failure(
+        how: str, procs: Procs, tmp_path: Path) -> None:
+    """``--fail-fast``: the first failure ends the run with exit status 1 and its traceback;
+    nothing more is handed out (40 tasks of 0.5 s on 2 workers: a few ran, not all), and a
+    worker of ``ajug serve`` hears that the run is over and exits 0 at once, rather than
+    try to reconnect until its --connect-timeout and exit 2."""
+    jugfile = tmp_path / "failfast.py"
+    jugfile.write_text(FAIL_FAST)
+    ran = tmp_path / "ran.txt"
+    e = env(AJUG_TEST_RAN=str(ran))
+    if how == "run":
+        p = procs.start(["run", str(jugfile), "-j", "2", "--fail-fast", "--no-progress"], "run",
+                        env=e)
+        assert p.wait(60) == 1, read_log(p)[-2000:]
+        log = read_log(p)
+    else:
+        gate = tmp_path / "gate"
+        e = env(AJUG_TEST_RAN=str(ran), AJUG_TEST_GATE=str(gate))
+        coord, port = procs.serve(jugfile, "--fail-fast", env=e)
+        workers = [procs.work(port, "--prefetch", "0", "--connect-timeout", "60", env=e)
+                   for _ in range(2)]
+        # the failure once both are connected (a worker that comes after the coordinator
+        # has gone cannot hear anything)
+        wait_for(lambda: len(status(port)["workers"]) == 2, 30, what="both workers")
+        gate.write_text("")
+        assert coord.wait(60) == 1, read_log(coord)[-2000:]
+        for w in workers:  # well within the connect timeout
+            try:
+                rc = w.wait(15)
+            except subprocess.TimeoutExpired:
+                rc = None
+            assert rc == 0, read_log(w)[-2000:]
+        log = read_log(coord)
+    assert "stopping at the first failure" in log and "the first one fails" in log
+    runs = ran.read_text().split()
+    assert "0" in runs and len(runs) < 20, runs
+    st = offline_status(jugfile)
+    assert st["totals"]["failed"] == 1 and st["totals"]["done"] < 20

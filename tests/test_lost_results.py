@@ -219,16 +219,21 @@ async def test_results_lost_before_a_barrier_are_computed_again_not_failed_on(
     assert coord.loads == 1 and coord.sched.vanished == 1  # type: ignore[union-attr]
     assert run_all() == [1]
     # now it is gone after the check, just before the reload reads the store
-    real_confirm = coord._confirm_results
+    import ajug.coordinator as coordinator_mod
 
-    async def confirm_then_lose() -> bool:
-        ok = await real_confirm()
+    real_confirm = coordinator_mod.confirm_results
+
+    async def confirm_then_lose(c: Any) -> bool:
+        ok = await real_confirm(c)
         if ok:
             store.remove([first_keys[2]])
         return ok
 
-    coord._confirm_results = confirm_then_lose  # type: ignore[method-assign]
-    await coord._check_finished()
+    coordinator_mod.confirm_results = confirm_then_lose  # type: ignore[assignment]
+    try:
+        await coord._check_finished()
+    finally:
+        coordinator_mod.confirm_results = real_confirm
     assert coord.state == "loading" and coord._reload_task is not None
     await coord._reload_task  # the load past the barrier: a task of the coordinator's own
     assert coord.loads == 2 and coord.state == "running"  # reloaded: no StoreError
@@ -236,7 +241,6 @@ async def test_results_lost_before_a_barrier_are_computed_again_not_failed_on(
     assert sched is not None and sched.vanished == 2
     assert sched.state[coord.graph.index[first_keys[2]]] == READY  # type: ignore[union-attr]
     run_all()
-    coord._confirm_results = real_confirm  # type: ignore[method-assign]
     await coord._check_finished()
     assert coord.state == "finished" and coord.exit_status() == 0
     assert all(store.exists(coord.graph.keys))  # type: ignore[union-attr]
