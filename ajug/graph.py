@@ -2,9 +2,9 @@
 
 Task objects cost about a kilobyte each; a million-task graph is kept instead as parallel
 arrays indexed by task number: identities, function numbers, dependencies (CSR), and each
-task's arguments encoded for the wire (plain values, most tasks of a big graph, are kept as
-they are and pickled when leased: a few hundred nanoseconds on the lease path rather than a
-million pickles before the first lease).
+task's arguments already encoded for the wire (pickled once here, keeping pickling off the
+lease path; and compact: plain arguments kept as they are would pin the jugfile's freed Task
+objects' memory, each tuple and number in an arena of its own).
 """
 
 from __future__ import annotations
@@ -46,9 +46,8 @@ class Graph:
     fn: array = field(default_factory=lambda: array("I"))
     dep_start: array = field(default_factory=lambda: array("I", [0]))
     dep_idx: array = field(default_factory=lambda: array("I"))
-    #: each task's arguments for the wire: pickled, or the tuple of plain values itself
-    #: (``wire_args`` pickles it when the task is leased)
-    args: list[bytes | tuple] = field(default_factory=list)
+    #: each task's ``(args, kwargs)``, pickled for the wire
+    args: list[bytes] = field(default_factory=list)
     functions: list[Function] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
     #: the distinct options of the graph's tasks (ajug.taskopts), the first one "none", and the
@@ -62,10 +61,7 @@ class Graph:
 
     def wire_args(self, i: int) -> bytes:
         """Task ``i``'s ``(args, kwargs)`` pickled, as a lease item carries them."""
-        a = self.args[i]
-        if type(a) is bytes:
-            return a
-        return pickle.dumps((a, {}), protocol=5)
+        return self.args[i]
 
     def opts(self, i: int) -> TaskOptions:
         """Task ``i``'s options (NO_OPTIONS if it has none)."""
@@ -260,8 +256,8 @@ class _Builder:
                 self.fid(t)
             g.fn.extend(map(fids.__getitem__, ids))
         g.dep_start.extend(repeat(len(g.dep_idx), len(chunk)))
-        if self.encode:
-            g.args.extend(args)  # ``wire_args`` pickles them when leased
+        if self.encode:  # the bytes encode_args gives, pickled at C speed
+            g.args.extend(map(pickle.dumps, zip(args, repeat(_NO_KWARGS)), repeat(5)))
         return True
 
     def add(self, pos: int, t: Task, index: dict[str, int]) -> None:
@@ -272,7 +268,7 @@ class _Builder:
         if not t.kwargs and PLAIN_TYPES.issuperset(map(type, t.args)):
             g.dep_start.append(len(g.dep_idx))
             if self.encode:
-                g.args.append(t.args)
+                g.args.append(pickle.dumps((t.args, t.kwargs), protocol=5))
             return
         seen: set[int] = set()
         for d in t.dependencies():
@@ -288,6 +284,7 @@ class _Builder:
 
 
 _ARGS, _KWARGS, _OPTS, _F = (attrgetter(a) for a in ("args", "kwargs", "opts", "f"))
+_NO_KWARGS: dict[str, Any] = {}  # pickled, never changed
 
 
 def build_graph(tasks: list[Task], jugdir: Path | None = None, encode: bool = True,
@@ -296,8 +293,6 @@ def build_graph(tasks: list[Task], jugdir: Path | None = None, encode: bool = Tr
 
     ``encode=False`` skips pickling functions and arguments (offline status needs no wire).
     ``index``: each task's key to its position, if the caller has it (``unique_tasks``).
-    Arguments that are plain values only (most tasks of a big graph) are kept as they are and
-    pickled when the task is leased (``Graph.wire_args``), to the bytes ``encode_args`` gives.
     """
     if jugdir is not None and encode:
         register_by_value(jugdir)

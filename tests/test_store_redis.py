@@ -339,3 +339,32 @@ def test_large_values_are_sent_as_their_pieces(make_store: Callable[..., Any],
         assert np.array_equal(chunked.load(hexkey(2)), value)
         whole.remove([hexkey(1)])
         chunked.remove([hexkey(2)])
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_a_big_graph_is_asked_about_by_listing_or_key_by_key_alike(
+        make_store: Callable[..., Any], listed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph bigger than the database is answered from one SCAN of the namespace (a first
+    run: nothing to ask key by key); the answers are the same as key by key, damaged results,
+    other namespaces' results and keys that only look like results included."""
+    from ajug.stores import redisqueries
+
+    store = make_store("redis", namespace="big")
+    other = make_store("redis", namespace="bigother")  # its results are not ours
+    keys = [hexkey(i) for i in range(12_000)]
+    store.save_many([(k, i, None) for i, k in enumerate(keys[:300])])
+    other.save_many([(k, 0, None) for k in keys[300:400]])
+    store.r.set(store.keys.result(keys[5]), b"AJUG cut short")  # damaged: not intact
+    store.r.set(store.keys.meta(keys[400]), b"metadata without a result")
+    if not listed:
+        monkeypatch.setattr(redisqueries, "SCAN_MIN_KEYS", 10**9)
+    calls = []
+    real = store._listed
+    monkeypatch.setattr(store, "_listed", lambda ks: calls.append(r := real(ks)) or r)
+    assert store.exists(keys) == [i < 300 for i in range(12_000)]
+    sizes = store.intact_sizes(keys)
+    assert [i for i, n in enumerate(sizes) if n is not None] == [i for i in range(300) if i != 5]
+    assert all(n and n > 0 for n in sizes[:5])
+    assert (calls[0] is not None) is listed and len(calls) == 2
+    store.save_many([(k, 0, None) for k in keys[:11_000]])  # now the database is bigger: per key
+    assert store._listed(keys[:10_500]) is None and all(store.exists(keys[:10_500]))

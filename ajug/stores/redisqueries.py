@@ -1,11 +1,13 @@
 """The redis store's questions about many results at once, none of which transfers a result:
 ``exists``, ``intact`` (with the sizes), ``metadata`` and ``list``. Each sends ``BATCH_KEYS``
-keys per round trip (a script call, or MGET)."""
+keys per round trip (a script call, or MGET); a big graph in a database holding fewer keys than
+it is answered from one listing of the namespace (SCAN) instead."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from itertools import compress
 from typing import Any, TypeVar
 
 import msgpack
@@ -14,6 +16,9 @@ from .base import check_key, check_keys
 from .redisscripts import BATCH_KEYS
 
 T = TypeVar("T")
+
+#: from this many keys, ``exists`` and ``intact_sizes`` may list the namespace instead
+SCAN_MIN_KEYS = 10_000
 
 
 class RedisQueries:
@@ -33,8 +38,30 @@ class RedisQueries:
         went missing is found by ``load`` (and ``verify``)."""
         return [n is not None for n in self.intact_sizes(keys)]
 
+    def _listed(self, keys: Sequence[str]) -> set[str] | None:
+        """The results this namespace holds, listed by SCAN, when that is cheaper than asking
+        key by key: a big graph, and a database that holds fewer keys than it (a first run,
+        or a status early on). None otherwise. A result saved during the listing may be
+        missed: it counts as not done, as it would a moment earlier."""
+        if len(keys) < SCAN_MIN_KEYS or self._call(self.r.dbsize) > len(keys):
+            return None
+        prefix = len(self.keys.result(""))
+        pattern = self.keys.pattern("r")
+        return self._call(lambda: {k[prefix:].decode()
+                                   for k in self.r.scan_iter(match=pattern, count=10_000)})
+
     def intact_sizes(self, keys: Sequence[str]) -> list[int | None]:
         check_keys(keys)
+        listed = self._listed(keys)
+        if listed is not None:  # ask only about those that are there
+            out: list[int | None] = [None] * len(keys)
+            there = list(compress(range(len(keys)), map(listed.__contains__, keys)))
+            for i, n in zip(there, self._intact_sizes([keys[i] for i in there])):
+                out[i] = n
+            return out
+        return self._intact_sizes(keys)
+
+    def _intact_sizes(self, keys: Sequence[str]) -> list[int | None]:
         out: list[int | None] = []
         rp, mp = self.keys.result(""), self.keys.meta("")
         for i in range(0, len(keys), BATCH_KEYS):
@@ -48,6 +75,9 @@ class RedisQueries:
 
     def exists(self, keys: Sequence[str]) -> list[bool]:
         check_keys(keys)
+        listed = self._listed(keys)
+        if listed is not None:
+            return list(map(listed.__contains__, keys))
         out: list[bool] = []
         rp = self.keys.result("")
         for i in range(0, len(keys), BATCH_KEYS):
