@@ -218,7 +218,7 @@ def task_keys(tasks: list[Any], task_type: type) -> list[str]:
                     k = task_digest(t.name, args, t.kwargs)  # caches the state for the next
                 else:
                     m = m.copy()
-                    m.update(dumps(args[0], protocol=PICKLE_PROTOCOL) + tail)
+                    m.update(dumps(args[0], PICKLE_PROTOCOL) + tail)  # positional: faster
                     k = m.hexdigest()
             else:
                 k = task_digest(t.name, args, t.kwargs)

@@ -7,11 +7,14 @@ does, so task names (``primes.is_prime``) and identities match jug's. The module
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import sys
 import traceback
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -79,7 +82,28 @@ def load_jugfile(jugfile: str | os.PathLike[str], store: Any) -> LoadedJugfile:
     """Run the jugfile with ``store`` as ``Task.store`` and return its tasks.
 
     Raises ``JugfileError`` (with the jugfile's traceback in ``.details``) when it raises.
+    The cyclic garbage collector waits meanwhile: its full passes over every object made so
+    far took two thirds of running a million-task jugfile (0.85 of 1.24 s); garbage in
+    cycles made meanwhile is collected by its next pass, as soon as the load is done.
     """
+    with gc_paused():
+        return _load(jugfile, store)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a while (nested: the outermost turns it back on).
+    The coordinator keeps it off until the Task objects are released (``loading``)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load(jugfile: str | os.PathLike[str], store: Any) -> LoadedJugfile:
     path = check_jugfile(jugfile)
     modname = path.stem
     module = types.ModuleType(modname)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .graph import Graph, build_graph
-from .jugfile import LoadedJugfile, load_jugfile
+from .jugfile import LoadedJugfile, gc_paused, load_jugfile
 from .scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -78,13 +78,14 @@ async def load_run(
     run confirms what the previous one had done before it calls the run finished."""
     assert store is not None
     loop = asyncio.get_running_loop()
-    loaded = await loop.run_in_executor(None, load_jugfile, settings.jugfile, store)
-    if previous is not None:  # past a barrier: sys.path already holds what it added
-        loaded.code_roots = list(dict.fromkeys(previous.code_roots + loaded.code_roots))
-    jugdir = Path(loaded.path).parent
-    graph = await loop.run_in_executor(
-        None, partial(build_graph, loaded.tasks, jugdir, index=loaded.index))
-    release_tasks(loaded)
+    with gc_paused():  # until the Task objects are gone: a full pass over them is long
+        loaded = await loop.run_in_executor(None, load_jugfile, settings.jugfile, store)
+        if previous is not None:  # past a barrier: sys.path already holds what it added
+            loaded.code_roots = list(dict.fromkeys(previous.code_roots + loaded.code_roots))
+        jugdir = Path(loaded.path).parent
+        graph = await loop.run_in_executor(
+            None, partial(build_graph, loaded.tasks, jugdir, index=loaded.index))
+        release_tasks(loaded)
     found = await loop.run_in_executor(None, store.intact_sizes, graph.keys)
     done = list(map(operator.is_not, found, repeat(None)))
     if records is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import UsageError
 from .graph import Graph, build_graph
-from .jugfile import LoadedJugfile, default_store_url, load_jugfile
+from .jugfile import LoadedJugfile, default_store_url, gc_paused, load_jugfile
 from .stores import open_store
 from .stores.base import Store
 
@@ -66,9 +66,10 @@ def open_offline(jugfile: str, store_url: str | None = None) -> Offline:
     """Open the store, load the jugfile against it, compile the graph and ask what exists."""
     store = open_store(store_url or default_store_url(jugfile))
     try:
-        loaded = load_jugfile(jugfile, store)
-        graph = build_graph(loaded.tasks, Path(loaded.path).parent, encode=False,
-                            index=loaded.index)
+        with gc_paused():  # a full pass over a big graph's Task objects is long
+            loaded = load_jugfile(jugfile, store)
+            graph = build_graph(loaded.tasks, Path(loaded.path).parent, encode=False,
+                                index=loaded.index)
         done = exists_all(store, graph.keys)
     except BaseException:
         store.close()

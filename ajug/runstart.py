@@ -61,10 +61,12 @@ class RunStart:
         no_deps: Iterable[int]
         if done_idx:
             no_deps = (i for i in range(n) if not self._ndeps[i] and st[i] != DONE)
+        elif not self.graph.dep_idx:  # no task has inputs
+            no_deps = range(n)
         else:
             no_deps = compress(range(n), map(operator.not_, self._ndeps))
         ready.extend(no_deps)
-        for i in compress(range(n), self._ndeps):
+        for i in compress(range(n), self._ndeps) if self.graph.dep_idx else ():
             if st[i] == DONE:
                 continue
             r = 0

@@ -111,7 +111,8 @@ class Scheduler(Recovery, FollowOn, Admission, RunStart, Placement):
         # the number of inputs of each task (its tasks with any are iterated at C speed: a
         # million-task graph is mostly tasks with none), and the dependents of each, as CSR
         ds = graph.dep_start
-        self._ndeps = array("I", map(operator.sub, ds[1:], ds[:-1]))
+        self._ndeps = (array("I", map(operator.sub, ds[1:], ds[:-1])) if graph.dep_idx
+                       else array("I", bytes(4 * n)))  # no task has inputs
         self.rdep_start, self.rdep_idx = graph.dependents(self._ndeps)
 
     def _set(self, i: int, s: int) -> None:

@@ -218,7 +218,7 @@ def offline_status(jugfile: str, store_url: str, detail: bool = False) -> dict[s
     from pathlib import Path
 
     from .graph import build_graph
-    from .jugfile import load_jugfile
+    from .jugfile import gc_paused, load_jugfile
     from .offline import exists_all, stale_functions
     from .scheduler import Scheduler
     from .statusdata import function_rows
@@ -226,8 +226,10 @@ def offline_status(jugfile: str, store_url: str, detail: bool = False) -> dict[s
 
     store = open_store(store_url)
     try:
-        loaded = load_jugfile(jugfile, store)
-        graph = build_graph(loaded.tasks, Path(loaded.path).parent, encode=False, index=loaded.index)
+        with gc_paused():  # a full pass over a big graph's Task objects is long
+            loaded = load_jugfile(jugfile, store)
+            graph = build_graph(loaded.tasks, Path(loaded.path).parent, encode=False,
+                                index=loaded.index)
         done = exists_all(store, graph.keys)  # one call: the file store lists each dir once
         sched = Scheduler(graph)
         sched.start(done)
