@@ -54,7 +54,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: every workload (benchmarks/workloads/__init__.py has the registry; this order is the table's)
 WORKLOADS = tuple(REGISTRY)
 #: Workloads that every system runs to completion (the others are ajug's alone).
-GRAPH_WORKLOADS = tuple(w.name for w in REGISTRY.values() if w.systems == "all")
+GRAPH_WORKLOADS = tuple(w.name for w in REGISTRY.values() if w.systems in ("all", "ajug+jug"))
 SYSTEMS = ("ajug-file", "ajug-redis", "floor-file", "floor-redis", "jug-file", "jug-redis")
 DEFAULT_SYSTEMS = "ajug-file,ajug-redis,floor,jug"
 SIZES = {w.name: w.size for w in REGISTRY.values()}
@@ -675,7 +675,7 @@ def runner_of(w: Workload, engine: str) -> Any:
     if not w.runner:
         return RUNNERS[engine]
     module, _, name = w.runner.partition(":")
-    return getattr(import_module(module), name)
+    return getattr(import_module(module), name.format(engine=engine))
 
 
 def tasks_of(wl: str, n: int) -> int:
@@ -769,6 +769,11 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             at_most=True, unit="B")
         add(f"scale, ajug-{kind}: status while serving, ms", r, m.get("status_ms"), 50,
             at_most=True, unit="ms")
+        add(f"scale, ajug-{kind}: serving after, s (1M tasks)", r, m.get("load_s"), 3.0,
+            at_most=True, unit=" s")
+        r = by.get(("status", f"ajug-{kind}"))
+        add(f"status, ajug-{kind}: `ajug status JUGFILE`, s (1M tasks)", r, r and r.get("wall_s"),
+            3.0, at_most=True, unit=" s")
     for wl in ("bulk", "bulk64"):
         for kind, speedup in (("redis", 1.5), ("file", 1.2)):
             r = by.get((wl, f"ajug-{kind}"))
@@ -979,7 +984,9 @@ def run_all(o: argparse.Namespace, b: Bench) -> list[dict[str, Any]]:
         if w.systems == "ajug-memory":  # no store: the workers are simulated
             mine = ["ajug-memory"]
         else:
-            mine = systems if w.systems == "all" else [s for s in systems if s.startswith("ajug-")]
+            mine = (systems if w.systems == "all" else
+                    [s for s in systems if not s.startswith("floor-")] if w.systems == "ajug+jug"
+                    else [s for s in systems if s.startswith("ajug-")])
         if not mine:
             b.notes.append(f"{wl}: no ajug system chosen, nothing to run")
             continue

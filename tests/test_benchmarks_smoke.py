@@ -80,12 +80,15 @@ def test_every_workload_is_one_registry_entry_and_one_jugfile() -> None:
     assert len(set(flags)) == len(flags)
     for w in REGISTRY.values():
         assert (bench.WORKLOAD_DIR / f"{w.source}.py").is_file(), w.name
-        assert w.systems in ("all", "ajug", "ajug-memory") and w.size >= w.quick_size > 0
+        assert w.systems in ("all", "ajug+jug", "ajug", "ajug-memory")
+        assert w.size >= w.quick_size > 0
         assert w.systems != "all" or w.verify is not None, f"{w.name}: results never checked"
     o = bench.parse_args(["--workloads", ",".join(REGISTRY)])
     assert o.sizes == {name: w.size for name, w in REGISTRY.items()}
     assert bench.runner_of(REGISTRY["chain"], "jug") is bench.run_jug
     assert bench.runner_of(REGISTRY["scale"], "ajug") is bench.run_scale
+    from benchmarks import status_load
+    assert bench.runner_of(REGISTRY["status"], "jug") is status_load.run_jug
 
 
 def test_workload_checks_find_wrong_results() -> None:

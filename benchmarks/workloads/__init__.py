@@ -34,10 +34,11 @@ class Workload:
     """What the runner needs to know about one workload.
 
     ``systems``: ``"all"`` runs on every system chosen (ajug, the floor and jug, so the ratios
-    to jug and to the floor are computed); ``"ajug"`` only on ajug's systems; ``"ajug-memory"``
-    once, on a ``memory:`` store (simulated workers). ``runner``: ``"module:function"`` with
-    the signature of ``run.run_ajug`` for a workload that is not one ``ajug run`` per
-    measurement. ``summarize(row, median, good_runs)`` and ``notes(row)`` replace the default
+    to jug and to the floor are computed); ``"ajug+jug"`` on ajug's and jug's (no floor);
+    ``"ajug"`` only on ajug's systems; ``"ajug-memory"`` once, on a ``memory:`` store
+    (simulated workers). ``runner``: ``"module:function"`` with the signature of
+    ``run.run_ajug`` for a workload that is not one ``ajug run`` per measurement (``{engine}``
+    in the function's name: one function per engine). ``summarize(row, median, good_runs)`` and ``notes(row)`` replace the default
     tasks/s and table note for such a workload. ``options``: its own options besides its size
     (read from the parsed options by ``env`` or by its runner). ``result_mib``: the size of
     each result (from the parsed options); the runner then also runs each system once with
@@ -185,6 +186,11 @@ _ENTRIES = [
              summarize=_connections_summary, notes=_connections_notes,
              options=((("--rounds",), {"type": int, "default": 4,
                                        "help": "connections: leases per connection"}),)),
+    Workload("status", "`ajug status JUGFILE` / `jug status` on `independent` with a million "
+             "tasks and a fresh store (no coordinator)", 1_000_000, 100_000, "--status-n",
+             "status: tasks (default 1,000,000; --quick: 100,000)", jugfile="independent",
+             systems="ajug+jug", repeat_option="scale_repeat",
+             runner="benchmarks.status_load:run_{engine}"),
     Workload("coordinator", "the coordinator at its ceiling: simulated workers against `ajug "
              "serve` on a `memory:` store", 1_000_000, 500_000, "--coord-n",
              "coordinator: tasks in the graph (default 1,000,000)", jugfile="independent",
