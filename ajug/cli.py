@@ -9,6 +9,7 @@ in memory only (``access.py``: out of the environment that jugfile and task code
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sys
@@ -373,7 +374,15 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("ajug: interrupted", err=True)
         sys.exit(130)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    code = rv if isinstance(rv, int) else 0
+    from . import jugfile
+
+    if jugfile.big_graph_alive:  # done, and only a million objects left to free: skip that
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
 
 
 from .commands import register  # noqa: E402

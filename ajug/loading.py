@@ -48,11 +48,13 @@ def release_tasks(loaded: LoadedJugfile) -> None:
     """The compact graph has all the coordinator needs: let the Task objects go (they cost
     most of a big graph's memory). They live in the jugfile's namespace too, which the
     coordinator does not use once the graph is built; a barrier reload runs it afresh."""
+    from . import jugfile
     from . import task as _task
 
     n = len(loaded.tasks)
     loaded.tasks = []
     _task.reset()
+    jugfile.big_graph_alive = False
     loaded.module.__dict__.clear()
     if n >= 100_000:  # below that the memory is small and a full collection is not
         gc.collect()

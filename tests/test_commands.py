@@ -324,3 +324,31 @@ def test_shell_value_of_a_task_not_computed_yet_is_one_line(proj: Path) -> None:
                     f"computed yet: `ajug run {proj}` computes it (`ajug status {proj} --failed` "
                     "says if it failed)"], out.stdout + out.stderr
     assert "after 2" in out.stdout  # the shell goes on
+
+
+BIG = """
+import os
+from ajug import TaskGenerator
+
+@TaskGenerator
+def inc(i):
+    return i + 1
+
+results = [inc(i) for i in range(int(os.environ.get("AJUG_TEST_N", "120000")))]
+"""
+
+
+def test_commands_on_a_big_graph_end_with_their_whole_output_and_status(tmp_path: Path) -> None:
+    """Past ``BIG_GRAPH`` tasks a command that keeps the Task objects to its end exits without
+    freeing them one by one: its output still arrives whole, with its exit status."""
+    from ajug.jugfile import BIG_GRAPH
+
+    n = BIG_GRAPH + 20_000
+    jf = tmp_path / "big.py"
+    jf.write_text(BIG)
+    st = ajug("status", str(jf), "--json", cwd=tmp_path, AJUG_TEST_N=str(n))
+    assert st.returncode == 0, st.stderr
+    got = json.loads(st.stdout)
+    assert got["tasks"] == n and got["totals"]["ready"] == n
+    check = ajug("check", str(jf), cwd=tmp_path, AJUG_TEST_N=str(n))
+    assert check.returncode == 1 and f"0/{n} tasks done" in check.stderr + check.stdout
