@@ -12,6 +12,7 @@ import pytest
 
 from ajug.protocol import messages as m
 from ajug.protocol.connection import Connection, open_connection
+from ajug.taskstate import READY, RUNNING
 from tests.inproc_async import TOKEN, MakeCoordinator, connect, make_coordinator  # noqa: F401
 
 INDEPENDENT = """
@@ -206,4 +207,113 @@ async def test_a_result_found_at_start_and_lost_during_the_run_is_computed_again
     reply = await ask(w, m.lease(3, want=10, done=[(lost, again["tok"], {"rt": 0.1, "size": 1})]))
     assert reply["state"] == "finished" and second.exit_status() == 0
     assert second.sched.vanished == 1 and second.sched.recomputed == 1
+    w.close()
+
+
+CHAIN = """
+from ajug import TaskGenerator
+
+@TaskGenerator
+def double(x):
+    return 2 * x
+
+a = double(1)
+b = double(a)
+c = double(b)
+"""
+
+
+async def run_one(coord: Any, w: Connection, rid: int, value: Any = 0) -> tuple[str, int]:
+    """Lease one task, store a result for it, report it done; returns (key, the next id)."""
+    (item,) = (await ask(w, m.lease(rid, want=1)))["leases"]
+    coord.store.save(item["key"], value)
+    w.send(m.lease(rid + 1, want=0, done=[m.done_item(item["key"], item["tok"], rt=0.1, size=1)]))
+    await w.drain()
+    assert (await asyncio.wait_for(w.recv(), 10))["op"] == "leases"
+    return item["key"], rid + 2
+
+
+async def test_invalidate_makes_a_task_and_what_follows_it_ready_again(
+        make_coordinator: MakeCoordinator) -> None:
+    coord = await make_coordinator(CHAIN, stay=True)
+    assert coord.sched is not None and coord.graph is not None
+    w = await connect(coord)
+    keys, rid = [], 1
+    for _ in range(3):
+        key, rid = await run_one(coord, w, rid)
+        keys.append(key)
+    assert coord.status()["totals"]["done"] == 3
+    c = await connect(coord, role="client")
+    reply = await ask(c, m.invalidate(1, [keys[1]]))  # b: c follows it, a does not
+    assert reply["op"] != "error", reply
+    t = coord.status()["totals"]
+    assert (t["done"], t["ready"], t["waiting"]) == (1, 1, 1)
+    (item,) = (await ask(w, m.lease(rid, want=3)))["leases"]
+    assert item["key"] == keys[1]  # b first, then c once b is done again
+    c.close()
+    w.close()
+
+
+async def test_a_report_for_an_unknown_key_changes_nothing_and_a_result_counts_once(
+        make_coordinator: MakeCoordinator) -> None:
+    """A report naming no task of the graph is ignored; a report whose lease is not current
+    completes its task if the result is in the store (results are pure: SPEC 6), and the same
+    report again (re-sent after a reconnect) counts nothing more."""
+    coord = await make_coordinator(INDEPENDENT)
+    assert coord.sched is not None
+    w = await connect(coord)
+    first, _, _ = (await ask(w, m.lease(1, want=3)))["leases"]
+    await ask(w, m.lease(2, want=0, done=[m.done_item("f" * 40, 1, rt=0.1, size=1)]))
+    t = coord.status()["totals"]
+    assert (t["done"], t["running"]) == (0, 3)
+    coord.store.save(first["key"], 0)
+    stale = m.done_item(first["key"], first["tok"] + 1000, rt=0.1, size=1)
+    await ask(w, m.lease(3, want=0, done=[stale]))
+    current = m.done_item(first["key"], first["tok"], rt=0.1, size=1)
+    await ask(w, m.lease(4, want=0, done=[current]))
+    await ask(w, m.lease(5, want=0, done=[current]))
+    t = coord.status()["totals"]
+    assert (t["done"], t["running"]) == (1, 2) and coord.sched.completed == 1
+    w.close()
+
+
+async def test_a_missing_input_sends_it_back_to_be_computed_without_counting_an_attempt(
+        make_coordinator: MakeCoordinator) -> None:
+    coord = await make_coordinator(CHAIN, max_attempts=1)
+    w = await connect(coord)
+    key_a, rid = await run_one(coord, w, 1)
+    (item_b,) = (await ask(w, m.lease(rid, want=1)))["leases"]
+    coord.store.remove([key_a])  # gone before b could load it
+    err = m.task_error("ResultMissing", "gone", "", "input-missing", input=key_a)
+    reply = await ask(w, m.lease(rid + 1, want=1, failed=[m.failed_item(item_b["key"],
+                                                                         item_b["tok"], err)]))
+    assert [it["key"] for it in reply["leases"]] == [key_a]  # a again, b waits for it
+    st = coord.status()
+    assert st["totals"]["failed"] == 0 and st["totals"]["waiting"] == 2
+    assert coord.sched is not None and coord.sched.error_count == {}  # not an attempt
+    w.close()
+
+
+async def test_a_renewed_lease_outlives_its_ttl_and_an_unrenewed_one_is_reclaimed(
+        make_coordinator: MakeCoordinator) -> None:
+    now = [1000.0]
+    coord = await make_coordinator(INDEPENDENT, clock=lambda: now[0], lease_ttl_s=10.0)
+    assert coord.sched is not None
+    w = await connect(coord)
+    kept, dropped, _ = (await ask(w, m.lease(1, want=3)))["leases"]
+    for step in range(3):  # 24 s in all: past the TTL, renewing one every 8 s
+        now[0] += 8
+        reply = await ask(w, m.renew(10 + step, [(kept["key"], kept["tok"])]))
+        assert reply["op"] == "renewed" and reply["lost"] == []
+        coord.sched.expire()
+    t = coord.status()["totals"]
+    assert (t["running"], t["ready"]) == (1, 2)  # the unrenewed two went back
+    st, index = coord.sched.state, coord.sched.graph.index
+    assert st[index[kept["key"]]] == RUNNING and st[index[dropped["key"]]] == READY
+    reply = await ask(w, m.renew(20, [(dropped["key"], dropped["tok"])]))
+    assert reply["lost"] == [dropped["key"]]  # its first holder hears it is not its own
+    other = await connect(coord)  # a worker holding nothing is given a reclaimed task
+    (item,) = (await ask(other, m.lease(1, want=3)))["leases"]
+    assert item["key"] != kept["key"]
+    other.close()
     w.close()
