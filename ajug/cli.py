@@ -8,6 +8,7 @@ in memory only (``access.py``: out of the environment that jugfile and task code
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -378,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     from . import jugfile
 
     if jugfile.big_graph_alive:  # done, and only a million objects left to free: skip that
+        atexit._run_exitfuncs()  # what the process asked to run at exit still runs
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()

@@ -769,10 +769,10 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             at_most=True, unit="B")
         add(f"scale, ajug-{kind}: status while serving, ms", r, m.get("status_ms"), 50,
             at_most=True, unit="ms")
-        add(f"scale, ajug-{kind}: serving after, s (1M tasks)", r, m.get("load_s"), 3.0,
+        add(f"scale, ajug-{kind}: serving after, s (goal for 1M tasks)", r, m.get("load_s"), 3.0,
             at_most=True, unit=" s")
         r = by.get(("status", f"ajug-{kind}"))
-        add(f"status, ajug-{kind}: `ajug status JUGFILE`, s (1M tasks)", r, r and r.get("wall_s"),
+        add(f"status, ajug-{kind}: `ajug status JUGFILE`, s (goal for 1M tasks)", r, r and r.get("wall_s"),
             3.0, at_most=True, unit=" s")
     for wl in ("bulk", "bulk64"):
         for kind, speedup in (("redis", 1.5), ("file", 1.2)):
