@@ -115,8 +115,10 @@ def test_a_failed_task_is_readable_after_the_run_and_cleared_when_it_passes(
     once the coordinator has exited. What ``ajug run`` prints of it: the next test."""
     jug = copy_jugfile(tmp_path, "taskraise.py")
     monkeypatch.chdir(tmp_path)
+    # one worker: with two, one could do everything before the other connects, and the
+    # coordinator, finished with nobody connected, would be gone when it tries
     coord = engine.make_coordinator(jug)
-    workers = [engine.run_worker(coord.port, name=f"local{i}") for i in range(2)]
+    workers = [engine.run_worker(coord.port, name="local0")]
     assert coord.wait(60) == 1
     for w in workers:
         assert w.wait(30) == 0
@@ -127,7 +129,7 @@ def test_a_failed_task_is_readable_after_the_run_and_cleared_when_it_passes(
     (f,) = st["failures"]
     assert (f["func"], f["kind"], f["type"], f["attempts"]) == ("taskraise.simulate",
                                                                 "exception", "ValueError", 1)
-    assert f["msg"] == "bad value 0 (scale 0)" and f["worker"] in ("local0", "local1")
+    assert f["msg"] == "bad value 0 (scale 0)" and f["worker"] == "local0"
     assert abs(f["ts"] - (tmp_path / "taskraise.ajugdata").stat().st_mtime) < 120
     check_traceback(f["tb"], jug)
     text = run("status", "taskraise.py", "--failed", cwd=tmp_path).stdout
@@ -137,7 +139,7 @@ def test_a_failed_task_is_readable_after_the_run_and_cleared_when_it_passes(
     # fixed: the task passes, its record goes
     monkeypatch.setenv("AJUG_TEST_FIXED", "1")
     coord = engine.make_coordinator(jug)
-    workers = [engine.run_worker(coord.port) for _ in range(2)]
+    workers = [engine.run_worker(coord.port)]
     assert coord.wait(60) == 0
     for w in workers:
         assert w.wait(30) == 0
