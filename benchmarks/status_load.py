@@ -15,45 +15,41 @@ import time
 from typing import Any
 
 
-def run_ajug(b: Any, wl: str, kind: str, n: int, rep: int, last: bool) -> dict[str, Any]:
+def _timed(b: Any, engine: str, kind: str, rep: int, wl: str, n: int,
+           command: list[str]) -> tuple[dict[str, Any], str, str]:
+    """One status command on a fresh store: its measurement, its output and its log tag."""
     from benchmarks import run as R
 
-    tag = f"status-ajug-{kind}-{rep}"
-    store = b.store("ajug", kind, tag)
+    tag = f"status-{engine}-{kind}-{rep}"
+    store = b.store(engine, kind, tag)
     rus = b.tmp / f"{tag}.rusage"
-    cmd = [sys.executable, "-c", R.WRAP, str(rus), "ajug", "status", str(b.jugfile(wl)),
-           "--store", store, "--json"]
+    where = ["--store", store] if engine == "ajug" else ["--jugdir", store, "--will-cite"]
+    cmd = [sys.executable, "-c", R.WRAP, str(rus), engine, "status", str(b.jugfile(wl)),
+           *where, *command]
     t0 = time.perf_counter()
-    p = b.spawn(cmd, b.wl_env(wl, "ajug", n), tag)
+    p = b.spawn(cmd, b.wl_env(wl, engine, n), tag)
     (rc,) = R._wait([p], b.timeout(wl, n))
     out: dict[str, Any] = {"wall_s": time.perf_counter() - t0, **R._rusage(rus)}
-    if rc != 0:
+    b.drop_store(kind, store)
+    if rc not in (0, 1):  # jug status exits 1 while tasks are left to run
         out["error"] = f"exit {rc}: {b.log_tail(tag)}"
-    else:
-        st = json.loads((b.tmp / f"{tag}.out").read_text())
+    return out, (b.tmp / f"{tag}.out").read_text(), tag
+
+
+def run_ajug(b: Any, wl: str, kind: str, n: int, rep: int, last: bool) -> dict[str, Any]:
+    out, text, _ = _timed(b, "ajug", kind, rep, wl, n, ["--json"])
+    if "error" not in out:
+        st = json.loads(text)
         if st["tasks"] != n or st["totals"]["ready"] != n:
             out["error"] = f"status counted {st['tasks']} tasks, {st['totals']['ready']} ready"
-    b.drop_store(kind, store)
     return out
 
 
 def run_jug(b: Any, wl: str, kind: str, n: int, rep: int, last: bool) -> dict[str, Any]:
-    from benchmarks import run as R
-
-    tag = f"status-jug-{kind}-{rep}"
-    store = b.store("jug", kind, tag)
-    rus = b.tmp / f"{tag}.rusage"
-    cmd = [sys.executable, "-c", R.WRAP, str(rus), "jug", "status", str(b.jugfile(wl)),
-           "--jugdir", store, "--will-cite"]
-    t0 = time.perf_counter()
-    p = b.spawn(cmd, b.wl_env(wl, "jug", n), tag)
-    (rc,) = R._wait([p], b.timeout(wl, n))
-    out: dict[str, Any] = {"wall_s": time.perf_counter() - t0, **R._rusage(rus)}
-    total = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+Total",
-                      (b.tmp / f"{tag}.out").read_text(), re.M)
-    if rc not in (0, 1) or total is None:  # jug status exits 1 while tasks are left to run
-        out["error"] = f"exit {rc}: {b.log_tail(tag)}"
-    elif int(total.group(3)) != n:
+    out, text, tag = _timed(b, "jug", kind, rep, wl, n, [])
+    total = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+Total", text, re.M)
+    if "error" not in out and total is None:
+        out["error"] = f"no totals from jug status: {b.log_tail(tag)}"
+    elif total is not None and int(total.group(3)) != n:
         out["error"] = f"jug status counted {total.group(3)} ready of {n}"
-    b.drop_store(kind, store)
     return out
