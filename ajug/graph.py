@@ -59,10 +59,6 @@ class Graph:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def wire_args(self, i: int) -> bytes:
-        """Task ``i``'s ``(args, kwargs)`` pickled, as a lease item carries them."""
-        return self.args[i]
-
     def opts(self, i: int) -> TaskOptions:
         """Task ``i``'s options (NO_OPTIONS if it has none)."""
         return NO_OPTIONS if self.opt_of is None else self.options[self.opt_of[i]]

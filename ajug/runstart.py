@@ -66,7 +66,7 @@ class RunStart:
         else:
             no_deps = compress(range(n), map(operator.not_, self._ndeps))
         ready.extend(no_deps)
-        for i in compress(range(n), self._ndeps) if self.graph.dep_idx else ():
+        for i in compress(range(n), self._ndeps):
             if st[i] == DONE:
                 continue
             r = 0

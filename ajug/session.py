@@ -308,7 +308,7 @@ class ConnSession:
                 self.sent_funcs.add(fid)
                 f = graph.functions[fid]
                 funcs.append(m.func_item(fid, f.name, f.src, f.code))
-            out.append(m.lease_item(graph.keys[i], tok, fid, graph.wire_args(i),
+            out.append(m.lease_item(graph.keys[i], tok, fid, graph.args[i],
                                     [graph.keys[d] for d in sched.after(i)], sched.timeout_of(i)))
         if out:
             state = "run"

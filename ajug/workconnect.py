@@ -15,7 +15,6 @@ from . import codeship
 from .errors import AuthError, ConnectError, ProtocolError, TLSError
 from .protocol import connection as conn_mod
 from .protocol import messages as m
-from .protocol.client import hang_up
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +84,6 @@ async def connect(o: Any, first: bool) -> Any:
         else:
             say(o, f"reconnected to the coordinator at {where}{after}")
         return conn
-
-
-async def close(conn: Any) -> None:
-    """Close and wait until closed, bounded (``hang_up``): a TLS connection's shutdown must be
-    done before the worker's event loop ends."""
-    await hang_up(conn)
 
 
 async def fetch_code(request: Callable[[Callable[[int], dict[str, Any]]], Any],

@@ -29,12 +29,12 @@ from .errors import AjugError, ProtocolError
 from .graph import decode_args
 from .inbox import Inbox
 from .protocol import messages as m
-from .protocol.client import new_loop_runner
+from .protocol.client import hang_up, new_loop_runner
 from .stores import encoding, open_store
 from .task import Task, value
 from .tracebacks import worker_file
 from .watchdog import Expired, Watchdog, replace_by_exit
-from .workconnect import close, connect, fetch_code, say
+from .workconnect import connect, fetch_code, say
 from .workoptions import WorkerOptions
 from .workresults import (  # noqa: F401 - CachingStore, RecentKeys: importable from here too
     CachingStore,
@@ -363,7 +363,7 @@ class Worker:
                           f"{self.o.connect_timeout_s:g} s", logging.WARNING)
                 done = False
             finally:
-                await close(conn)
+                await hang_up(conn)  # bounded: a TLS shutdown done before the loop ends
             first = False
             if done:
                 return

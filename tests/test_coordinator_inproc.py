@@ -15,15 +15,14 @@ from ajug.protocol.connection import Connection, open_connection
 from ajug.taskstate import READY, RUNNING
 from tests.inproc_async import TOKEN, MakeCoordinator, connect, make_coordinator  # noqa: F401
 
-INDEPENDENT = """
+DOUBLE = """
 from ajug import TaskGenerator
 
 @TaskGenerator
 def double(x):
     return 2 * x
-
-xs = [double(i) for i in range(3)]
 """
+INDEPENDENT = DOUBLE + "xs = [double(i) for i in range(3)]\n"
 
 
 async def ask(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -210,17 +209,7 @@ async def test_a_result_found_at_start_and_lost_during_the_run_is_computed_again
     w.close()
 
 
-CHAIN = """
-from ajug import TaskGenerator
-
-@TaskGenerator
-def double(x):
-    return 2 * x
-
-a = double(1)
-b = double(a)
-c = double(b)
-"""
+CHAIN = DOUBLE + "a = double(1)\nb = double(a)\nc = double(b)\n"
 
 
 async def run_one(coord: Any, w: Connection, rid: int, value: Any = 0) -> tuple[str, int]:

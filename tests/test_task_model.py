@@ -598,7 +598,7 @@ def test_the_graph_is_the_same_in_chunks_or_task_by_task(store: Any, chunk: int,
     for i, t in enumerate(tasks):
         assert t.key == task_digest(t.name, t.args, t.kwargs)  # task_keys' quick path too
         assert g.functions[g.fn[i]].name == t.name
-        assert g.wire_args(i) == G.encode_args(t), t
+        assert g.args[i] == G.encode_args(t), t
         deps = list(dict.fromkeys(index[d.key] for d in t.dependencies()))
         assert list(g.deps(i)) == deps, t
         assert g.opts(i) == (t.opts or NO_OPTIONS)
